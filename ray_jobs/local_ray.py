@@ -1,0 +1,58 @@
+"""Start or join Ray so that a Ray the project starts stays on 127.0.0.1.
+
+Left alone, a local Ray listens on all interfaces and its dashboard probes cloud metadata
+addresses (169.254.169.254, metadata.google.internal) even with usage stats off. With
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` and a ``~/ray_bootstrap_config.yaml`` that says
+``provider: {type: local}``, every socket stays on loopback (checked by tests/test_local_ray.py).
+On a real cluster (``RAY_ADDRESS`` set, e.g. under ``ray job submit``) we only join.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ray
+
+LOOPBACK = "127.0.0.1"
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # Ray Train V2 (the default in Ray 2.60) spelled out, so the behaviour does not drift.
+    "RAY_TRAIN_V2_ENABLED": "1",
+}
+BOOTSTRAP = Path("~/ray_bootstrap_config.yaml")
+
+
+def keep_ray_local() -> None:
+    """Set the environment that keeps a locally started Ray silent and on loopback.
+
+    Writes ``~/ray_bootstrap_config.yaml`` (``provider: {type: local}``) only when the file does
+    not exist: on a head node made by ``ray up`` that file is the cluster's own and is left alone.
+    """
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    bootstrap = BOOTSTRAP.expanduser()
+    if not bootstrap.exists():
+        bootstrap.write_text("# written by bert-sentiment: a local Ray, no cloud provider to probe\nprovider: {type: local}\n")
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster in ``RAY_ADDRESS`` or start a loopback-only Ray in this process.
+
+    Args:
+        num_cpus: CPUs for a locally started Ray (default: all cores); ignored when joining.
+    """
+    keep_ray_local()
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    ray.init(
+        num_cpus=num_cpus,
+        _node_ip_address=LOOPBACK,
+        include_dashboard=True,
+        dashboard_host=LOOPBACK,
+        log_to_driver=True,
+    )

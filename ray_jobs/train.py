@@ -1,0 +1,189 @@
+"""Entry point: fine-tune a classifier with Ray Train + DeepSpeed.
+
+    python -m ray_jobs.train --config configs/quickstart.yaml [section.key=value ...]
+    ray job submit --working-dir . -- python -m ray_jobs.train --config configs/quickstart.yaml
+
+Everything that can be checked is checked before Ray starts: the config, the model's limits and
+the data (folder, columns, labels, empty texts). The driver tokenizes once and hands the token
+ids to the workers through Ray's object store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+from typing import Any
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from ray_jobs import storage
+from ray_jobs.local_ray import init_ray
+from ray_jobs.train_loop import TEST_METRICS_FILE, train_loop_per_worker
+from sentiment.checkpoint import MODEL_DIR, RESULT_FILE, STATE_FILE
+from sentiment.config import Config, ConfigError, load_config, resolve_storage_path
+from sentiment.data import EncodedSplit, encode_splits, load_splits
+from sentiment.model import check_against_model, load_tokenizer
+
+
+def prepare_data(cfg: Config) -> dict[str, EncodedSplit]:
+    """Load, clean, split and tokenize the data once, on the driver."""
+    t0 = time.perf_counter()
+    splits = load_splits(cfg.data, cfg.model.label_names)
+    encoded = encode_splits(load_tokenizer(cfg.model.name_or_path), splits)
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in encoded.items())
+    print(f"data: {sizes} reviews, tokenized in {time.perf_counter() - t0:.1f}s", flush=True)
+    return encoded
+
+
+def check_resume_from(cfg: Config) -> None:
+    """Fail early if ``run.resume_from`` is not a complete epoch checkpoint.
+
+    Raises:
+        ConfigError: naming the missing part.
+    """
+    if cfg.run.resume_from is None:
+        return
+    fs, path = storage.resolve(cfg.run.resume_from)
+    for part in (STATE_FILE, "deepspeed", MODEL_DIR):
+        if fs.get_file_info(storage.join(path, part)).type.name == "NotFound":
+            raise ConfigError(f"run.resume_from={cfg.run.resume_from!r} is not an epoch checkpoint: no {part}")
+
+
+def check_resources(cfg: Config, local: bool) -> None:
+    """Compare what the workers need with what the cluster has.
+
+    Raises:
+        ConfigError: on a Ray this process started (which cannot grow); a joined cluster may
+            autoscale, so there it only warns.
+    """
+    have = ray.cluster_resources()
+    s = cfg.scaling
+    needs = {"CPU": s.num_workers * s.cpus_per_worker}
+    if s.use_gpu:
+        needs["GPU"] = s.num_workers * s.gpus_per_worker
+    for res, amount in s.resources_per_worker.items():
+        needs[res] = needs.get(res, 0) + s.num_workers * amount
+    for res, need in needs.items():
+        if have.get(res, 0) + 1e-9 < need:
+            msg = (f"scaling.num_workers={s.num_workers} needs {need:g} {res} in all, "
+                   f"but the cluster has {have.get(res, 0):g}")
+            if local:
+                raise ConfigError(msg + "; lower scaling.num_workers or the per-worker resources")
+            print(f"warning: {msg}; waiting for the autoscaler", file=sys.stderr, flush=True)
+
+
+def wandb_dir(storage_path: str, run_name: str) -> str:
+    """W&B's local folder: inside the run folder on local storage, else ``./wandb``."""
+    return os.path.join(storage_path, run_name, "wandb") if "://" not in storage_path else "wandb"
+
+
+def build_trainer(cfg: Config, data: Any, run_name: str, storage_path: str) -> TorchTrainer:
+    """The ``TorchTrainer`` for this config (scaling, storage, checkpoints, fault tolerance)."""
+    s = cfg.scaling
+    resources = {"CPU": s.cpus_per_worker, **s.resources_per_worker}
+    if s.use_gpu:
+        resources["GPU"] = s.gpus_per_worker
+    env = {"DS_ACCELERATOR": "cuda" if s.use_gpu else "cpu"}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "data": data,
+            "run_name": run_name,
+            "wandb_dir": cfg.tracking.dir or wandb_dir(storage_path, run_name),
+        },
+        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.run.checkpoints_to_keep,
+                checkpoint_score_attribute=cfg.run.metric,
+                checkpoint_score_order=cfg.run.mode,
+            ),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            worker_runtime_env={"env_vars": env},
+        ),
+    )
+
+
+def summarize(cfg: Config, result: Any, run_name: str, storage_path: str) -> dict[str, Any]:
+    """Write ``result.json`` in the run folder (best/last checkpoint, metrics) and return it."""
+    fs, root = storage.resolve(storage_path)
+    run_dir = storage.join(root, run_name)
+    best_ckpt, best_metrics = result.get_best_checkpoint(cfg.run.metric, cfg.run.mode), None
+    for ckpt, metrics in result.best_checkpoints or []:
+        if best_ckpt is not None and ckpt.path == best_ckpt.path:
+            best_metrics = metrics
+    summary = {
+        "run_name": run_name,
+        "run_dir": run_dir,
+        "best_checkpoint": best_ckpt.path if best_ckpt else None,
+        "last_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "best_metrics": best_metrics,
+        "test_metrics": storage.read_json(fs, storage.join(run_dir, TEST_METRICS_FILE)),
+        "metric": cfg.run.metric,
+        "config": cfg.model_dump(mode="json"),
+    }
+    storage.write_json(fs, storage.join(run_dir, RESULT_FILE), summary)
+    return summary
+
+
+def launch(cfg: Config, data: dict[str, EncodedSplit] | None = None) -> dict[str, Any]:
+    """Run one training job on the current Ray (``init_ray`` first) and return ``result.json``.
+
+    Args:
+        cfg: validated config.
+        data: pre-tokenized splits (a sweep passes the same ones to every trial); loaded when None.
+
+    Raises:
+        ray.train.TrainingFailedError: the workers failed more than ``run.max_failures`` times.
+    """
+    data = data if data is not None else prepare_data(cfg)
+    run_name = cfg.run.name or f"train-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    storage_path = resolve_storage_path(cfg)
+    trainer = build_trainer(cfg, ray.put(data), run_name, storage_path)
+    result = trainer.fit()
+    return summarize(cfg, result, run_name, storage_path)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ray_jobs.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML config file (defaults apply when omitted)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=2e-5")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """CLI: validate, prepare data, start or join Ray, train, print test accuracy and checkpoint."""
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    check_against_model(cfg)
+    check_resume_from(cfg)
+    data = prepare_data(cfg)
+    local = not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
+    init_ray()
+    check_resources(cfg, local)
+    t0 = time.perf_counter()
+    summary = launch(cfg, data)
+    test = summary["test_metrics"]
+    print(f"\ntraining + test took {time.perf_counter() - t0:.0f}s")
+    print(f"test accuracy: {test['test_accuracy']:.4f} on {test['test_count']} held-out reviews "
+          f"(macro F1 {test['test_f1']:.4f}, best epoch {test['test_epoch']})")
+    print(f"checkpoint: {storage.join(summary['best_checkpoint'], MODEL_DIR)}")
+    print(f"run folder: {summary['run_dir']}")
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

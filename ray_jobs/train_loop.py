@@ -1,0 +1,335 @@
+"""``train_loop_per_worker``: what every Ray Train worker runs (DeepSpeed engine, loop, reports).
+
+Every rank plans the same global batch order and takes its own disjoint slice (see
+``sentiment.batching``). Validation and test logits are gathered from all ranks, so every rank
+computes the same metrics over the whole split and takes the same early-stopping decision.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from transformers import AutoModelForSequenceClassification, get_scheduler
+
+from ray_jobs import storage
+from ray_jobs.deepspeed_config import build_deepspeed_config
+from ray_jobs.tracking import Tracker, start_tracking
+from sentiment.batching import eval_batches, iterate, make_collator, train_batches
+from sentiment.checkpoint import MODEL_DIR, STATE_FILE, save_model_dir, write_json
+from sentiment.config import Config, config_from_dict
+from sentiment.data import EncodedSplit, SpecialTokens, model_inputs
+from sentiment.metrics import compute_metrics, scalar_metrics
+from sentiment.model import build_model, load_tokenizer
+
+DS_DIR = "deepspeed"
+DS_TAG = "state"
+TEST_METRICS_FILE = "test_metrics.json"
+
+
+def epoch_dir_name(epoch: int) -> str:
+    """The checkpoint folder name of a 1-based epoch: ``epoch_001``."""
+    return f"epoch_{epoch:03d}"
+
+
+@dataclass
+class TrainState:
+    """What a resumed run needs besides the DeepSpeed state."""
+
+    epoch: int = 0  # epochs completed
+    global_step: int = 0  # optimizer steps taken
+    best_metric: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the last improvement
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def improved(self, value: float, mode: str) -> bool:
+        """Whether ``value`` beats the best so far under ``mode`` (max or min)."""
+        if self.best_metric is None:
+            return True
+        return value > self.best_metric if mode == "max" else value < self.best_metric
+
+
+@dataclass
+class Split:
+    """A split ready for one worker: model inputs, labels and lengths."""
+
+    inputs: list[list[int]]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.inputs]
+
+
+def _log(rank: int, msg: str) -> None:
+    if rank == 0:
+        print(msg, flush=True)
+
+
+def _device(cfg: Config) -> torch.device:
+    return ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with no weight decay on biases and LayerNorm weights (fused kernel on CUDA)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=cfg.train.lr, eps=cfg.train.adam_epsilon, fused=device.type == "cuda"
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: int) -> Any:
+    """Linear, cosine or constant schedule with warmup (steps, or a ratio of ``total_steps``)."""
+    t = cfg.train
+    warmup = t.warmup_steps if t.warmup_steps is not None else math.ceil(t.warmup_ratio * total_steps)
+    name = "constant_with_warmup" if t.schedule == "constant" else t.schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def class_weight_tensor(cfg: Config, labels: np.ndarray, device: torch.device) -> torch.Tensor | None:
+    """Loss weights per class: ``balanced`` (n / (k * count)), an explicit list, or None."""
+    weights = cfg.train.class_weights
+    if weights is None:
+        return None
+    if weights == "balanced":
+        counts = np.bincount(labels, minlength=cfg.model.num_labels).astype(np.float64)
+        weights = (len(labels) / (cfg.model.num_labels * np.maximum(counts, 1))).tolist()
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def _autocast(cfg: Config, device: torch.device) -> torch.autocast:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, split: Split, cfg: Config, collate: Any, device: torch.device, prefix: str) -> dict[str, Any]:
+    """Metrics over the whole split: each rank scores its share, logits are gathered to all ranks."""
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    model.eval()
+    idx_all, logits_all = [], []
+    batches = eval_batches(split.lengths, cfg.train.batch_size * 2, rank=rank, world_size=world)
+    for idx, batch in iterate(split.inputs, None, batches, collate):
+        with _autocast(cfg, device):
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        idx_all.extend(idx)
+        logits_all.append(logits.float().cpu().numpy())
+    local = (idx_all, np.concatenate(logits_all) if logits_all else np.zeros((0, cfg.model.num_labels)))
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, local)
+    order = np.concatenate([np.asarray(i, dtype=np.int64) for i, _ in gathered])
+    logits = np.concatenate([lg for _, lg in gathered])[np.argsort(order)]
+    return compute_metrics(logits, split.labels, cfg.model.label_names, prefix=prefix)
+
+
+def save_checkpoint(engine: Any, tokenizer: Any, cfg: Config, state: TrainState, metrics: dict[str, Any], rank: int, folder: Path) -> None:
+    """Write this rank's part of an epoch checkpoint into ``folder`` (a fresh temp folder).
+
+    Every rank writes its DeepSpeed shard; rank 0 also writes the plain Hugging Face model
+    (ZeRO-3 parameters gathered first) and the train state. Ray merges the ranks' folders.
+    """
+    import deepspeed
+
+    engine.save_checkpoint(str(folder / DS_DIR), tag=DS_TAG, client_state={"train_state": asdict(state)})
+    params = list(engine.module.parameters()) if cfg.deepspeed.zero_stage == 3 else []
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=bool(params)):
+        if rank == 0:
+            save_model_dir(engine.module, tokenizer, cfg, metrics, folder / MODEL_DIR)
+    if rank == 0:
+        write_json(folder / STATE_FILE, asdict(state))
+
+
+def restore(engine: Any, cfg: Config, rank: int) -> TrainState:
+    """Load model, optimizer, scheduler and train state from Ray's checkpoint, if there is one.
+
+    The checkpoint is the run's latest (after a worker failure or a rerun of the same run name)
+    or ``run.resume_from`` on a fresh run.
+
+    Raises:
+        RuntimeError: the checkpoint is corrupt or from another model/DeepSpeed layout.
+    """
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and cfg.run.resume_from:
+        fs, path = storage.resolve(cfg.run.resume_from)
+        checkpoint = ray.train.Checkpoint(path, filesystem=fs)
+    if checkpoint is None:
+        return TrainState()
+    with checkpoint.as_directory() as folder:
+        try:
+            path, client = engine.load_checkpoint(os.path.join(folder, DS_DIR), tag=DS_TAG)
+        except Exception as err:
+            raise RuntimeError(f"cannot resume from checkpoint {checkpoint.path!r}: {err}") from err
+        if path is None or not client or "train_state" not in client:
+            raise RuntimeError(f"cannot resume from checkpoint {checkpoint.path!r}: no DeepSpeed state in it")
+    state = TrainState(**client["train_state"])
+    _log(rank, f"resumed from {checkpoint.path} at epoch {state.epoch}, step {state.global_step}")
+    return state
+
+
+def _prepare_splits(config: dict[str, Any], cfg: Config, tokenizer: Any) -> dict[str, Split]:
+    encoded: dict[str, EncodedSplit] = config["data"]
+    if isinstance(encoded, ray.ObjectRef):
+        encoded = ray.get(encoded)
+    specials = SpecialTokens.of(tokenizer)
+    return {name: Split(model_inputs(s, specials, cfg.data), s.labels) for name, s in encoded.items()}
+
+
+def _progress(state: TrainState, total: int, loss: float, lr: float, samples_per_s: float, eta_s: float, epoch: int) -> str:
+    eta = f"{int(eta_s // 60)}m{int(eta_s % 60):02d}s"
+    return (
+        f"step {state.global_step}/{total} | epoch {epoch} | loss {loss:.4f} | lr {lr:.2e} | "
+        f"{samples_per_s:.1f} samples/s | ETA {eta}"
+    )
+
+
+def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: dict[str, Any], tracker: Tracker) -> float:
+    """One epoch over this rank's batches; returns the mean training loss of the epoch."""
+    rank, world, device = ctx["rank"], ctx["world"], ctx["device"]
+    torch.manual_seed(cfg.train.seed * 10_000 + state.epoch * world + rank)  # dropout, reproducible on resume
+    batches = train_batches(
+        split.lengths, cfg.train.batch_size, seed=cfg.data.seed, epoch=state.epoch, rank=rank,
+        world_size=world, group_by_length=cfg.data.length_grouping, multiple_of=cfg.train.grad_accum_steps,
+    )
+    engine.train()
+    window_loss = torch.zeros((), device=device)
+    window_n, epoch_loss, epoch_n = 0, 0.0, 0
+    t0 = tw = time.perf_counter()
+    steps_done_at_start = state.global_step
+    for micro, (_, batch) in enumerate(iterate(split.inputs, split.labels, batches, ctx["collate"]), start=1):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        logits = engine(**batch).logits
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=ctx["class_weights"])
+        engine.backward(loss)
+        engine.step()
+        window_loss += loss.detach()
+        window_n += 1
+        if micro % cfg.train.grad_accum_steps:
+            continue
+        state.global_step += 1
+        if state.global_step % cfg.train.log_every_steps == 0:
+            mean = window_loss.item() / window_n  # the only host sync, every log_every_steps
+            epoch_loss, epoch_n = epoch_loss + mean * window_n, epoch_n + window_n
+            now = time.perf_counter()
+            rate = window_n * cfg.train.batch_size * world / (now - tw)
+            per_step = (now - t0) / max(1, state.global_step - steps_done_at_start)
+            eta = per_step * (ctx["total_steps"] - state.global_step)
+            lr = engine.get_lr()[0]
+            _log(rank, _progress(state, ctx["total_steps"], mean, lr, rate, eta, state.epoch + 1))
+            tracker.log({"train/loss": mean, "train/lr": lr, "train/samples_per_s": rate, "train/epoch": state.epoch + micro / len(batches)}, step=state.global_step)
+            window_loss.zero_()
+            window_n, tw = 0, now
+    if window_n:
+        epoch_loss, epoch_n = epoch_loss + window_loss.item(), epoch_n + window_n
+    return epoch_loss / max(1, epoch_n)
+
+
+def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ctx: dict[str, Any], tracker: Tracker) -> dict[str, Any]:
+    """Load the best epoch's plain HF model (no DeepSpeed) and evaluate it on the test split."""
+    store = ray.train.get_context().get_storage()
+    fs, run_dir = store.storage_filesystem, store.experiment_fs_path
+    local = storage.local_copy(fs, storage.join(run_dir, epoch_dir_name(state.best_epoch), MODEL_DIR))
+    model = AutoModelForSequenceClassification.from_pretrained(local, use_safetensors=True).to(ctx["device"])
+    metrics = evaluate(model, splits["test"], cfg, ctx["collate"], ctx["device"], prefix="test_")
+    metrics["test_epoch"] = state.best_epoch
+    if ctx["rank"] == 0:
+        storage.write_json(fs, storage.join(run_dir, TEST_METRICS_FILE), metrics)
+        tracker.summary(scalar_metrics(metrics))
+        tracker.log({f"test/{k.removeprefix('test_')}": v for k, v in scalar_metrics(metrics).items()}, step=state.global_step)
+        tracker.log_model(local, name=f"model-{ctx['run_name']}", aliases=["best", f"epoch-{state.best_epoch}"], metadata=scalar_metrics(metrics))
+    return metrics
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train, validate and checkpoint every epoch, then test the best epoch's model.
+
+    Args:
+        config: ``{"cfg": <Config as dict>, "data": <ObjectRef or dict of EncodedSplit>,
+            "run_name": str, "wandb_dir": str}``.
+    """
+    import deepspeed
+
+    cfg = config_from_dict(config["cfg"], "train_loop_config")
+    tctx = ray.train.get_context()
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    device = _device(cfg)
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    torch.manual_seed(cfg.train.seed)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    splits = _prepare_splits(config, cfg, tokenizer)
+    model = build_model(cfg.model).to(device)
+    probe = train_batches(splits["train"].lengths, cfg.train.batch_size, seed=cfg.data.seed, epoch=0, rank=rank,
+                          world_size=world, group_by_length=False, multiple_of=cfg.train.grad_accum_steps)
+    steps_per_epoch = len(probe) // cfg.train.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(splits['train'])} training examples make no full step of batch {cfg.train.batch_size} "
+            f"x accumulation {cfg.train.grad_accum_steps} x {world} workers; lower train.batch_size"
+        )
+    total_steps = steps_per_epoch * cfg.train.epochs
+    optimizer = build_optimizer(model, cfg, device)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=build_scheduler(optimizer, cfg, total_steps),
+        config=build_deepspeed_config(cfg, world),
+    )
+    state = restore(engine, cfg, rank)
+    run_name = config["run_name"]
+    tracker = start_tracking(cfg, run_name, config["wandb_dir"]) if rank == 0 else Tracker()
+    ctx = {
+        "rank": rank, "world": world, "device": device, "total_steps": total_steps, "run_name": run_name,
+        "collate": make_collator(tokenizer, cfg.data.pad_to_multiple_of),
+        "class_weights": class_weight_tensor(cfg, splits["train"].labels, device),
+    }
+    _log(rank, f"training {len(splits['train'])} reviews on {world} worker(s): {steps_per_epoch} steps/epoch, "
+               f"{cfg.train.epochs} epochs, global batch {cfg.train.batch_size * cfg.train.grad_accum_steps * world}")
+    patience, metric_key = cfg.train.early_stopping_patience, cfg.run.metric
+    stop = patience is not None and state.bad_epochs >= patience
+    while state.epoch < cfg.train.epochs and not stop:
+        t0 = time.perf_counter()
+        train_loss = train_epoch(engine, splits["train"], cfg, state, ctx, tracker)
+        metrics = evaluate(engine.module, splits["validation"], cfg, ctx["collate"], device, prefix="val_")
+        state.epoch += 1
+        value = metrics[metric_key]
+        if state.improved(value, cfg.run.mode):
+            state.best_metric, state.best_epoch, state.bad_epochs = value, state.epoch, 0
+        else:
+            state.bad_epochs += 1
+        stop = patience is not None and state.bad_epochs >= patience
+        scalars = {**scalar_metrics(metrics), "train_loss": train_loss, "epoch": state.epoch,
+                   "step": state.global_step, "epoch_time_s": time.perf_counter() - t0}
+        state.history.append(scalars)
+        _log(rank, f"epoch {state.epoch}/{cfg.train.epochs}: train_loss {train_loss:.4f} | " +
+             " | ".join(f"{k} {metrics[k]:.4f}" for k in ("val_loss", "val_accuracy", "val_f1")) +
+             (" | early stop" if stop else ""))
+        tracker.log({f"val/{k.removeprefix('val_')}": v for k, v in scalar_metrics(metrics).items()} | {"epoch": state.epoch}, step=state.global_step)
+        with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
+            save_checkpoint(engine, tokenizer, cfg, state, metrics, rank, Path(tmp))
+            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=epoch_dir_name(state.epoch))
+    del engine, optimizer, model
+    dist.barrier()  # rank 0 may still be uploading the last epoch's model folder
+    test_best_model(cfg, splits, state, ctx, tracker)
+    tracker.finish()

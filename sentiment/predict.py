@@ -1,0 +1,110 @@
+"""In-process predictions from a checkpoint, tokenized exactly as training did."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from sentiment.batching import eval_batches, iterate, make_collator
+from sentiment.checkpoint import CheckpointError, read_model_dir, resolve_model_dir
+from sentiment.config import Config
+from sentiment.data import SpecialTokens, encode_texts, fit_to_length
+from sentiment.metrics import softmax
+
+
+@dataclass
+class Prediction:
+    """One text's prediction."""
+
+    label: str
+    score: float
+    probabilities: dict[str, float]
+    num_tokens: int
+    truncated: bool
+
+
+class Predictor:
+    """A loaded checkpoint that predicts labels for raw texts.
+
+    Example:
+        >>> p = Predictor.load("runs/my-run")            # run folder, epoch checkpoint or model folder
+        >>> p.predict(["A fun brain candy movie."], return_proba=True)
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: object, cfg: Config, metrics: dict, path: str) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.metrics = metrics
+        self.path = path
+        self.label_names = list(cfg.model.label_names)
+        self.specials = SpecialTokens.of(tokenizer)
+        self.collate = make_collator(tokenizer, cfg.data.pad_to_multiple_of)
+
+    @classmethod
+    def load(
+        cls, checkpoint: str | os.PathLike[str], which: str = "best", device: str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> Predictor:
+        """Load a model folder, an epoch checkpoint or a run folder (its ``best`` or ``last``).
+
+        Raises:
+            CheckpointError: missing, incomplete or corrupt checkpoint.
+        """
+        path = resolve_model_dir(checkpoint, which)
+        cfg, metrics = read_model_dir(path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+            model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, dtype=dtype)
+        except Exception as err:
+            raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: {err}") from None
+        if model.config.num_labels != cfg.model.num_labels:
+            raise CheckpointError(f"{path}: model has {model.config.num_labels} labels, config {cfg.model.num_labels}")
+        return cls(model.to(device), tokenizer, cfg, metrics, str(path))
+
+    def encode(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
+        """Model-ready ids for each text (training's length and truncation) and its full length."""
+        data = self.cfg.data
+        content = encode_texts(self.tokenizer, texts)
+        ids = [fit_to_length(c, self.specials, data.max_seq_length, data.truncation, data.head_fraction) for c in content]
+        return ids, [len(c) + len(self.specials) for c in content]
+
+    @torch.inference_mode()
+    def logits_for_ids(self, ids: list[list[int]], batch_size: int = 64) -> np.ndarray:
+        """Raw logits for already-encoded inputs, batched by length, in input order."""
+        out = np.zeros((len(ids), len(self.label_names)), dtype=np.float32)
+        device = next(self.model.parameters()).device
+        batches = eval_batches([len(x) for x in ids], batch_size)
+        for idx, batch in iterate(ids, None, batches, self.collate):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out[idx] = self.model(**batch).logits.float().cpu().numpy()
+        return out
+
+    def predict(self, texts: list[str], return_proba: bool = False, batch_size: int = 64) -> list[str] | np.ndarray:
+        """Label names for ``texts``, or an ``(n, num_labels)`` probability array with ``return_proba``."""
+        ids, _ = self.encode(texts)
+        proba = softmax(self.logits_for_ids(ids, batch_size))
+        if return_proba:
+            return proba
+        return [self.label_names[i] for i in proba.argmax(axis=1)]
+
+    def predict_details(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
+        """Label, score, all probabilities, tokens used and truncation for each text."""
+        ids, full_lengths = self.encode(texts)
+        proba = softmax(self.logits_for_ids(ids, batch_size))
+        results = []
+        for p, used, full in zip(proba, ids, full_lengths):
+            top = int(p.argmax())
+            results.append(
+                Prediction(
+                    label=self.label_names[top],
+                    score=float(p[top]),
+                    probabilities={n: float(v) for n, v in zip(self.label_names, p)},
+                    num_tokens=len(used),
+                    truncated=full > len(used),
+                )
+            )
+        return results
