@@ -105,13 +105,13 @@ def _load_files(fmt: str, where: Path) -> DatasetDict:
         whole = load_dataset(builder, data_files=str(where), split="train")
         return whole.train_test_split(test_size=TEST_FRACTION_WHEN_MISSING, seed=0)
     exts = {"parquet": ("parquet",), "csv": ("csv",), "json": ("jsonl", "json")}[fmt]
-    files: dict[str, str] = {}
-    for split in SPLITS:
+    splits = {}
+    for split in SPLITS:  # one at a time: a split with other columns gets its own clear error
         found = [where / f"{split}.{e}" for e in exts if (where / f"{split}.{e}").is_file()]
         if not found:
             raise DataError(f"{str(where)!r} has no {split}.{exts[0]} file")
-        files[split] = str(found[0])
-    return load_dataset(builder, data_files=files)
+        splits[split] = load_dataset(builder, data_files=str(found[0]), split="train")
+    return DatasetDict(splits)
 
 
 def _load_aclimdb(where: Path) -> DatasetDict:

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny BERT saved to a folder, small IMDB-shaped data, test artifacts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here: fail fast, not after retries
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def imdb_dir() -> Path | None:
+    """The real IMDB parquet folder from $IMDB_DATA_DIR, if it is there."""
+    path = os.environ.get("IMDB_DATA_DIR")
+    return Path(path) if path and (Path(path) / "train.parquet").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT with the packaged MiniLM's uncased WordPiece tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from sentiment.model import resolve_model_path
+    from sentiment.config import PACKAGED_MODEL
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(PACKAGED_MODEL))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, num_labels=2,
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_imdb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A parquet folder shaped like IMDB: real reviews when $IMDB_DATA_DIR is set, else synthetic."""
+    folder = tmp_path_factory.mktemp("imdb-small")
+    real = imdb_dir()
+    for split, n in (("train", 400), ("test", 200)):
+        if real is not None:
+            df = pd.read_parquet(real / f"{split}.parquet").groupby("label").sample(n // 2, random_state=0)
+        else:
+            words = {0: "dull awful boring waste <br /><br />bad", 1: "great brilliant fun moving <br />superb"}
+            df = pd.DataFrame({"text": [f"{words[i % 2]} review {i} " * (1 + i % 7) for i in range(n)],
+                               "label": [i % 2 for i in range(n)]})
+        df.sample(frac=1, random_state=0).to_parquet(folder / f"{split}.parquet", index=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Folder for screenshots and other files a person may want to look at after the tests."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+
+from sentiment.config import ConfigError, Config, load_config, parse_overrides
+from sentiment.model import check_against_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_valid():
+    cfg = load_config()
+    assert cfg.model.num_labels == 2 and cfg.data.truncation == "head_tail"
+
+
+def test_overrides_parse_types_and_nest():
+    assert parse_overrides(["train.lr=2e-5", "train.epochs=3", "data.length_grouping=false", "train.class_weights=[1, 2]"]) == {
+        "train": {"lr": 2e-5, "epochs": 3, "class_weights": [1, 2]},
+        "data": {"length_grouping": False},
+    }
+
+
+def test_override_wins_over_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  lr: 0.001\n  epochs: 5\n")
+    cfg = load_config(f, ["train.lr=3e-5"])
+    assert cfg.train.lr == 3e-5 and cfg.train.epochs == 5
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lrr=1e-4", "train.lrr"),
+        ("nosuch.key=1", "nosuch"),
+        ("train.lr=0", "train.lr"),
+        ("train.lr=-1e-5", "train.lr"),
+        ("train.epochs=two", "train.epochs"),
+        ("model.num_labels=1", "model.num_labels"),
+        ("data.truncation=middle", "data.truncation"),
+        ("deepspeed.zero_stage=4", "deepspeed.zero_stage"),
+        ("data.validation_fraction=1.5", "data.validation_fraction"),
+        ("model.label_names=[a,b,c]", "model.label_names"),
+        ("train.precision=fp16", "train.precision=fp16"),
+        ("run.metric=val_auc", "run.metric"),
+        ("deepspeed.offload_param=true", "deepspeed.offload_param"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert key in str(err.value)
+
+
+def test_malformed_override_is_rejected():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["train.lr"])
+
+
+def test_missing_and_non_mapping_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_max_seq_length_above_model_limit(tiny_model_dir):
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "data.max_seq_length=256"])
+    with pytest.raises(ConfigError, match="data.max_seq_length=256 exceeds the model's position limit 128"):
+        check_against_model(cfg)
+    check_against_model(load_config(None, [f"model.name_or_path={tiny_model_dir}", "data.max_seq_length=128"]))
+
+
+def test_unreachable_model_names_the_key():
+    cfg = load_config(None, ["model.name_or_path=no-such-org/no-such-model"])
+    with pytest.raises(ConfigError, match="model.name_or_path"):
+        check_against_model(cfg)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_file_loads_and_starts_with_its_command(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and ("python -m" in first or "serve " in first or "ray " in first), first
+    assert isinstance(load_config(path), Config)

@@ -1,0 +1,161 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sentiment.config import DataConfig
+from sentiment.data import (
+    DataError,
+    SpecialTokens,
+    clean_text,
+    encode_texts,
+    fit_to_length,
+    load_splits,
+    resolve_source,
+    truncate_ids,
+)
+from sentiment.model import load_tokenizer
+from tests.conftest import imdb_dir
+
+LABELS = ["negative", "positive"]
+IDS = np.arange(10)
+
+
+@pytest.mark.parametrize(
+    "strategy, budget, expected",
+    [
+        ("head", 4, [0, 1, 2, 3]),
+        ("tail", 4, [6, 7, 8, 9]),
+        ("head_tail", 4, [0, 7, 8, 9]),  # round(4 * 0.25) = 1 from the head, 3 from the tail
+        ("head_tail", 8, [0, 1, 4, 5, 6, 7, 8, 9]),
+        ("head", 20, list(range(10))),  # short enough: untouched
+    ],
+)
+def test_truncation_strategies(strategy, budget, expected):
+    assert truncate_ids(IDS, budget, strategy).tolist() == expected
+
+
+def test_head_tail_matches_sun_et_al_at_512():
+    out = truncate_ids(np.arange(1000), 510, "head_tail")
+    assert out[:128].tolist() == list(range(128)) and out[128:].tolist() == list(range(618, 1000))
+
+
+def test_unknown_strategy():
+    with pytest.raises(ValueError, match="middle"):
+        truncate_ids(IDS, 4, "middle")
+
+
+def test_fit_to_length_wraps_specials(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))
+    specials = SpecialTokens.of(tok)
+    assert specials.prefix == (tok.cls_token_id,) and specials.suffix == (tok.sep_token_id,)
+    out = fit_to_length(IDS + 1000, specials, 6, "tail", 0.25)
+    assert out == [tok.cls_token_id, 1006, 1007, 1008, 1009, tok.sep_token_id]
+
+
+def test_clean_text_strips_html_breaks():
+    assert clean_text("Great.<br /><br />Loved it<BR>too ") == "Great.  Loved it too"
+
+
+def test_encoding_matches_the_tokenizer(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))
+    [ids] = encode_texts(tok, ["A fun<br />movie"])
+    assert ids.tolist() == tok("A fun movie", add_special_tokens=False)["input_ids"]
+
+
+def _cfg(path, **kw):
+    return DataConfig(source="auto", path=str(path), **kw)
+
+
+def test_parquet_folder_splits_are_stratified_and_disjoint(small_imdb):
+    splits = load_splits(_cfg(small_imdb, validation_fraction=0.25), LABELS)
+    assert len(splits["train"]) == 300 and len(splits["validation"]) == 100 and len(splits["test"]) == 200
+    assert sum(splits["validation"]["label"]) == 50  # stratified: half positive
+    assert not set(splits["train"]["text"]) & set(splits["validation"]["text"])
+    assert all("<br" not in t for t in splits["train"]["text"])
+
+
+def test_caps_apply_after_split(small_imdb):
+    splits = load_splits(_cfg(small_imdb, max_train_samples=50, max_val_samples=10, max_test_samples=20), LABELS)
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [50, 10, 20]
+
+
+def test_csv_with_string_labels_like_the_seed_tutorials(tmp_path):
+    rows = [{"review": f"review number {i}", "sentiment": "positive" if i % 2 else "negative"} for i in range(50)]
+    pd.DataFrame(rows).to_csv(tmp_path / "reviews.csv", index=False)
+    splits = load_splits(_cfg(tmp_path / "reviews.csv", text_column="review", label_column="sentiment"), LABELS)
+    assert len(splits["test"]) == 10  # a single file: 20% becomes the test split
+    ex = splits["train"][0]
+    assert ex["label"] == int(ex["text"].split()[-1]) % 2
+
+
+def test_jsonl_folder(tmp_path):
+    for split in ("train", "test"):
+        with open(tmp_path / f"{split}.jsonl", "w") as f:
+            for i in range(20):
+                f.write(json.dumps({"text": f"{split} text {i}", "label": i % 2}) + "\n")
+    splits = load_splits(_cfg(tmp_path), LABELS)
+    assert len(splits["test"]) == 20 and splits["test"][0]["text"].startswith("test")
+
+
+def test_aclimdb_folder(tmp_path):
+    for split in ("train", "test"):
+        for name in ("pos", "neg"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(6):
+                (tmp_path / split / name / f"{i}_{8 if name == 'pos' else 2}.txt").write_text(f"{name} review {i}<br />")
+    assert resolve_source(_cfg(tmp_path))[0] == "aclimdb"
+    splits = load_splits(_cfg(tmp_path, validation_fraction=0.5), LABELS)
+    test = splits["test"]
+    assert len(test) == 12 and all((t.startswith("pos")) == bool(y) for t, y in zip(test["text"], test["label"]))
+
+
+def test_missing_folder_names_the_setting(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        resolve_source(_cfg(tmp_path / "nope"))
+
+
+def test_env_var_points_at_data(small_imdb, monkeypatch):
+    monkeypatch.setenv("IMDB_DATA_DIR", str(small_imdb))
+    assert resolve_source(DataConfig()) == ("parquet", str(small_imdb))
+
+
+def test_unreachable_hub_says_how_to_use_local_data(monkeypatch):
+    monkeypatch.delenv("IMDB_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match="IMDB_DATA_DIR"):
+        load_splits(DataConfig(source="hub", hub_id="stanfordnlp/imdb"), LABELS)
+
+
+def _write(tmp_path, train_rows):
+    pd.DataFrame(train_rows).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"text": ["fine", "bad"], "label": [1, 0]}).to_parquet(tmp_path / "test.parquet")
+    return tmp_path
+
+
+def test_wrong_column_lists_the_columns(tmp_path):
+    _write(tmp_path, {"review": ["a", "b"], "label": [0, 1]})
+    with pytest.raises(DataError, match=r"no column 'text' \(data.text_column\); columns are \['review', 'label'\]"):
+        load_splits(_cfg(tmp_path), LABELS)
+
+
+def test_labels_outside_the_label_set(tmp_path):
+    _write(tmp_path, {"text": ["a", "b", "c"], "label": [0, 1, 2]})
+    with pytest.raises(DataError, match="row 2: label 2"):
+        load_splits(_cfg(tmp_path), LABELS)
+    _write(tmp_path, {"text": ["a", "b"], "label": ["negative", "meh"]})
+    with pytest.raises(DataError, match="'meh'"):
+        load_splits(_cfg(tmp_path), LABELS)
+
+
+def test_empty_texts_are_an_error(tmp_path):
+    _write(tmp_path, {"text": ["ok", "  ", "<br />", "fine"], "label": [0, 1, 0, 1]})
+    with pytest.raises(DataError, match=r"2 empty texts .* \(rows \[1, 2\]\)"):
+        load_splits(_cfg(tmp_path), LABELS)
+
+
+@pytest.mark.skipif(imdb_dir() is None, reason="set IMDB_DATA_DIR to the full IMDB parquet folder")
+def test_full_imdb_loads_with_documented_sizes():
+    splits = load_splits(DataConfig(path=str(imdb_dir()), validation_fraction=0.1), LABELS)
+    assert len(splits["train"]) == 22_500 and len(splits["validation"]) == 2_500 and len(splits["test"]) == 25_000
+    assert sum(splits["test"]["label"]) == 12_500

@@ -1,0 +1,148 @@
+"""The real path: a local Ray, 2 CPU workers, DeepSpeed ZeRO-2 and a tiny BERT for a few steps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+
+from ray_jobs.train import check_resources, check_resume_from, launch, prepare_data
+from sentiment.config import ConfigError, load_config
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parent.parent
+STEPS_PER_EPOCH = 128 // (16 * 2)  # train reviews / (micro-batch x workers)
+
+
+def smoke_config(model_dir, data_dir, storage, name, *extra):
+    return load_config(None, [
+        f"model.name_or_path={model_dir}", f"data.path={data_dir}", "data.max_seq_length=64",
+        "data.max_train_samples=128", "data.max_val_samples=64", "data.max_test_samples=64",
+        "train.epochs=2", "train.batch_size=16", "train.log_every_steps=2", "train.lr=5e-4",
+        "deepspeed.zero_stage=2", "scaling.num_workers=2", "tracking.mode=offline", "run.max_failures=0",
+        f"run.storage_path={storage}", f"run.name={name}", *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    from ray_jobs.local_ray import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def trained(local_ray, tiny_model_dir, small_imdb, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("runs")
+    cfg = smoke_config(tiny_model_dir, small_imdb, storage, "smoke")
+    return cfg, launch(cfg, prepare_data(cfg))
+
+
+def _state(checkpoint: str) -> dict:
+    return json.loads((Path(checkpoint) / "train_state.json").read_text())
+
+
+def test_every_epoch_is_checkpointed_with_both_ranks_shards(trained):
+    cfg, summary = trained
+    run = Path(summary["run_dir"])
+    for epoch in (1, 2):
+        ckpt = run / f"epoch_{epoch:03d}"
+        assert _state(ckpt)["global_step"] == epoch * STEPS_PER_EPOCH
+        shards = sorted(p.name for p in (ckpt / "deepspeed" / "state").glob("zero_pp_rank_*_optim_states.pt"))
+        assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+        assert (ckpt / "model" / "model.safetensors").is_file()
+    assert json.loads((run / "result.json").read_text())["last_checkpoint"] == str(run / "epoch_002")
+    assert summary["test_metrics"]["test_count"] == 64 and 0.0 <= summary["test_metrics"]["test_accuracy"] <= 1.0
+    assert summary["best_metrics"]["val_count"] == 64  # every validation review scored once across both ranks
+
+
+LOAD_WITHOUT_ENGINES = """
+import sys, json
+for name in ("ray", "deepspeed", "wandb"):
+    sys.modules[name] = None
+from sentiment.data import load_splits
+from sentiment.metrics import compute_metrics
+from sentiment.predict import Predictor
+p = Predictor.load(sys.argv[1])
+test = load_splits(p.cfg.data, p.cfg.model.label_names)["test"]
+ids, _ = p.encode(test["text"])
+m = compute_metrics(p.logits_for_ids(ids), test["label"], p.label_names)
+print(json.dumps({"loss": m["loss"], "accuracy": m["accuracy"]}))
+"""
+
+
+def test_checkpoint_loads_without_ray_and_reproduces_the_workers_logits(trained):
+    _, summary = trained
+    out = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_ENGINES, summary["best_checkpoint"]],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    test = summary["test_metrics"]
+    assert got["loss"] == pytest.approx(test["test_loss"], abs=1e-5)
+    assert got["accuracy"] == test["test_accuracy"]
+
+
+def test_resume_continues_at_the_saved_step_with_the_same_result(trained, tiny_model_dir, small_imdb):
+    cfg, summary = trained
+    run = Path(summary["run_dir"])
+    resumed_cfg = smoke_config(tiny_model_dir, small_imdb, cfg.run.storage_path, "resumed",
+                               f"run.resume_from={run / 'epoch_001'}")
+    resumed = launch(resumed_cfg, prepare_data(resumed_cfg))
+    new_run = Path(resumed["run_dir"])
+    assert not (new_run / "epoch_001").exists()  # epoch 1 was not redone
+    state = _state(new_run / "epoch_002")
+    assert state["global_step"] == 2 * STEPS_PER_EPOCH and [h["epoch"] for h in state["history"]] == [1, 2]
+    original = _state(run / "epoch_002")["history"][-1]
+    # Same weights, optimizer moments, LR schedule and data order: epoch 2 comes out the same.
+    assert state["history"][-1]["val_loss"] == pytest.approx(original["val_loss"], abs=1e-4)
+    assert state["history"][-1]["train_loss"] == pytest.approx(original["train_loss"], abs=1e-4)
+
+
+def test_corrupt_resume_checkpoint_fails_with_a_clear_error(trained, tiny_model_dir, small_imdb, tmp_path):
+    cfg, summary = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(Path(summary["run_dir"]) / "epoch_001", broken)
+    for f in (broken / "deepspeed" / "state").glob("*model_states.pt"):
+        f.write_bytes(b"not a checkpoint")
+    bad = smoke_config(tiny_model_dir, small_imdb, tmp_path / "runs", "broken", f"run.resume_from={broken}")
+    with pytest.raises(Exception, match="cannot resume from checkpoint"):
+        launch(bad, prepare_data(bad))
+
+
+def test_incomplete_resume_checkpoint_fails_before_ray(tmp_path, tiny_model_dir, small_imdb):
+    (tmp_path / "ckpt" / "model").mkdir(parents=True)
+    cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path, "x", f"run.resume_from={tmp_path / 'ckpt'}")
+    with pytest.raises(ConfigError, match="no train_state.json"):
+        check_resume_from(cfg)
+
+
+def test_more_workers_than_cpus_is_refused(local_ray, tiny_model_dir, small_imdb, tmp_path):
+    cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path, "x", "scaling.num_workers=3")
+    with pytest.raises(ConfigError, match="needs 3 CPU in all, but the cluster has 2"):
+        check_resources(cfg, local=True)
+
+
+def test_wandb_offline_run_recorded_the_metrics(trained):
+    from wandb.sdk.internal.datastore import DataStore
+    from wandb.proto import wandb_internal_pb2
+
+    _, summary = trained
+    [run_file] = Path(summary["run_dir"], "wandb").glob("wandb/offline-run-*/run-*.wandb")
+    store = DataStore()
+    store.open_for_scan(str(run_file))
+    history_keys, summary_keys = set(), set()
+    while (data := store.scan_data()) is not None:
+        rec = wandb_internal_pb2.Record()
+        rec.ParseFromString(data)
+        if rec.WhichOneof("record_type") == "history":
+            history_keys |= {item.key or "/".join(item.nested_key) for item in rec.history.item}
+        elif rec.WhichOneof("record_type") == "summary":
+            summary_keys |= {item.key or "/".join(item.nested_key) for item in rec.summary.update}
+    assert {"train/loss", "train/lr", "train/samples_per_s", "val/accuracy", "val/f1", "test/accuracy"} <= history_keys
+    assert "test_accuracy" in summary_keys
