@@ -18,8 +18,6 @@ LOOPBACK = "127.0.0.1"
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    # Ray Train V2 (the default in Ray 2.60) spelled out, so the behaviour does not drift.
-    "RAY_TRAIN_V2_ENABLED": "1",
 }
 BOOTSTRAP = Path("~/ray_bootstrap_config.yaml")
 
@@ -32,6 +30,10 @@ def keep_ray_local() -> None:
     """
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    # Ray read the variable when it was imported; if that was before ray_jobs, correct it here.
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1"
     bootstrap = BOOTSTRAP.expanduser()
     if not bootstrap.exists():
         bootstrap.write_text("# written by bert-sentiment: a local Ray, no cloud provider to probe\nprovider: {type: local}\n")
@@ -43,12 +45,12 @@ def init_ray(num_cpus: int | None = None) -> None:
     Args:
         num_cpus: CPUs for a locally started Ray (default: all cores); ignored when joining.
     """
-    keep_ray_local()
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return
+    keep_ray_local()
     ray.init(
         num_cpus=num_cpus,
         _node_ip_address=LOOPBACK,

@@ -117,17 +117,15 @@ def summarize(cfg: Config, result: Any, run_name: str, storage_path: str) -> dic
     """Write ``result.json`` in the run folder (best/last checkpoint, metrics) and return it."""
     fs, root = storage.resolve(storage_path)
     run_dir = storage.join(root, run_name)
-    best_ckpt, best_metrics = result.get_best_checkpoint(cfg.run.metric, cfg.run.mode), None
-    for ckpt, metrics in result.best_checkpoints or []:
-        if best_ckpt is not None and ckpt.path == best_ckpt.path:
-            best_metrics = metrics
+    test = storage.read_json(fs, storage.join(run_dir, TEST_METRICS_FILE))
+    best = test["test_checkpoint"]  # the epoch tested; in the run resumed from, if it was better
     summary = {
         "run_name": run_name,
         "run_dir": run_dir,
-        "best_checkpoint": best_ckpt.path if best_ckpt else None,
+        "best_checkpoint": best,
         "last_checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "best_metrics": best_metrics,
-        "test_metrics": storage.read_json(fs, storage.join(run_dir, TEST_METRICS_FILE)),
+        "best_metrics": storage.read_json(fs, storage.join(best, STATE_FILE))["history"][test["test_epoch"] - 1],
+        "test_metrics": test,
         "metric": cfg.run.metric,
         "config": cfg.model_dump(mode="json"),
     }

@@ -51,6 +51,7 @@ class TrainState:
     global_step: int = 0  # optimizer steps taken
     best_metric: float | None = None
     best_epoch: int = 0
+    best_checkpoint: str | None = None  # storage path; may be in the run resumed from
     bad_epochs: int = 0  # epochs since the last improvement
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -251,10 +252,10 @@ def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ct
     """Load the best epoch's plain HF model (no DeepSpeed) and evaluate it on the test split."""
     store = ray.train.get_context().get_storage()
     fs, run_dir = store.storage_filesystem, store.experiment_fs_path
-    local = storage.local_copy(fs, storage.join(run_dir, epoch_dir_name(state.best_epoch), MODEL_DIR))
+    local = storage.local_copy(fs, storage.join(state.best_checkpoint, MODEL_DIR))
     model = AutoModelForSequenceClassification.from_pretrained(local, use_safetensors=True).to(ctx["device"])
     metrics = evaluate(model, splits["test"], cfg, ctx["collate"], ctx["device"], prefix="test_")
-    metrics["test_epoch"] = state.best_epoch
+    metrics["test_epoch"], metrics["test_checkpoint"] = state.best_epoch, state.best_checkpoint
     if ctx["rank"] == 0:
         storage.write_json(fs, storage.join(run_dir, TEST_METRICS_FILE), metrics)
         tracker.summary(scalar_metrics(metrics))
@@ -301,6 +302,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = {
         "rank": rank, "world": world, "device": device, "total_steps": total_steps, "run_name": run_name,
         "collate": make_collator(tokenizer, cfg.data.pad_to_multiple_of),
+        "run_dir": tctx.get_storage().experiment_fs_path,
         "class_weights": class_weight_tensor(cfg, splits["train"].labels, device),
     }
     _log(rank, f"training {len(splits['train'])} reviews on {world} worker(s): {steps_per_epoch} steps/epoch, "
@@ -315,6 +317,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         value = metrics[metric_key]
         if state.improved(value, cfg.run.mode):
             state.best_metric, state.best_epoch, state.bad_epochs = value, state.epoch, 0
+            state.best_checkpoint = storage.join(ctx["run_dir"], epoch_dir_name(state.epoch))
         else:
             state.bad_epochs += 1
         stop = patience is not None and state.bad_epochs >= patience

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ray_jobs  # noqa: F401  (imported before Ray: keeps the Rays tests start on loopback)
+
 import os
 from pathlib import Path
 

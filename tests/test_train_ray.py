@@ -13,6 +13,7 @@ import ray
 
 from ray_jobs.train import check_resources, check_resume_from, launch, prepare_data
 from sentiment.config import ConfigError, load_config
+from tests.wandb_log import logged_keys, records
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +23,7 @@ STEPS_PER_EPOCH = 128 // (16 * 2)  # train reviews / (micro-batch x workers)
 def smoke_config(model_dir, data_dir, storage, name, *extra):
     return load_config(None, [
         f"model.name_or_path={model_dir}", f"data.path={data_dir}", "data.max_seq_length=64",
-        "data.max_train_samples=128", "data.max_val_samples=64", "data.max_test_samples=64",
+        "data.validation_fraction=0.25", "data.max_train_samples=128", "data.max_val_samples=64", "data.max_test_samples=64",
         "train.epochs=2", "train.batch_size=16", "train.log_every_steps=2", "train.lr=5e-4",
         "deepspeed.zero_stage=2", "scaling.num_workers=2", "tracking.mode=offline", "run.max_failures=0",
         f"run.storage_path={storage}", f"run.name={name}", *extra,
@@ -129,20 +130,10 @@ def test_more_workers_than_cpus_is_refused(local_ray, tiny_model_dir, small_imdb
 
 
 def test_wandb_offline_run_recorded_the_metrics(trained):
-    from wandb.sdk.internal.datastore import DataStore
-    from wandb.proto import wandb_internal_pb2
-
     _, summary = trained
     [run_file] = Path(summary["run_dir"], "wandb").glob("wandb/offline-run-*/run-*.wandb")
-    store = DataStore()
-    store.open_for_scan(str(run_file))
-    history_keys, summary_keys = set(), set()
-    while (data := store.scan_data()) is not None:
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(data)
-        if rec.WhichOneof("record_type") == "history":
-            history_keys |= {item.key or "/".join(item.nested_key) for item in rec.history.item}
-        elif rec.WhichOneof("record_type") == "summary":
-            summary_keys |= {item.key or "/".join(item.nested_key) for item in rec.summary.update}
-    assert {"train/loss", "train/lr", "train/samples_per_s", "val/accuracy", "val/f1", "test/accuracy"} <= history_keys
-    assert "test_accuracy" in summary_keys
+    history, final = logged_keys(run_file)
+    assert {"train/loss", "train/lr", "train/samples_per_s", "val/accuracy", "val/f1", "test/accuracy"} <= history
+    assert {"test_accuracy", "test_f1"} <= final
+    artifacts = [r for r in records(run_file) if r.WhichOneof("record_type") == "artifact"]
+    assert any(a.artifact.type == "model" and "best" in a.artifact.aliases for a in artifacts)
