@@ -88,7 +88,8 @@ def build_trainer(cfg: Config, data: Any, run_name: str, storage_path: str) -> T
     resources = {"CPU": s.cpus_per_worker, **s.resources_per_worker}
     if s.use_gpu:
         resources["GPU"] = s.gpus_per_worker
-    env = {"DS_ACCELERATOR": "cuda" if s.use_gpu else "cpu"}
+    # Plain prints from workers (Train V2 would re-log them, and W&B's console capture doubles them).
+    env = {"DS_ACCELERATOR": "cuda" if s.use_gpu else "cpu", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
