@@ -11,6 +11,8 @@ A *model folder* is a plain Hugging Face folder that loads without Ray or DeepSp
 A training *epoch checkpoint* holds ``model/`` (that folder), ``deepspeed/`` (engine, optimizer
 and scheduler state per rank, for resuming) and ``train_state.json``. A *run folder* holds the
 epoch checkpoints (``epoch_001`` ...) and ``result.json``, which names the best and last ones.
+A sweep writes ``best.json`` (``{"checkpoint": <epoch checkpoint>, ...}``) beside its results and
+at the storage root, so the word ``best`` finds the best model of the latest sweep.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sentiment.config import Config, config_from_dict
+from sentiment.config import Config, RunConfig, config_from_dict
 
 MODEL_DIR = "model"
 CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.json"
 STATE_FILE = "train_state.json"
 RESULT_FILE = "result.json"
+BEST_FILE = "best.json"
 REQUIRED_MODEL_FILES = ("config.json", "model.safetensors", CONFIG_FILE)
 
 
@@ -81,19 +84,27 @@ def save_model_dir(model: Any, tokenizer: Any, cfg: Config, metrics: dict[str, A
     return Path(dest)
 
 
-def resolve_model_dir(path: str | os.PathLike[str], which: str = "best") -> Path:
-    """Find the model folder behind a model folder, an epoch checkpoint or a run folder.
+def resolve_model_dir(path: str | os.PathLike[str], which: str = "best", storage_path: str | None = None) -> Path:
+    """Find the model folder behind a model folder, an epoch checkpoint, a run folder, a folder
+    with ``best.json``, or the word ``best``.
 
     Args:
-        path: any of the three layouts in the module doc.
+        path: any of the layouts in the module doc, or ``best`` (``<storage_path>/best.json``).
         which: for a run folder, ``best`` or ``last`` epoch.
+        storage_path: where ``best`` is looked up (default: ``run.storage_path``'s default).
 
     Raises:
-        CheckpointError: nothing there, or a folder of none of the three layouts.
+        CheckpointError: nothing there, or a folder of none of the layouts.
     """
+    if str(path) == "best" and not Path("best").exists():
+        path = Path(storage_path or RunConfig().storage_path) / BEST_FILE
     path = Path(path).expanduser()
+    if path.name == BEST_FILE and path.is_file():
+        path = path.parent
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if (path / BEST_FILE).is_file():
+        return resolve_model_dir(json.loads((path / BEST_FILE).read_text())["checkpoint"])
     if (path / RESULT_FILE).is_file():
         result = json.loads((path / RESULT_FILE).read_text())
         key = f"{which}_checkpoint"

@@ -74,3 +74,13 @@ def test_corrupt_config_is_reported(model_dir):
     (model_dir / "epoch_001" / "model" / "train_config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt"):
         read_model_dir(model_dir / "epoch_001")
+
+
+def test_best_pointer_and_the_word_best(model_dir, tmp_path):
+    (tmp_path / "best.json").write_text(json.dumps({"checkpoint": str(model_dir / "epoch_001")}))
+    folder = model_dir / "epoch_001" / "model"
+    assert resolve_model_dir(tmp_path) == folder
+    assert resolve_model_dir(tmp_path / "best.json") == folder
+    assert resolve_model_dir("best", storage_path=str(tmp_path)) == folder
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_model_dir("best", storage_path=str(tmp_path / "empty"))
