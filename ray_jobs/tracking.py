@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sentiment.config import Config
@@ -85,3 +91,34 @@ def start_tracking(cfg: Config, name: str, directory: str, job_type: str = "trai
         settings=wandb.Settings(silent=True, console="off"),
     )
     return Tracker(run)
+
+
+@contextmanager
+def shared_service(cfg: Config) -> Iterator[dict[str, str]]:
+    """A detached ``wandb-core`` for runs whose process may be killed (trials ASHA stops).
+
+    A W&B run buffers in the ``wandb-core`` process its SDK starts, and that process dies with
+    the run's process, losing what it had not written. Runs that connect to a detached service
+    (``WANDB_SERVICE``) keep everything: the service writes it when it is stopped here.
+
+    Yields:
+        The environment variables that connect a process to the service (empty when off).
+    """
+    if resolve_mode(cfg.tracking.mode) == "disabled":
+        yield {}
+        return
+    cli = str(Path(sys.executable).with_name("wandb"))
+    started = subprocess.run([cli, "beta", "core", "start"], capture_output=True, text=True, check=True)
+    token = started.stdout.split()[0]
+    try:
+        yield {"WANDB_SERVICE": token}
+    finally:
+        subprocess.run([cli, "beta", "core", "stop"], env={**os.environ, "WANDB_SERVICE": token}, capture_output=True)
+        _wait_gone(Path(token.partition("-unix-")[2]))
+
+
+def _wait_gone(socket: Path, timeout_s: float = 30.0) -> None:
+    """Wait (bounded) until the service has closed its socket, i.e. written its runs."""
+    deadline = time.monotonic() + timeout_s
+    while socket.name and socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)

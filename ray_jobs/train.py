@@ -82,14 +82,21 @@ def wandb_dir(storage_path: str, run_name: str) -> str:
     return os.path.join(storage_path, run_name, "wandb") if "://" not in storage_path else "wandb"
 
 
-def build_trainer(cfg: Config, data: Any, run_name: str, storage_path: str) -> TorchTrainer:
-    """The ``TorchTrainer`` for this config (scaling, storage, checkpoints, fault tolerance)."""
+def build_trainer(
+    cfg: Config, data: Any, run_name: str, storage_path: str,
+    callbacks: list[Any] | None = None, worker_env: dict[str, str] | None = None,
+) -> TorchTrainer:
+    """The ``TorchTrainer`` for this config (scaling, storage, checkpoints, fault tolerance).
+
+    ``callbacks`` are Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` in a sweep trial;
+    ``worker_env`` adds environment variables for the workers.
+    """
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **s.resources_per_worker}
     if s.use_gpu:
         resources["GPU"] = s.gpus_per_worker
     # Plain prints from workers (Train V2 would re-log them, and W&B's console capture doubles them).
-    env = {"DS_ACCELERATOR": "cuda" if s.use_gpu else "cpu", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    env = {"DS_ACCELERATOR": "cuda" if s.use_gpu else "cpu", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(worker_env or {})}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -110,6 +117,7 @@ def build_trainer(cfg: Config, data: Any, run_name: str, storage_path: str) -> T
             ),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             worker_runtime_env={"env_vars": env},
+            callbacks=callbacks,
         ),
     )
 
@@ -134,12 +142,17 @@ def summarize(cfg: Config, result: Any, run_name: str, storage_path: str) -> dic
     return summary
 
 
-def launch(cfg: Config, data: dict[str, EncodedSplit] | None = None) -> dict[str, Any]:
+def launch(
+    cfg: Config, data: Any = None, callbacks: list[Any] | None = None, worker_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run one training job on the current Ray (``init_ray`` first) and return ``result.json``.
 
     Args:
         cfg: validated config.
-        data: pre-tokenized splits (a sweep passes the same ones to every trial); loaded when None.
+        data: pre-tokenized splits, or an ObjectRef to them (a sweep shares one encoding across
+            trials); loaded when None.
+        callbacks: Ray Train callbacks passed to the trainer.
+        worker_env: extra environment variables for the workers.
 
     Raises:
         ray.train.TrainingFailedError: the workers failed more than ``run.max_failures`` times.
@@ -147,7 +160,8 @@ def launch(cfg: Config, data: dict[str, EncodedSplit] | None = None) -> dict[str
     data = data if data is not None else prepare_data(cfg)
     run_name = cfg.run.name or f"train-{dt.datetime.now():%Y%m%d-%H%M%S}"
     storage_path = resolve_storage_path(cfg)
-    trainer = build_trainer(cfg, ray.put(data), run_name, storage_path)
+    ref = data if isinstance(data, ray.ObjectRef) else ray.put(data)
+    trainer = build_trainer(cfg, ref, run_name, storage_path, callbacks, worker_env)
     result = trainer.fit()
     return summarize(cfg, result, run_name, storage_path)
 

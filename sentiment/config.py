@@ -164,6 +164,46 @@ class RunConfig(_Section):
     resume_from: str | None = Field(None, description="A checkpoint folder to continue from.")
 
 
+class ParamSpec(_Section):
+    """One searched hyperparameter: a range (``loguniform``, ``uniform``, ``randint``) or a set
+    of values (``choice``, or ``grid`` to try every value with the random searcher)."""
+
+    type: Literal["loguniform", "uniform", "randint", "choice", "grid"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> ParamSpec:
+        if self.type in ("choice", "grid"):
+            if not self.values or self.low is not None or self.high is not None:
+                raise ValueError(f"a {self.type} needs a non-empty 'values' list and no low/high")
+            return self
+        if self.low is None or self.high is None or self.values is not None:
+            raise ValueError(f"a {self.type} range needs 'low' and 'high' and no 'values'")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"a loguniform range needs low > 0 (got {self.low:g})")
+        return self
+
+
+class SweepConfig(_Section):
+    """Ray Tune settings (tune/sweep.py). Trials rank by ``run.metric`` / ``run.mode``."""
+
+    name: str | None = Field(None, description="Default: sweep-<timestamp>.")
+    num_samples: int = Field(8, ge=1, description="Trials to sample (grid values multiply it).")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="Default: as the cluster allows.")
+    search: Literal["optuna", "random"] = Field("optuna", description="Optuna TPE or random search.")
+    scheduler: Literal["asha", "fifo"] = Field("asha", description="ASHA stops weak trials early.")
+    grace_period: int = Field(1, ge=1, description="Epochs every trial runs before ASHA may stop it.")
+    reduction_factor: float = Field(2.0, gt=1.0, description="ASHA keeps the top 1/reduction_factor per rung.")
+    driver_cpus: float = Field(0.01, gt=0.0, description="CPU of each trial's driver (0 deadlocks Tune).")
+    space: dict[str, ParamSpec] = Field(
+        default_factory=dict, description="Dotted config keys to search, e.g. train.lr: {type: loguniform, ...}."
+    )
+
+
 class Config(_Section):
     """The whole config: one object shared by train, tune and serve."""
 
@@ -174,6 +214,7 @@ class Config(_Section):
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from sentiment.batching import eval_batches, iterate, make_collator, train_batches
 from sentiment.model import load_tokenizer
