@@ -47,14 +47,20 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, checkpoint: str | os.PathLike[str], which: str = "best", device: str = "cpu", dtype: torch.dtype = torch.float32
+        cls,
+        checkpoint: str | os.PathLike[str],
+        which: str = "best",
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        storage_path: str | None = None,
     ) -> Predictor:
-        """Load a model folder, an epoch checkpoint or a run folder (its ``best`` or ``last``).
+        """Load a model folder, an epoch checkpoint, a run folder (its ``best`` or ``last``), a
+        sweep folder, or ``best`` (the latest sweep's best under ``storage_path``).
 
         Raises:
             CheckpointError: missing, incomplete or corrupt checkpoint.
         """
-        path = resolve_model_dir(checkpoint, which)
+        path = resolve_model_dir(checkpoint, which, storage_path)
         cfg, metrics = read_model_dir(path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
@@ -66,9 +72,9 @@ class Predictor:
         return cls(model.to(device), tokenizer, cfg, metrics, str(path))
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
-        """Model-ready ids for each text (training's length and truncation) and its full length."""
+        """Model-ready ids for each text (training's cleaning, length and truncation) and its full length."""
         data = self.cfg.data
-        content = encode_texts(self.tokenizer, texts)
+        content = encode_texts(self.tokenizer, texts)  # cleans like training
         ids = [fit_to_length(c, self.specials, data.max_seq_length, data.truncation, data.head_fraction) for c in content]
         return ids, [len(c) + len(self.specials) for c in content]
 
