@@ -53,6 +53,7 @@ class TrainState:
     best_epoch: int = 0
     best_checkpoint: str | None = None  # storage path; may be in the run resumed from
     bad_epochs: int = 0  # epochs since the last improvement
+    worker_nodes: list[str] = field(default_factory=list)  # Ray node id of each rank (last start)
     history: list[dict[str, float]] = field(default_factory=list)
 
     def improved(self, value: float, mode: str) -> bool:
@@ -139,11 +140,17 @@ def evaluate(model: torch.nn.Module, split: Split, cfg: Config, collate: Any, de
         idx_all.extend(idx)
         logits_all.append(logits.float().cpu().numpy())
     local = (idx_all, np.concatenate(logits_all) if logits_all else np.zeros((0, cfg.model.num_labels)))
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, local)
+    gathered = _gather(local, world)
     order = np.concatenate([np.asarray(i, dtype=np.int64) for i, _ in gathered])
     logits = np.concatenate([lg for _, lg in gathered])[np.argsort(order)]
     return compute_metrics(logits, split.labels, cfg.model.label_names, prefix=prefix)
+
+
+def _gather(value: Any, world: int) -> list[Any]:
+    """``value`` from every rank, in rank order."""
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, value)
+    return out
 
 
 def save_checkpoint(engine: Any, tokenizer: Any, cfg: Config, state: TrainState, metrics: dict[str, Any], rank: int, folder: Path) -> None:
@@ -297,6 +304,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         config=build_deepspeed_config(cfg, world),
     )
     state = restore(engine, cfg, rank)
+    state.worker_nodes = _gather(ray.get_runtime_context().get_node_id(), world)
     run_name = config["run_name"]
     tracker = start_tracking(cfg, run_name, config["wandb_dir"]) if rank == 0 else Tracker()
     ctx = {

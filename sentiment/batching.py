@@ -31,34 +31,35 @@ def train_batches(
     group_by_length: bool = True,
     multiple_of: int = 1,
 ) -> list[list[int]]:
-    """Plan one epoch of training batches for one rank.
+    """Plan one epoch of training micro-batches for one rank.
 
-    Indices are shuffled by ``(seed, epoch)``; with ``group_by_length`` they are sorted by length
-    inside windows of ``MEGABATCH_FACTOR`` global batches, cut into full batches, and the batch
-    order is shuffled again, except that the longest batch comes first (memory errors show at
-    once). Every rank gets the same number of batches, a multiple of ``multiple_of`` (gradient
-    accumulation), and no index twice; the examples left over change from epoch to epoch.
+    The plan is made at the level of *global* batches (``batch_size x world_size`` examples, one
+    optimizer micro-step across all ranks): indices are shuffled by ``(seed, epoch)``; with
+    ``group_by_length`` they are sorted by length inside windows of ``MEGABATCH_FACTOR`` global
+    batches; full global batches are cut and their order shuffled again, except that the longest
+    comes first (memory errors show at once). Rank ``r`` takes every ``world_size``-th example of
+    each global batch, so ranks get equally long reviews (no rank waits on another) and a run on
+    W workers sees the same global batches as one worker with a W times larger micro-batch. The
+    step count is a multiple of ``multiple_of`` (gradient accumulation); examples left over
+    change from epoch to epoch.
 
     Returns:
-        This rank's batches, each a list of example indices.
+        This rank's micro-batches, each a list of example indices.
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
-    if group_by_length:
+    global_size = batch_size * world_size
+    if group_by_length and len(order):
         lens = np.asarray(lengths)
-        window = batch_size * world_size * MEGABATCH_FACTOR
-        order = np.concatenate(
-            [w[np.argsort(-lens[w], kind="stable")] for w in np.array_split(order, max(1, -(-len(order) // window)))]
-        ) if len(order) else order
-    n_full = len(order) // batch_size
-    batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(n_full)]
+        windows = np.array_split(order, max(1, -(-len(order) // (global_size * MEGABATCH_FACTOR))))
+        order = np.concatenate([w[np.argsort(-lens[w], kind="stable")] for w in windows])
+    n_global = len(order) // global_size // multiple_of * multiple_of
+    batches = [order[i * global_size : (i + 1) * global_size] for i in range(len(order) // global_size)]
     batch_order = rng.permutation(len(batches))
-    if group_by_length and len(batches):
+    if group_by_length and batches:
         longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
         batch_order = np.concatenate([[longest], batch_order[batch_order != longest]])
-    per_rank = len(batches) // world_size // multiple_of * multiple_of
-    mine = batch_order[rank::world_size][:per_rank]
-    return [batches[b].tolist() for b in mine]
+    return [batches[b][rank::world_size].tolist() for b in batch_order[:n_global]]
 
 
 def eval_batches(lengths: Sequence[int], batch_size: int, *, rank: int = 0, world_size: int = 1) -> list[list[int]]:

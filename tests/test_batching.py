@@ -64,3 +64,15 @@ def test_collator_pads_to_multiple_with_mask(tiny_model_dir):
     assert batch["attention_mask"].sum(1).tolist() == [4, 3, 10]
     assert batch["input_ids"][1, 3:].eq(tok.pad_token_id).all()
     assert batch["labels"].tolist() == [1, 0, 1]
+
+
+def test_workers_split_the_same_global_batches_as_one_worker():
+    one = train_batches(LENGTHS, 16, seed=3, epoch=2)
+    two = [train_batches(LENGTHS, 8, seed=3, epoch=2, rank=r, world_size=2) for r in range(2)]
+    assert [sorted(a + b) for a, b in zip(*two)] == [sorted(b) for b in one]
+
+
+def test_ranks_get_similar_lengths_in_a_step():
+    r0, r1 = (train_batches(LENGTHS, 8, seed=1, epoch=0, rank=r, world_size=2) for r in range(2))
+    for a, b in zip(r0, r1):
+        assert abs(max(LENGTHS[i] for i in a) - max(LENGTHS[i] for i in b)) <= 0.1 * max(LENGTHS[i] for i in a)
