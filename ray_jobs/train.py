@@ -54,6 +54,20 @@ def check_resume_from(cfg: Config) -> None:
             raise ConfigError(f"run.resume_from={cfg.run.resume_from!r} is not an epoch checkpoint: no {part}")
 
 
+def check_storage(cfg: Config) -> None:
+    """Fail early if ``run.storage_path`` names a filesystem that is not installed or reachable.
+
+    Raises:
+        ConfigError: naming the path and pyarrow's reason.
+    """
+    location = resolve_storage_path(cfg)
+    try:
+        fs, path = storage.resolve(location)
+        fs.get_file_info(path)
+    except Exception as err:
+        raise ConfigError(f"run.storage_path={cfg.run.storage_path!r} cannot be used: {err}") from None
+
+
 def check_resources(cfg: Config, local: bool) -> None:
     """Compare what the workers need with what the cluster has.
 
@@ -178,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     check_against_model(cfg)
+    check_storage(cfg)
     check_resume_from(cfg)
     data = prepare_data(cfg)
     local = not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()

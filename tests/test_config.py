@@ -82,4 +82,14 @@ def test_unreachable_model_names_the_key():
 def test_every_config_file_loads_and_starts_with_its_command(path):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and ("python -m" in first or "serve " in first or "ray " in first), first
+    if path.name.startswith("serve"):
+        return  # a Ray Serve config, not a training config (tests/test_serve.py validates it)
     assert isinstance(load_config(path), Config)
+
+
+def test_unknown_storage_filesystem_fails_before_training():
+    from ray_jobs.train import check_storage
+
+    with pytest.raises(ConfigError, match="run.storage_path='nosuchfs://bucket/runs' cannot be used"):
+        check_storage(load_config(None, ["run.storage_path=nosuchfs://bucket/runs"]))
+    check_storage(load_config(None, ["run.storage_path=/tmp"]))
