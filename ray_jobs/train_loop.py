@@ -214,7 +214,10 @@ def _progress(state: TrainState, total: int, loss: float, lr: float, samples_per
 
 
 def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: dict[str, Any], tracker: Tracker) -> float:
-    """One epoch over this rank's batches; returns the mean training loss of the epoch."""
+    """One epoch over this rank's batches; returns the epoch's mean training loss over all ranks.
+
+    Progress lines and W&B's ``train/loss`` show rank 0's micro-batches since the last line.
+    """
     rank, world, device = ctx["rank"], ctx["world"], ctx["device"]
     torch.manual_seed(cfg.train.seed * 10_000 + state.epoch * world + rank)  # dropout, reproducible on resume
     batches = train_batches(
@@ -223,7 +226,8 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
     )
     engine.train()
     window_loss = torch.zeros((), device=device)
-    window_n, epoch_loss, epoch_n = 0, 0.0, 0
+    epoch_loss = torch.zeros((), device=device)
+    window_n = 0
     t0 = tw = time.perf_counter()
     steps_done_at_start = state.global_step
     for micro, (_, batch) in enumerate(iterate(split.inputs, split.labels, batches, ctx["collate"]), start=1):
@@ -234,13 +238,13 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
         engine.backward(loss)
         engine.step()
         window_loss += loss.detach()
+        epoch_loss += loss.detach()
         window_n += 1
         if micro % cfg.train.grad_accum_steps:
             continue
         state.global_step += 1
         if state.global_step % cfg.train.log_every_steps == 0:
             mean = window_loss.item() / window_n  # the only host sync, every log_every_steps
-            epoch_loss, epoch_n = epoch_loss + mean * window_n, epoch_n + window_n
             now = time.perf_counter()
             rate = window_n * cfg.train.batch_size * world / (now - tw)
             per_step = (now - t0) / max(1, state.global_step - steps_done_at_start)
@@ -250,9 +254,8 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
             tracker.log({"train/loss": mean, "train/lr": lr, "train/samples_per_s": rate, "train/epoch": state.epoch + micro / len(batches)}, step=state.global_step)
             window_loss.zero_()
             window_n, tw = 0, now
-    if window_n:
-        epoch_loss, epoch_n = epoch_loss + window_loss.item(), epoch_n + window_n
-    return epoch_loss / max(1, epoch_n)
+    dist.all_reduce(epoch_loss)  # every rank ran len(batches) micro-batches
+    return epoch_loss.item() / (max(1, len(batches)) * world)
 
 
 def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ctx: dict[str, Any], tracker: Tracker) -> dict[str, Any]:

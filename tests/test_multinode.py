@@ -1,0 +1,100 @@
+"""A real two-node Ray on one machine (127.0.0.1): ranks on different nodes, ZeRO-2 shards from both
+in shared storage, the gathered model loads, and the run matches one worker with the same global
+batch. Then the same job through the job server, with runtime_env.yaml's excludes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from ray.cluster_utils import Cluster
+
+from ray_jobs.local_ray import keep_ray_local
+from ray_jobs.train import launch, prepare_data
+from sentiment.predict import Predictor
+from tests.test_train_ray import smoke_config
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = {"node_ip_address": "127.0.0.1"}
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    keep_ray_local()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", **LOOPBACK})
+    cluster.add_node(num_cpus=1, **LOOPBACK)
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def deterministic_model(tmp_path_factory, tiny_model_dir):
+    """The tiny BERT without dropout, so 1- and 2-worker runs differ only by float summation order."""
+    from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-nodropout")
+    config = AutoConfig.from_pretrained(tiny_model_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
+def _run(model, data, storage, name, *extra):
+    cfg = smoke_config(model, data, storage, name, "train.lr=1e-3", *extra)
+    return launch(cfg, prepare_data(cfg))
+
+
+def test_two_nodes_match_one_worker_with_the_same_global_batch(two_nodes, deterministic_model, small_imdb, tmp_path):
+    storage = tmp_path / "shared"  # the "shared filesystem" both nodes write to
+    two = _run(deterministic_model, small_imdb, storage, "two", "train.batch_size=8", "scaling.num_workers=2")
+    one = _run(deterministic_model, small_imdb, storage, "one", "train.batch_size=16", "scaling.num_workers=1")
+    last = Path(two["run_dir"]) / "epoch_002"
+    state = json.loads((last / "train_state.json").read_text())
+    assert len(state["worker_nodes"]) == 2 and len(set(state["worker_nodes"])) == 2  # one rank per node
+    shards = sorted(p.name for p in (last / "deepspeed" / "state").glob("zero_pp_rank_*_optim_states.pt"))
+    assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert Predictor.load(two["run_dir"]).predict(["a fine film"]) in (["negative"], ["positive"])
+    one_hist = json.loads((Path(one["run_dir"]) / "epoch_002" / "train_state.json").read_text())["history"]
+    for a, b in zip(state["history"], one_hist, strict=True):
+        # Same global batches (see sentiment.batching), same init: equal up to summation order.
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
+    assert two["test_metrics"]["test_loss"] == pytest.approx(one["test_metrics"]["test_loss"], abs=1e-4)
+
+
+def test_job_submission_ships_code_but_not_excluded_files(two_nodes, tiny_model_dir, small_imdb, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    workdir = tmp_path / "project"
+    shutil.copytree(ROOT, workdir, ignore=shutil.ignore_patterns(".venv", ".git", "test-artifacts", "__pycache__"))
+    (workdir / "data").mkdir()  # excluded by runtime_env.yaml (not by .gitignore)
+    (workdir / "data" / "train.parquet").write_bytes(b"\0" * (80 * 1024 * 1024))
+    env = yaml.safe_load((ROOT / "runtime_env.yaml").read_text())
+    env["working_dir"] = str(workdir)
+    storage = tmp_path / "runs-out"
+    probe = "import os; print('BIG_FILE_SHIPPED' if os.path.exists('data/train.parquet') else 'BIG_FILE_EXCLUDED')"
+    client = JobSubmissionClient(f"http://{two_nodes.webui_url}")
+    job = client.submit_job(
+        entrypoint=f"{sys.executable} -c \"{probe}\" && {sys.executable} -m ray_jobs.train --config configs/smoke.yaml "
+        f"model.name_or_path={tiny_model_dir} data.path={small_imdb} data.validation_fraction=0.25 "
+        f"run.storage_path={storage} run.name=submitted",
+        runtime_env=env,
+    )
+    deadline = time.monotonic() + 480
+    while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, "job did not finish in time"
+        time.sleep(2)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
+    assert "BIG_FILE_EXCLUDED" in logs and "test accuracy:" in logs
+    assert (storage / "submitted" / "result.json").is_file()
