@@ -68,27 +68,42 @@ def check_storage(cfg: Config) -> None:
         raise ConfigError(f"run.storage_path={cfg.run.storage_path!r} cannot be used: {err}") from None
 
 
-def check_resources(cfg: Config, local: bool) -> None:
-    """Compare what the workers need with what the cluster has.
+def check_resources(cfg: Config) -> None:
+    """Compare what the workers need with what the cluster has or its autoscaler can add.
 
     Raises:
-        ConfigError: on a Ray this process started (which cannot grow); a joined cluster may
-            autoscale, so there it only warns.
+        ConfigError: more than the cluster can ever hold (a Ray without an autoscaler cannot
+            grow). When only the autoscaler can supply it, a warning says training waits.
     """
-    have = ray.cluster_resources()
     s = cfg.scaling
     needs = {"CPU": s.num_workers * s.cpus_per_worker}
     if s.use_gpu:
         needs["GPU"] = s.num_workers * s.gpus_per_worker
     for res, amount in s.resources_per_worker.items():
         needs[res] = needs.get(res, 0) + s.num_workers * amount
+    have = ray.cluster_resources()
+    ceiling = _autoscaler_ceiling()
     for res, need in needs.items():
-        if have.get(res, 0) + 1e-9 < need:
-            msg = (f"scaling.num_workers={s.num_workers} needs {need:g} {res} in all, "
-                   f"but the cluster has {have.get(res, 0):g}")
-            if local:
-                raise ConfigError(msg + "; lower scaling.num_workers or the per-worker resources")
-            print(f"warning: {msg}; waiting for the autoscaler", file=sys.stderr, flush=True)
+        now = have.get(res, 0)
+        most = max(now, (ceiling or {}).get(res, 0))
+        if most + 1e-9 < need:
+            raise ConfigError(
+                f"scaling.num_workers={s.num_workers} needs {need:g} {res} in all, but the cluster has "
+                f"{now:g}" + (f" and its autoscaler can reach {most:g}" if ceiling else "") +
+                "; lower scaling.num_workers or the per-worker resources"
+            )
+        if now + 1e-9 < need:
+            print(f"warning: {need:g} {res} needed, {now:g} now: waiting for the autoscaler", file=sys.stderr, flush=True)
+
+
+def _autoscaler_ceiling() -> dict[str, float] | None:
+    """The most of each resource the cluster's autoscaler config allows (None: no autoscaler)."""
+    from ray._private.state import state  # what `ray status` reads; no public API for it yet
+
+    try:
+        return state.get_max_resources_from_cluster_config()
+    except Exception:
+        return None
 
 
 def wandb_dir(storage_path: str, run_name: str) -> str:
@@ -195,9 +210,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     check_storage(cfg)
     check_resume_from(cfg)
     data = prepare_data(cfg)
-    local = not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
     init_ray()
-    check_resources(cfg, local)
+    check_resources(cfg)
     t0 = time.perf_counter()
     summary = launch(cfg, data)
     test = summary["test_metrics"]

@@ -123,10 +123,14 @@ def test_incomplete_resume_checkpoint_fails_before_ray(tmp_path, tiny_model_dir,
         check_resume_from(cfg)
 
 
-def test_more_workers_than_cpus_is_refused(local_ray, tiny_model_dir, small_imdb, tmp_path):
+def test_more_workers_than_cpus_or_gpus_is_refused(local_ray, tiny_model_dir, small_imdb, tmp_path):
     cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path, "x", "scaling.num_workers=3")
-    with pytest.raises(ConfigError, match="needs 3 CPU in all, but the cluster has 2"):
-        check_resources(cfg, local=True)
+    with pytest.raises(ConfigError, match="needs 3 CPU in all, but the cluster has 2;"):
+        check_resources(cfg)
+    gpu = smoke_config(tiny_model_dir, small_imdb, tmp_path, "x", "scaling.use_gpu=true")
+    with pytest.raises(ConfigError, match="needs 2 GPU in all, but the cluster has 0;"):
+        check_resources(gpu)
+    check_resources(smoke_config(tiny_model_dir, small_imdb, tmp_path, "x"))
 
 
 def test_wandb_offline_run_recorded_the_metrics(trained):
