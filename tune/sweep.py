@@ -36,7 +36,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray_jobs import storage
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import shared_service, start_tracking
-from ray_jobs.train import launch, prepare_data
+from ray_jobs.train import launch, prepare_data, wandb_dir
 from sentiment.checkpoint import BEST_FILE, MODEL_DIR
 from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config, resolve_storage_path
 
@@ -220,30 +220,34 @@ def record_best(table: pd.DataFrame, cfg: Config, sweep_name: str, sweep_dir: st
         "metric": cfg.run.metric, "value": float(top[cfg.run.metric]), "epoch": int(top["best_epoch"]),
         "params": {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()},
     }
-    fs, _ = storage.resolve(storage_path)
-    for folder in (sweep_dir, storage.resolve(storage_path)[1]):
+    fs, root = storage.resolve(storage_path)
+    for folder in (sweep_dir, root):
         storage.write_json(fs, storage.join(folder, BEST_FILE), best)
     return best
 
 
-def write_results(table: pd.DataFrame, sweep_dir: str) -> None:
-    """The results table as CSV and Markdown in the sweep folder."""
-    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    table.to_csv(Path(sweep_dir) / RESULTS_CSV, index=False)
-    (Path(sweep_dir) / RESULTS_MD).write_text(table.to_markdown(index=False) + "\n")
+def write_results(table: pd.DataFrame, sweep_dir: str, storage_path: str) -> None:
+    """The results table as CSV and Markdown in the sweep folder (local or on a URI's filesystem)."""
+    fs, _ = storage.resolve(storage_path)
+    fs.create_dir(sweep_dir, recursive=True)
+    for name, text in ((RESULTS_CSV, table.to_csv(index=False)), (RESULTS_MD, table.to_markdown(index=False) + "\n")):
+        with fs.open_output_stream(storage.join(sweep_dir, name)) as out:
+            out.write(text.encode())
 
 
-def track_sweep(cfg: Config, sweep_name: str, sweep_dir: str, table: pd.DataFrame, best: dict[str, Any]) -> None:
+def track_sweep(cfg: Config, sweep_name: str, storage_path: str, table: pd.DataFrame, best: dict[str, Any]) -> None:
     """A sweep-level W&B run in the sweep's group: the results table, the best trial and model."""
     tracking = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"group": sweep_name})})
-    tracker = start_tracking(tracking, f"{sweep_name}-summary", storage.join(sweep_dir, "wandb"), job_type="sweep")
+    tracker = start_tracking(tracking, f"{sweep_name}-summary", wandb_dir(storage_path, sweep_name), job_type="sweep")
     if not tracker.enabled:
         return
     import wandb
 
     tracker.log({"results": wandb.Table(dataframe=table.astype(str))})
     tracker.summary({f"best/{k}": v for k, v in best.items() if k != "params"} | {f"best/{k}": v for k, v in best["params"].items()})
-    tracker.log_model(str(Path(best["checkpoint"]) / MODEL_DIR), name=f"model-{sweep_name}", aliases=["best"], metadata=best)
+    fs, _ = storage.resolve(storage_path)
+    model_dir = storage.local_copy(fs, storage.join(best["checkpoint"], MODEL_DIR))
+    tracker.log_model(model_dir, name=f"model-{sweep_name}", aliases=["best"], metadata=best)
     tracker.finish()
 
 
@@ -257,15 +261,15 @@ def sweep(cfg: Config, resume: bool = False) -> dict[str, Any]:
     validate_space(cfg)
     sweep_name = cfg.sweep.name or f"sweep-{dt.datetime.now():%Y%m%d-%H%M%S}"
     storage_path = resolve_storage_path(cfg)
-    sweep_dir = storage.join(storage_path, sweep_name)
+    sweep_dir = storage.join(storage.resolve(storage_path)[1], sweep_name)
     concurrency(cfg, ray.cluster_resources())
     data_ref = ray.put(prepare_data(cfg))
     with shared_service(cfg) as wandb_env:  # trials that ASHA stops keep their W&B records
         grid = build_tuner(cfg, data_ref, sweep_name, storage_path, resume, wandb_env).fit()
     table = results_table(cfg, grid)
-    write_results(table, sweep_dir)
+    write_results(table, sweep_dir, storage_path)
     best = record_best(table, cfg, sweep_name, sweep_dir, storage_path)
-    track_sweep(cfg, sweep_name, sweep_dir, table, best)
+    track_sweep(cfg, sweep_name, storage_path, table, best)
     print(f"\nsweep {sweep_name}: {len(table)} trials, ranked by {cfg.run.metric} ({cfg.run.mode})")
     print(table.drop(columns=["checkpoint"]).to_markdown(index=False))
     print(f"\nbest: trial {best['trial_id']} {cfg.run.metric}={best['value']:.4f} at epoch {best['epoch']}")
