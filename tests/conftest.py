@@ -64,3 +64,15 @@ def artifacts() -> Path:
     """Folder for screenshots and other files a person may want to look at after the tests."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A loopback-only local Ray with 2 CPUs for one test module (one Ray at a time: see README)."""
+    import ray
+
+    from ray_jobs.local_ray import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()

@@ -60,15 +60,6 @@ def test_concurrency_from_the_cluster():
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    from ray_jobs.local_ray import init_ray
-
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def swept(local_ray, tiny_model_dir, small_imdb, tmp_path_factory):
     storage = tmp_path_factory.mktemp("sweeps")
     cfg = sweep_config(tiny_model_dir, small_imdb, storage, "asha", LR_GRID)

@@ -31,15 +31,6 @@ def smoke_config(model_dir, data_dir, storage, name, *extra):
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    from ray_jobs.local_ray import init_ray
-
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def trained(local_ray, tiny_model_dir, small_imdb, tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
     cfg = smoke_config(tiny_model_dir, small_imdb, storage, "smoke")
