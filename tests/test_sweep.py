@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
 
 from sentiment.config import ConfigError, load_config
 from sentiment.predict import Predictor

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import ray
 
 from ray_jobs.train import check_resources, check_resume_from, launch, prepare_data
 from sentiment.config import ConfigError, load_config
