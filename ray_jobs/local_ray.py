@@ -52,6 +52,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     keep_ray_local()
     ray.init(
+        address="local",  # a new instance: never join another Ray found running on this machine
         num_cpus=num_cpus,
         _node_ip_address=LOOPBACK,
         include_dashboard=True,

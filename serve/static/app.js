@@ -1,0 +1,86 @@
+// The try-it page: POST /v1/predict and draw one probability bar per class.
+"use strict";
+
+const SAMPLES = {
+  positive: "This movie is an absolute masterpiece! The acting was brilliant and the plot kept me engaged throughout. Highly recommend!",
+  negative: "What a waste of time. The plot was confusing, acting was terrible, and I couldn't wait for it to end.",
+  mixed: "While the cinematography was stunning, the weak storyline and poor character development ruined the experience.",
+};
+const KEY_STORE = "sentiment-api-key";
+const $ = (id) => document.getElementById(id);
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = $("key").value.trim();
+  if (key) h.Authorization = "Bearer " + key;
+  return h;
+}
+
+function detailText(body) {
+  const d = body && body.detail;
+  if (Array.isArray(d)) return d.map((e) => `${e.loc.slice(1).join(".")}: ${e.msg}`).join("; ");
+  return d || "request failed";
+}
+
+function showError(message) {
+  $("result").hidden = true;
+  $("error").textContent = message;
+  $("error").hidden = false;
+}
+
+function bar(name, p) {
+  const row = document.createElement("div");
+  row.className = "bar";
+  row.dataset.label = name;
+  const pct = (100 * p).toFixed(1) + "%";
+  row.innerHTML = `<span></span><div class="track"><div class="fill ${name}"></div></div><span class="pct">${pct}</span>`;
+  row.firstChild.textContent = name;
+  row.querySelector(".fill").style.width = pct;
+  return row;
+}
+
+function showPrediction(pred) {
+  $("error").hidden = true;
+  $("label").textContent = pred.label;
+  $("label").className = pred.label;
+  $("score").textContent = (100 * pred.score).toFixed(1) + "%";
+  $("uncertain").hidden = !pred.uncertain;
+  $("bars").replaceChildren(...Object.entries(pred.probabilities).map(([n, p]) => bar(n, p)));
+  $("tokens").textContent = `${pred.num_tokens} tokens` + (pred.truncated ? " (truncated to the model's limit)" : "");
+  $("result").hidden = false;
+}
+
+async function predict() {
+  const text = $("text").value;
+  if (!text.trim()) return showError("Type a review first.");
+  $("predict").disabled = true;
+  try {
+    const r = await fetch("/v1/predict", { method: "POST", headers: headers(), body: JSON.stringify({ text }) });
+    const body = await r.json();
+    if (r.status === 401) return showError("API key needed or wrong: enter it above.");
+    if (!r.ok) return showError(detailText(body));
+    showPrediction(body.predictions[0]);
+  } catch (err) {
+    showError("The server could not be reached: " + err);
+  } finally {
+    $("predict").disabled = false;
+  }
+}
+
+async function init() {
+  $("key").value = sessionStorage.getItem(KEY_STORE) || "";
+  $("key").addEventListener("input", () => sessionStorage.setItem(KEY_STORE, $("key").value));
+  $("predict").addEventListener("click", predict);
+  for (const b of document.querySelectorAll(".sample")) {
+    b.addEventListener("click", () => { $("text").value = SAMPLES[b.dataset.kind]; predict(); });
+  }
+  const health = await (await fetch("/healthz")).json();
+  $("key-row").hidden = !health.auth_required;
+  const info = await fetch("/v1/model", { headers: headers() });
+  if (info.ok) {
+    const m = await info.json();
+    $("model").textContent = `${m.config.name_or_path.split("/").pop()} · ${m.label_names.join(" / ")} · sha256 ${m.sha256.slice(0, 12)}`;
+  }
+}
+
+init();

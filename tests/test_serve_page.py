@@ -1,0 +1,93 @@
+"""The try-it page at ``/``, driven by headless Chromium (Debian's, via Playwright) against a real Serve.
+
+The deployment requires an API key (given as an arg here; tests/test_serve.py uses the env var):
+the page must show its key field, fail clearly without the key, and predict with it. A screenshot
+goes to test-artifacts/serve_page.png.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from sentiment.predict import Predictor
+from tests.test_serve import make_checkpoint, start_serve, stop_serve
+
+pytestmark = pytest.mark.ray
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+KEY = "page-test-key"
+REVIEW = "A fun brain candy movie...good dialog."
+NEGATIVE_SAMPLE = "What a waste of time. The plot was confusing, acting was terrible, and I couldn't wait for it to end."
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("serve-page") / "model")
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint: Path) -> Iterator[str]:
+    url = start_serve({"checkpoint": str(checkpoint), "num_cpus": 0.5, "api_key": KEY})
+    try:
+        yield url
+    finally:
+        stop_serve()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup-browser.sh (apt-get install chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def expect_prediction(page: Page, predictor: Predictor, text: str) -> None:
+    """The label and one bar per class, with the in-process Predictor's probabilities."""
+    (expected,) = predictor.predict_details([text])
+    expect(page.locator("#result")).to_be_visible()
+    expect(page.locator("#label")).to_have_text(expected.label)
+    bars = page.locator(".bar")
+    expect(bars).to_have_count(len(expected.probabilities))
+    for name, p in expected.probabilities.items():
+        expect(page.locator(f'.bar[data-label="{name}"] .pct')).to_have_text(f"{100 * p:.1f}%")
+
+
+def test_page_predicts_with_the_key_and_draws_probability_bars(
+    server: str, browser: Browser, checkpoint: Path, artifacts: Path
+) -> None:
+    predictor = Predictor.load(checkpoint)
+    page = browser.new_page(viewport={"width": 900, "height": 820})
+    js_errors: list[str] = []
+    page.on("pageerror", lambda err: js_errors.append(str(err)))
+    page.goto(server + "/")
+    expect(page.locator("#key-row")).to_be_visible()  # /healthz says a key is required
+
+    page.fill("#text", REVIEW)
+    page.click("#predict")
+    expect(page.locator("#error")).to_contain_text("API key")
+    expect(page.locator("#result")).to_be_hidden()
+
+    page.fill("#key", KEY)
+    page.click("#predict")
+    expect_prediction(page, predictor, REVIEW)
+    assert page.evaluate("sessionStorage.getItem('sentiment-api-key')") == KEY
+
+    page.reload()  # the key survives in this tab's sessionStorage; a sample is one click
+    expect(page.locator("#key")).to_have_value(KEY)
+    page.click('.sample[data-kind="negative"]')
+    expect(page.locator("#text")).to_have_value(NEGATIVE_SAMPLE)
+    expect_prediction(page, predictor, NEGATIVE_SAMPLE)
+    expect(page.locator("#model")).to_contain_text("negative / positive")
+    page.screenshot(path=str(artifacts / "serve_page.png"), full_page=True)
+    assert js_errors == []
