@@ -27,7 +27,7 @@ from ray.serve import Application
 from ray.serve.config import AutoscalingConfig
 from ray.serve.handle import DeploymentHandle
 
-from serve.deployment import SentimentModel, resolve_checkpoint
+from serve.deployment import SentimentModel, local_model_dir, resolve_checkpoint, sha256_file
 from sentiment.data import clean_text
 from sentiment.predict import Prediction
 
@@ -63,6 +63,11 @@ class ServeArgs(BaseModel):
     max_text_chars: int = Field(20_000, ge=1, description="Longest text accepted (characters).")
     max_texts: int = Field(64, ge=1, description="Most texts in one request.")
     uncertain_below: float = Field(0.8, gt=0, le=1, description="Top probability under this marks 'uncertain'.")
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="Lineage run at deploy time; 'auto': online with WANDB_API_KEY, else none."
+    )
+    wandb_project: str = Field("bert-imdb", description="W&B project of the lineage run.")
+    wandb_dir: str | None = Field(None, description="Where W&B writes locally (default ./wandb).")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServeArgs":
@@ -272,6 +277,33 @@ class SentimentAPI:
         return make_api(self, self.args)
 
 
+def record_lineage(args: ServeArgs, model_path: str) -> None:
+    """Log a small W&B run (job type ``serve``) recording the served model as an artifact.
+
+    The artifact references the model folder (no upload), is named by the weights' sha256 and
+    carries the alias ``production``, so W&B's registry shows which weights are served. (W&B
+    refuses ``use_artifact`` offline, so the run logs the reference, which works in both modes.)
+    Nothing happens when W&B is off: ``wandb_mode=auto`` without ``WANDB_API_KEY`` means off.
+    """
+    mode = args.wandb_mode if args.wandb_mode != "auto" else ("online" if os.environ.get("WANDB_API_KEY") else "disabled")
+    if mode == "disabled":
+        return
+    import wandb
+
+    local = local_model_dir(model_path)
+    digest = sha256_file(local / "model.safetensors")
+    uri = model_path if "://" in model_path else Path(model_path).resolve().as_uri()
+    run = wandb.init(
+        project=args.wandb_project, job_type="serve", mode=mode, dir=args.wandb_dir,
+        name=f"serve-{digest[:12]}", config={"checkpoint": args.checkpoint, "path": model_path, "sha256": digest},
+        settings=wandb.Settings(silent=True, console="off"),
+    )
+    artifact = wandb.Artifact(f"served-model-{digest[:12]}", type="model", metadata={"sha256": digest, "path": model_path})
+    artifact.add_reference(uri, checksum=False)
+    run.log_artifact(artifact, aliases=["production"])
+    run.finish()
+
+
 def build_app(args: ServeArgs) -> Application:
     """Build the Serve application: ingress bound to the model deployment.
 
@@ -290,6 +322,7 @@ def build_app(args: ServeArgs) -> Application:
     if args.api_key is None and os.environ.get(API_KEY_ENV):
         args = args.model_copy(update={"api_key": SecretStr(os.environ[API_KEY_ENV])})
     model_path = resolve_checkpoint(args.checkpoint, args.which, args.storage_path)
+    record_lineage(args, model_path)
     model = SentimentModel.options(
         ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
         max_ongoing_requests=args.max_ongoing_requests,

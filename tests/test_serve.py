@@ -389,3 +389,20 @@ def test_autoscales_from_one_to_two_replicas_and_back_without_failures(server: s
         trickle.stop_after(10)
         trickle.join(60)
     assert trickle.failures == [] and trickle.sent > 10
+
+
+def test_deploying_logs_a_wandb_run_with_the_served_model(checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    from serve.app import ServeArgs, record_lineage
+    from tests.wandb_log import records
+
+    args = ServeArgs(checkpoint=str(checkpoint), wandb_mode="offline", wandb_dir=str(tmp_path))
+    record_lineage(args, str(checkpoint))
+    [run_file] = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    logged = [r.artifact for r in records(run_file) if r.WhichOneof("record_type") == "artifact"]
+    config = [r.run.config for r in records(run_file) if r.WhichOneof("record_type") == "run"]
+    assert len(logged) == 1 and logged[0].type == "model" and logged[0].name.startswith("served-model-")
+    assert "production" in logged[0].aliases
+    assert any("sha256" in str(c) for c in config)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    record_lineage(ServeArgs(checkpoint=str(checkpoint), wandb_dir=str(tmp_path)), str(checkpoint))  # auto, no key: no run
+    assert len(list(tmp_path.glob("wandb/offline-run-*"))) == 1
