@@ -292,9 +292,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     splits = _prepare_splits(config, cfg, tokenizer)
     model = build_model(cfg.model).to(device)
-    probe = train_batches(splits["train"].lengths, cfg.train.batch_size, seed=cfg.data.seed, epoch=0, rank=rank,
-                          world_size=world, group_by_length=False, multiple_of=cfg.train.grad_accum_steps)
-    steps_per_epoch = len(probe) // cfg.train.grad_accum_steps
+    # train_batches plans full global batches, cropped to a multiple of the accumulation steps.
+    steps_per_epoch = len(splits["train"]) // (cfg.train.batch_size * world) // cfg.train.grad_accum_steps
     if steps_per_epoch == 0:
         raise ValueError(
             f"{len(splits['train'])} training examples make no full step of batch {cfg.train.batch_size} "
