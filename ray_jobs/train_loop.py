@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -281,6 +282,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         config: ``{"cfg": <Config as dict>, "data": <ObjectRef or dict of EncodedSplit>,
             "run_name": str, "wandb_dir": str}``.
     """
+    # DeepSpeed JIT-compiles its CPU all-reduce op into the torch extensions cache. One cache per
+    # virtualenv: shared, two venvs rebuild it in turn, and a build killed midway leaves a lock
+    # file that makes every later start wait forever. scripts/setup.sh prebuilds it here.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
     import deepspeed
 
     cfg = config_from_dict(config["cfg"], "train_loop_config")
@@ -322,6 +327,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     while state.epoch < cfg.train.epochs and not stop:
         t0 = time.perf_counter()
         train_loss = train_epoch(engine, splits["train"], cfg, state, ctx, tracker)
+        train_time = time.perf_counter() - t0
         metrics = evaluate(engine.module, splits["validation"], cfg, ctx["collate"], device, prefix="val_")
         state.epoch += 1
         value = metrics[metric_key]
@@ -332,7 +338,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.bad_epochs += 1
         stop = patience is not None and state.bad_epochs >= patience
         scalars = {**scalar_metrics(metrics), "train_loss": train_loss, "epoch": state.epoch,
-                   "step": state.global_step, "epoch_time_s": time.perf_counter() - t0}
+                   "step": state.global_step, "epoch_time_s": time.perf_counter() - t0,
+                   "train_samples_per_s": steps_per_epoch * cfg.train.grad_accum_steps * cfg.train.batch_size * world / train_time}
         state.history.append(scalars)
         _log(rank, f"epoch {state.epoch}/{cfg.train.epochs}: train_loss {train_loss:.4f} | " +
              " | ".join(f"{k} {metrics[k]:.4f}" for k in ("val_loss", "val_accuracy", "val_f1")) +

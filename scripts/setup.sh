@@ -13,8 +13,8 @@ if [ ! -f "$stamp" ]; then
   echo "setup: installing the project into .venv (a few minutes the first time)"
   .venv/bin/pip install --quiet --disable-pip-version-check $TORCH_SPEC -e ".[test]"
   # DeepSpeed's CPU all-reduce JIT-compiles a shared-memory op on first use (~35 s): do it now,
-  # into the torch extensions cache the workers read.
-  DS_ACCELERATOR=cpu .venv/bin/python -c \
+  # into this venv's torch extensions cache, which the workers read (ray_jobs/train_loop.py).
+  TORCH_EXTENSIONS_DIR="$PWD/.venv/torch_extensions" DS_ACCELERATOR=cpu .venv/bin/python -c \
     "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()" >/dev/null
   touch "$stamp"
 fi
