@@ -108,7 +108,10 @@ def shared_service(cfg: Config) -> Iterator[dict[str, str]]:
         yield {}
         return
     cli = str(Path(sys.executable).with_name("wandb"))
-    started = subprocess.run([cli, "beta", "core", "start"], capture_output=True, text=True, check=True)
+    # A process that already ran wandb.init has its own (attached) service in WANDB_SERVICE;
+    # the CLI refuses to start another while that is set.
+    own_env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    started = subprocess.run([cli, "beta", "core", "start"], env=own_env, capture_output=True, text=True, check=True)
     token = started.stdout.split()[0]
     try:
         yield {"WANDB_SERVICE": token}
