@@ -214,8 +214,9 @@ def _progress(state: TrainState, total: int, loss: float, lr: float, samples_per
     )
 
 
-def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: dict[str, Any], tracker: Tracker) -> float:
-    """One epoch over this rank's batches; returns the epoch's mean training loss over all ranks.
+def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: dict[str, Any], tracker: Tracker) -> tuple[float, float]:
+    """One epoch over this rank's batches; returns its mean training loss and accuracy over all ranks
+    (accuracy of the training-mode forward passes, dropout on, as they happened).
 
     Progress lines and W&B's ``train/loss`` show rank 0's micro-batches since the last line.
     """
@@ -228,6 +229,7 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
     engine.train()
     window_loss = torch.zeros((), device=device)
     epoch_loss = torch.zeros((), device=device)
+    epoch_correct = torch.zeros((), device=device)
     window_n = 0
     t0 = tw = time.perf_counter()
     steps_done_at_start = state.global_step
@@ -240,6 +242,7 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
         engine.step()
         window_loss += loss.detach()
         epoch_loss += loss.detach()
+        epoch_correct += (logits.detach().argmax(dim=-1) == labels).sum()
         window_n += 1
         if micro % cfg.train.grad_accum_steps:
             continue
@@ -255,8 +258,10 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
             tracker.log({"train/loss": mean, "train/lr": lr, "train/samples_per_s": rate, "train/epoch": state.epoch + micro / len(batches)}, step=state.global_step)
             window_loss.zero_()
             window_n, tw = 0, now
-    dist.all_reduce(epoch_loss)  # every rank ran len(batches) micro-batches
-    return epoch_loss.item() / (max(1, len(batches)) * world)
+    totals = torch.stack([epoch_loss, epoch_correct.float()])
+    dist.all_reduce(totals)  # every rank ran len(batches) full micro-batches
+    micro_batches = max(1, len(batches)) * world
+    return totals[0].item() / micro_batches, totals[1].item() / (micro_batches * cfg.train.batch_size)
 
 
 def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ctx: dict[str, Any], tracker: Tracker) -> dict[str, Any]:
@@ -326,7 +331,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     stop = patience is not None and state.bad_epochs >= patience
     while state.epoch < cfg.train.epochs and not stop:
         t0 = time.perf_counter()
-        train_loss = train_epoch(engine, splits["train"], cfg, state, ctx, tracker)
+        train_loss, train_accuracy = train_epoch(engine, splits["train"], cfg, state, ctx, tracker)
         train_time = time.perf_counter() - t0
         metrics = evaluate(engine.module, splits["validation"], cfg, ctx["collate"], device, prefix="val_")
         state.epoch += 1
@@ -337,14 +342,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             state.bad_epochs += 1
         stop = patience is not None and state.bad_epochs >= patience
-        scalars = {**scalar_metrics(metrics), "train_loss": train_loss, "epoch": state.epoch,
+        scalars = {**scalar_metrics(metrics), "train_loss": train_loss,
+                   "train_accuracy": train_accuracy, "epoch": state.epoch,
                    "step": state.global_step, "epoch_time_s": time.perf_counter() - t0,
                    "train_samples_per_s": steps_per_epoch * cfg.train.grad_accum_steps * cfg.train.batch_size * world / train_time}
         state.history.append(scalars)
         _log(rank, f"epoch {state.epoch}/{cfg.train.epochs}: train_loss {train_loss:.4f} | " +
              " | ".join(f"{k} {metrics[k]:.4f}" for k in ("val_loss", "val_accuracy", "val_f1")) +
              (" | early stop" if stop else ""))
-        tracker.log({f"val/{k.removeprefix('val_')}": v for k, v in scalar_metrics(metrics).items()} | {"epoch": state.epoch}, step=state.global_step)
+        tracker.log({f"val/{k.removeprefix('val_')}": v for k, v in scalar_metrics(metrics).items()} | {"epoch": state.epoch, "train/epoch_loss": train_loss, "train/epoch_accuracy": train_accuracy}, step=state.global_step)
         with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
             save_checkpoint(engine, tokenizer, cfg, state, metrics, rank, Path(tmp))
             ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(tmp),

@@ -7,6 +7,7 @@ A *model folder* is a plain Hugging Face folder that loads without Ray or DeepSp
     tokenizer.json ...     the tokenizer
     train_config.json      the resolved project config (max length, truncation, labels ...)
     metrics.json           the metrics of the epoch it was saved at
+    calibration.json       optional: {"temperature": T, ...} fitted by ``ray_jobs.evaluate --calibrate``
 
 A training *epoch checkpoint* holds ``model/`` (that folder), ``deepspeed/`` (engine, optimizer
 and scheduler state per rank, for resuming) and ``train_state.json``. A *run folder* holds the
@@ -34,6 +35,7 @@ METRICS_FILE = "metrics.json"
 STATE_FILE = "train_state.json"
 RESULT_FILE = "result.json"
 BEST_FILE = "best.json"
+CALIBRATION_FILE = "calibration.json"
 REQUIRED_MODEL_FILES = ("config.json", "model.safetensors", CONFIG_FILE)
 
 
@@ -119,6 +121,24 @@ def resolve_model_dir(path: str | os.PathLike[str], which: str = "best", storage
             f"{str(path)!r} is not a complete model checkpoint: missing {', '.join(missing)}"
         )
     return path
+
+
+def read_temperature(path: str | os.PathLike[str]) -> float:
+    """The softmax temperature saved with a model folder (1.0 when it has none).
+
+    Raises:
+        CheckpointError: a calibration file that is unreadable or holds no positive temperature.
+    """
+    file = Path(path) / CALIBRATION_FILE
+    if not file.is_file():
+        return 1.0
+    try:
+        temperature = float(json.loads(file.read_text())["temperature"])
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        raise CheckpointError(f"{file} is corrupt: {err!r}") from None
+    if not temperature > 0:
+        raise CheckpointError(f"{file}: temperature must be > 0, got {temperature}")
+    return temperature
 
 
 def read_model_dir(path: str | os.PathLike[str]) -> tuple[Config, dict[str, Any]]:

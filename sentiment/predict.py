@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sentiment.batching import eval_batches, iterate, make_collator
-from sentiment.checkpoint import CheckpointError, read_model_dir, resolve_model_dir
+from sentiment.checkpoint import CheckpointError, read_model_dir, read_temperature, resolve_model_dir
 from sentiment.config import Config
 from sentiment.data import SpecialTokens, encode_texts, fit_to_length
 from sentiment.metrics import softmax
@@ -35,8 +35,11 @@ class Predictor:
         >>> p.predict(["A fun brain candy movie."], return_proba=True)
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object, cfg: Config, metrics: dict, path: str) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: object, cfg: Config, metrics: dict, path: str, temperature: float = 1.0
+    ) -> None:
         self.model = model.eval()
+        self.temperature = temperature  # probabilities are softmax(logits / temperature)
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.metrics = metrics
@@ -55,21 +58,26 @@ class Predictor:
         storage_path: str | None = None,
     ) -> Predictor:
         """Load a model folder, an epoch checkpoint, a run folder (its ``best`` or ``last``), a
-        sweep folder, or ``best`` (the latest sweep's best under ``storage_path``).
+        sweep folder, or ``best`` (the latest sweep's best under ``storage_path``). A temperature
+        saved with the model (``calibration.json``) scales the probabilities it returns.
 
         Raises:
-            CheckpointError: missing, incomplete or corrupt checkpoint.
+            CheckpointError: missing, incomplete or corrupt checkpoint, or not a sequence classifier.
         """
         path = resolve_model_dir(checkpoint, which, storage_path)
         cfg, metrics = read_model_dir(path)
+        temperature = read_temperature(path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
             model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, dtype=dtype)
         except Exception as err:
             raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: {err}") from None
+        architectures = model.config.architectures or []
+        if not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise CheckpointError(f"{path} is not a sequence classifier (architectures: {architectures or 'none'})")
         if model.config.num_labels != cfg.model.num_labels:
             raise CheckpointError(f"{path}: model has {model.config.num_labels} labels, config {cfg.model.num_labels}")
-        return cls(model.to(device), tokenizer, cfg, metrics, str(path))
+        return cls(model.to(device), tokenizer, cfg, metrics, str(path), temperature)
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
         """Model-ready ids for each text (training's cleaning, length and truncation) and its full length."""
@@ -80,7 +88,7 @@ class Predictor:
 
     @torch.inference_mode()
     def logits_for_ids(self, ids: list[list[int]], batch_size: int = 64) -> np.ndarray:
-        """Raw logits for already-encoded inputs, batched by length, in input order."""
+        """Raw logits (no temperature) for already-encoded inputs, batched by length, in input order."""
         out = np.zeros((len(ids), len(self.label_names)), dtype=np.float32)
         device = next(self.model.parameters()).device
         batches = eval_batches([len(x) for x in ids], batch_size)
@@ -89,10 +97,14 @@ class Predictor:
             out[idx] = self.model(**batch).logits.float().cpu().numpy()
         return out
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Class probabilities from raw logits, with the checkpoint's temperature applied."""
+        return softmax(np.asarray(logits, dtype=np.float64) / self.temperature)
+
     def predict(self, texts: list[str], return_proba: bool = False, batch_size: int = 64) -> list[str] | np.ndarray:
         """Label names for ``texts``, or an ``(n, num_labels)`` probability array with ``return_proba``."""
         ids, _ = self.encode(texts)
-        proba = softmax(self.logits_for_ids(ids, batch_size))
+        proba = self.probabilities(self.logits_for_ids(ids, batch_size))
         if return_proba:
             return proba
         return [self.label_names[i] for i in proba.argmax(axis=1)]
@@ -100,7 +112,7 @@ class Predictor:
     def predict_details(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
         """Label, score, all probabilities, tokens used and truncation for each text."""
         ids, full_lengths = self.encode(texts)
-        proba = softmax(self.logits_for_ids(ids, batch_size))
+        proba = self.probabilities(self.logits_for_ids(ids, batch_size))
         results = []
         for p, used, full in zip(proba, ids, full_lengths):
             top = int(p.argmax())

@@ -1,0 +1,185 @@
+"""Batch prediction: score a file of reviews with a checkpoint, on Ray Data.
+
+    python -m ray_jobs.predict --checkpoint best --input reviews.csv --output predictions.parquet
+    ray job submit --working-dir . -- python -m ray_jobs.predict --checkpoint s3://bucket/runs/r1 ...
+
+Input: ``.parquet``, ``.csv`` or ``.jsonl`` with a text column (``--text-column``, default
+``text``). Output (``.parquet``, ``.csv`` or ``.jsonl``): every input column, in input order, plus
+``predicted_label``, ``score``, ``prob_<label>`` (temperature-scaled if the checkpoint has one),
+``logit_<label>``, ``num_tokens`` (the review's full length) and ``truncated``. Empty or missing
+texts are not scored: their rows stay, with empty prediction columns, and are counted. An
+existing output is refused without ``--overwrite``; the output appears only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ray_jobs.batch_inference import PREDICTED, cluster_has_gpus, default_workers, quiet_ray_data, score_texts
+from ray_jobs.local_ray import init_ray
+from sentiment.checkpoint import CheckpointError, read_model_dir
+
+FORMATS = (".parquet", ".csv", ".jsonl")
+
+
+class InputError(ValueError):
+    """An input or output file that cannot be used; the message says which and why."""
+
+
+def file_format(path: str, role: str) -> str:
+    """The format of ``path`` from its extension.
+
+    Raises:
+        InputError: an extension other than .parquet, .csv or .jsonl.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise InputError(f"{role} {path!r}: unknown format {suffix or '(no extension)'!r}; use one of {', '.join(FORMATS)}")
+    return suffix
+
+
+def read_table(path: str, text_column: str) -> pd.DataFrame:
+    """Read the input file and check its text column.
+
+    Raises:
+        InputError: missing or unreadable file, or no ``text_column`` (the columns are listed).
+    """
+    fmt = file_format(path, "input")
+    if not Path(path).is_file():
+        raise InputError(f"input {path!r} does not exist")
+    try:
+        readers = {".parquet": pd.read_parquet, ".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True)}
+        df = readers[fmt](path)
+    except Exception as err:
+        raise InputError(f"input {path!r} cannot be read as {fmt[1:]}: {err}") from None
+    if text_column not in df.columns:
+        raise InputError(f"input {path!r} has no column {text_column!r} (columns: {', '.join(map(str, df.columns))}); "
+                         "choose one with --text-column")
+    return df
+
+
+def texts_to_score(column: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Which rows have a non-empty text, and those texts (non-strings are read as text)."""
+    texts = column.where(column.notna(), "").astype(str)
+    mask = texts.str.strip().ne("").to_numpy()
+    return mask, texts[mask].tolist()
+
+
+def with_predictions(df: pd.DataFrame, mask: np.ndarray, predictions: pd.DataFrame) -> pd.DataFrame:
+    """The input table with the prediction columns added (empty where ``mask`` is False).
+
+    Raises:
+        InputError: the input already has a column of one of those names (it would be lost).
+    """
+    clash = [c for c in predictions.columns if c in df.columns]
+    if clash:
+        raise InputError(f"input already has column(s) {', '.join(clash)}, which the predictions would overwrite")
+    predictions.index = np.flatnonzero(mask)
+    return df.join(predictions)
+
+
+def write_table(df: pd.DataFrame, path: str) -> None:
+    """Write ``df`` to a temporary sibling, then move it into place (never a partial file)."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{dest.name}")
+    try:
+        fmt = file_format(path, "output")
+        if fmt == ".parquet":
+            df.to_parquet(tmp, index=False)
+        elif fmt == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_output(path: str, overwrite: bool) -> None:
+    """Refuse an output that exists (unless ``overwrite``) or has an unknown format.
+
+    Raises:
+        InputError: naming the path.
+    """
+    file_format(path, "output")
+    if Path(path).exists() and not overwrite:
+        raise InputError(f"output {path!r} exists; pass --overwrite to replace it")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line arguments."""
+    ap = argparse.ArgumentParser(prog="python -m ray_jobs.predict", description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", required=True, help="model folder, epoch checkpoint, run folder, 'best' or a URI")
+    ap.add_argument("--which", choices=("best", "last"), default="best", help="epoch of a run folder")
+    ap.add_argument("--storage-path", default=None, help="where 'best' is looked up (default: run.storage_path's)")
+    ap.add_argument("--input", required=True, help="reviews: .parquet, .csv or .jsonl")
+    ap.add_argument("--output", required=True, help="predictions: .parquet, .csv or .jsonl")
+    ap.add_argument("--text-column", default="text")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    ap.add_argument("--workers", type=int, default=None, help="model actors (default: one per GPU, else per CPU)")
+    ap.add_argument("--batch-size", type=int, default=64, help="reviews per forward pass")
+    ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    return ap.parse_args(argv)
+
+
+def resolve_device(device: str) -> bool:
+    """``auto``: GPUs when the cluster has them. Returns whether to use GPUs.
+
+    Raises:
+        InputError: ``gpu`` asked for on a cluster without GPUs.
+    """
+    has = cluster_has_gpus()
+    if device == "gpu" and not has:
+        raise InputError("--device gpu, but the Ray cluster has no GPU")
+    return has if device == "auto" else device == "gpu"
+
+
+def run(args: argparse.Namespace) -> pd.DataFrame:
+    """Check everything, score the non-empty rows, write the output; returns the written table."""
+    from serve.deployment import resolve_checkpoint
+
+    check_output(args.output, args.overwrite)
+    df = read_table(args.input, args.text_column)
+    model_dir = resolve_checkpoint(args.checkpoint, args.which, args.storage_path)
+    if "://" not in model_dir:
+        read_model_dir(model_dir)
+    mask, texts = texts_to_score(df[args.text_column])
+    if not texts:
+        raise InputError(f"input {args.input!r} has no non-empty text in column {args.text_column!r}")
+    init_ray()
+    quiet_ray_data()
+    use_gpu = resolve_device(args.device)
+    workers = args.workers or default_workers(use_gpu)
+    print(f"predict: {len(texts)} reviews from {args.input} with {model_dir} on {workers} "
+          f"{'GPU' if use_gpu else 'CPU'} worker(s)", flush=True)
+    predictions, _ = score_texts(texts, model_dir, workers, use_gpu, args.batch_size)
+    out = with_predictions(df, mask, predictions)
+    write_table(out, args.output)
+    skipped = int((~mask).sum())
+    counts = out[PREDICTED].value_counts().to_dict()
+    print(f"predict: wrote {len(out)} rows to {args.output} ({counts}); "
+          f"{skipped} empty text(s) skipped (prediction columns left empty)", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; bad input exits 2 with one line naming what was wrong."""
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (InputError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Evaluation metrics for a set of predictions: quality, calibration and where the model fails.
+
+Everything here works on plain arrays (logits, labels, token counts), so it is the same for a
+test split scored by Ray Data, a file of predictions, or numbers made up in a test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+from sentiment.metrics import compute_metrics, softmax
+
+# Review-length buckets, in tokens (special tokens included): [0,128), [128,256) ... [1024, inf).
+LENGTH_EDGES = (0, 128, 256, 384, 512, 768, 1024)
+CALIBRATION_BINS = 15
+
+
+def bucket_label(lo: int, hi: float) -> str:
+    """Readable name of a token-length bucket: ``128-255`` or ``1024+``."""
+    return f"{lo}+" if hi == np.inf else f"{lo}-{int(hi) - 1}"
+
+
+def calibration_bins(proba: np.ndarray, labels: np.ndarray, n_bins: int = CALIBRATION_BINS) -> list[dict[str, float]]:
+    """Equal-width confidence bins over the top-class probability (the reliability diagram's data).
+
+    Returns:
+        One dict per non-empty bin: ``lo``, ``hi``, ``count``, mean ``confidence``, ``accuracy``.
+    """
+    confidence = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        mask = which == b
+        if mask.any():
+            bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(mask.sum()),
+                         "confidence": float(confidence[mask].mean()), "accuracy": float(correct[mask].mean())})
+    return bins
+
+
+def expected_calibration_error(proba: np.ndarray, labels: np.ndarray, n_bins: int = CALIBRATION_BINS) -> float:
+    """ECE: the count-weighted mean gap between confidence and accuracy over equal-width bins."""
+    bins = calibration_bins(proba, labels, n_bins)
+    n = sum(b["count"] for b in bins)
+    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / n)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature ``T`` minimizing the log loss of ``softmax(logits / T)`` (Guo et al., 2017).
+
+    Dividing by one positive number never changes the predicted class, only the confidence.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    rows = np.arange(len(labels))
+
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[rows, labels]))
+
+    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded").x))
+
+
+def by_length(correct: np.ndarray, num_tokens: np.ndarray, edges: tuple[int, ...] = LENGTH_EDGES) -> list[dict[str, Any]]:
+    """Accuracy per review-length bucket (non-empty buckets only)."""
+    bounds = list(zip(edges, [*edges[1:], np.inf]))
+    out = []
+    for lo, hi in bounds:
+        mask = (num_tokens >= lo) & (num_tokens < hi)
+        if mask.any():
+            out.append({"bucket": bucket_label(lo, hi), "lo": lo, "count": int(mask.sum()),
+                        "accuracy": float(correct[mask].mean())})
+    return out
+
+
+def by_truncation(correct: np.ndarray, truncated: np.ndarray) -> dict[str, dict[str, float]]:
+    """Accuracy of reviews that fit the model's length and of those that were cut."""
+    out = {}
+    for name, mask in (("complete", ~truncated), ("truncated", truncated)):
+        out[name] = {"count": int(mask.sum()), "accuracy": float(correct[mask].mean()) if mask.any() else float("nan")}
+    return out
+
+
+def roc_auc(proba: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC: of the second class's probability for two classes, one-vs-rest macro otherwise.
+
+    NaN when only one class is present (AUC is undefined).
+    """
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    if proba.shape[1] == 2:
+        return float(roc_auc_score(labels, proba[:, 1]))
+    return float(roc_auc_score(labels, proba, multi_class="ovr", average="macro", labels=list(range(proba.shape[1]))))
+
+
+def evaluate_predictions(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    label_names: list[str],
+    num_tokens: np.ndarray,
+    truncated: np.ndarray,
+    temperature: float | None = None,
+) -> dict[str, Any]:
+    """Every number of the evaluation report.
+
+    Args:
+        logits: ``(n, classes)`` raw model outputs.
+        labels: ``(n,)`` true class ids.
+        label_names: class names in id order.
+        num_tokens: each review's full length in tokens (before truncation, specials included).
+        truncated: whether each review was cut to the model's length.
+        temperature: a fitted temperature; adds ``calibrated`` (log loss, ECE, bins after scaling).
+
+    Returns:
+        ``accuracy``, macro ``precision``/``recall``/``f1``, ``per_class`` (precision, recall, F1,
+        support), ``confusion_matrix`` (rows true, columns predicted), ``roc_auc``, ``log_loss``,
+        ``ece`` and ``reliability`` bins, ``by_length``, ``by_truncation``, ``count``.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels)
+    truncated = np.asarray(truncated, dtype=bool)
+    base = compute_metrics(logits, labels, label_names)
+    proba = softmax(logits)
+    correct = proba.argmax(axis=1) == labels
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, proba.argmax(axis=1), labels=list(range(len(label_names))), zero_division=0
+    )
+    out: dict[str, Any] = {
+        "count": base["count"],
+        "accuracy": base["accuracy"],
+        "precision": base["precision"],
+        "recall": base["recall"],
+        "f1": base["f1"],
+        "log_loss": base["loss"],
+        "roc_auc": roc_auc(proba, labels),
+        "ece": expected_calibration_error(proba, labels),
+        "confusion_matrix": base["confusion_matrix"],
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(label_names, precision, recall, f1, support)
+        },
+        "reliability": calibration_bins(proba, labels),
+        "by_length": by_length(correct, np.asarray(num_tokens)),
+        "by_truncation": by_truncation(correct, truncated),
+    }
+    if temperature is not None:
+        scaled = compute_metrics(logits / temperature, labels, label_names)
+        scaled_proba = softmax(logits / temperature)
+        out["calibrated"] = {
+            "temperature": float(temperature),
+            "log_loss": scaled["loss"],
+            "ece": expected_calibration_error(scaled_proba, labels),
+            "reliability": calibration_bins(scaled_proba, labels),
+        }
+    return out
+
+
+def confident_mistakes(proba: np.ndarray, labels: np.ndarray, k: int = 10) -> np.ndarray:
+    """Indices of the ``k`` wrong predictions made with the highest confidence, most confident first."""
+    wrong = np.flatnonzero(proba.argmax(axis=1) != labels)
+    return wrong[np.argsort(-proba[wrong].max(axis=1), kind="stable")][:k]
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    """The scalar metrics (for W&B's summary and the report's first table)."""
+    keys = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece", "count")
+    out = {k: metrics[k] for k in keys}
+    for name, cls in metrics["per_class"].items():
+        out.update({f"{m}_{name}": cls[m] for m in ("precision", "recall", "f1")})
+    if "calibrated" in metrics:
+        out.update({f"calibrated_{k}": metrics["calibrated"][k] for k in ("temperature", "log_loss", "ece")})
+    return out

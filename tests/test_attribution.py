@@ -1,0 +1,55 @@
+"""Word attributions: subword merging, and integrated gradients' completeness on a real (tiny) BERT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sentiment.attribution import token_attributions, top_words, words_of
+from sentiment.predict import Predictor
+from tests.test_serve import TEXTS, make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir, tmp_path_factory) -> Predictor:
+    return Predictor.load(make_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("attr") / "model"))
+
+
+def test_wordpieces_merge_into_words_and_specials_and_punctuation_drop():
+    tokens = ["[CLS]", "Not", "fan", "##tastic", ",", "isn", "'", "t", "it", "[SEP]"]
+    special = np.array([t.startswith("[") for t in tokens])
+    assert words_of(tokens, np.arange(10.0), special) == [
+        ("not", 1.0), ("fantastic", 5.0), ("isn't", 18.0), ("it", 8.0),
+    ]
+
+
+def test_sentencepiece_marks_word_starts():
+    tokens = ["▁Fan", "tastic", "▁film", "!"]
+    assert words_of(tokens, np.ones(4), np.zeros(4, bool)) == [("fantastic", 2.0), ("film", 2.0)]
+
+
+def test_integrated_gradients_are_complete(predictor):
+    """Per review, the attributions add up to logit(review) - logit(baseline) (IG's completeness)."""
+    ids, _ = predictor.encode(TEXTS)
+    scores = token_attributions(predictor, ids, target=1, n_steps=128)
+    specials = torch.tensor(sorted(set(predictor.tokenizer.all_special_ids)))
+    pad = predictor.tokenizer.pad_token_id
+    for review, attr in zip(ids, scores):
+        x = torch.tensor([review])
+        base = torch.where(torch.isin(x, specials), x, pad)
+        with torch.no_grad():
+            gap = (predictor.model(input_ids=x).logits - predictor.model(input_ids=base).logits)[0, 1].item()
+        assert len(attr) == len(review)
+        assert attr.sum() == pytest.approx(gap, abs=0.02 + 0.02 * abs(gap))
+    assert any(abs(a.sum()) > 0.05 for a in scores)  # the check above is not trivially 0 == 0
+
+
+def test_top_words_are_ranked_and_counted(predictor):
+    texts = TEXTS * 3
+    words = top_words(predictor, texts, target=1, top_k=4, min_count=3, n_steps=8)
+    pos, neg = words["positive"], words["negative"]
+    assert 0 < len(pos) <= 4 and 0 < len(neg) <= 4
+    assert [w.score for w in pos] == sorted((w.score for w in pos), reverse=True)
+    assert [w.score for w in neg] == sorted(w.score for w in neg)
+    assert all(w.count >= 3 for w in pos + neg)
