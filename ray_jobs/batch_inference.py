@@ -42,8 +42,11 @@ class ReviewScorer:
     """
 
     def __init__(self, model_dir: str, use_gpu: bool, batch_size: int) -> None:
+        from transformers.utils import logging as hf_logging
+
         from serve.deployment import local_model_dir  # copies a remote model folder locally
 
+        hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise in job logs
         device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", torch.float32)
         self.predictor = Predictor.load(local_model_dir(model_dir), device=device, dtype=dtype)
         self.batch_size = batch_size

@@ -145,13 +145,16 @@ def read_model_dir(path: str | os.PathLike[str]) -> tuple[Config, dict[str, Any]
     """The resolved training config and the metrics stored in a model folder.
 
     Raises:
-        CheckpointError: unreadable or invalid JSON.
+        CheckpointError: unreadable or invalid JSON, or a model that is not a sequence classifier.
     """
     path = resolve_model_dir(path)
     try:
         cfg = config_from_dict(json.loads((path / CONFIG_FILE).read_text()), str(path / CONFIG_FILE))
         metrics_file = path / METRICS_FILE
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
     except (ValueError, OSError) as err:
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: {err}") from None
+    if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        raise CheckpointError(f"{path} is not a sequence classifier (architectures: {architectures or 'none'})")
     return cfg, metrics

@@ -72,9 +72,6 @@ class Predictor:
             model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, dtype=dtype)
         except Exception as err:
             raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: {err}") from None
-        architectures = model.config.architectures or []
-        if not any(a.endswith("ForSequenceClassification") for a in architectures):
-            raise CheckpointError(f"{path} is not a sequence classifier (architectures: {architectures or 'none'})")
         if model.config.num_labels != cfg.model.num_labels:
             raise CheckpointError(f"{path}: model has {model.config.num_labels} labels, config {cfg.model.num_labels}")
         return cls(model.to(device), tokenizer, cfg, metrics, str(path), temperature)

@@ -1,0 +1,140 @@
+"""Batch prediction and evaluation on a real local Ray (Ray Data actors), a real trained run,
+checked against the in-process Predictor and scikit-learn."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from ray_jobs import evaluate, predict
+from ray_jobs.train import launch, prepare_data
+from sentiment.checkpoint import CALIBRATION_FILE
+from sentiment.predict import Predictor
+from sentiment.report import TITLES
+from tests.test_serve import make_checkpoint
+from tests.test_train_ray import smoke_config
+from tests.wandb_log import logged_keys, records
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def run_dir(local_ray, tiny_model_dir, small_imdb, tmp_path_factory) -> Path:
+    """A real 2-epoch training run of the tiny BERT (result.json, epoch checkpoints, history)."""
+    cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path_factory.mktemp("runs"), "evaluated")
+    return Path(launch(cfg, prepare_data(cfg))["run_dir"])
+
+
+@pytest.fixture(scope="module")
+def reviews(small_imdb, tmp_path_factory) -> Path:
+    """400 real (or synthetic) reviews in a CSV, with ids, four empty texts among them."""
+    df = pd.read_parquet(small_imdb / "train.parquet").reset_index(drop=True)
+    df.insert(0, "review_no", np.arange(len(df)) * 7 % 1000)  # ids not in sorted order
+    df.loc[[3, 50, 51, 399], "text"] = ["", "   ", None, "\n"]
+    path = tmp_path_factory.mktemp("in") / "reviews.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_ray_data_predictions_equal_the_predictor_in_input_order(local_ray, tiny_model_dir, reviews, tmp_path):
+    model = make_checkpoint(tiny_model_dir, tmp_path / "model")
+    (model / CALIBRATION_FILE).write_text(json.dumps({"temperature": 1.7}))  # applied on both sides
+    out = tmp_path / "predictions.parquet"
+    assert predict.main(["--checkpoint", str(model), "--input", str(reviews), "--output", str(out), "--workers", "2", "--batch-size", "16"]) == 0
+    got = pd.read_parquet(out)
+    source = pd.read_csv(reviews)
+    assert got["review_no"].tolist() == source["review_no"].tolist()  # every row, in input order
+    empty = source["text"].fillna("").str.strip().eq("")
+    assert empty.sum() == 4 and got.loc[empty, "predicted_label"].isna().all() and got.loc[empty, "score"].isna().all()
+    scored = got[~empty]
+    expected = Predictor.load(model).predict(source.loc[~empty, "text"].tolist(), return_proba=True)
+    np.testing.assert_allclose(scored[["prob_negative", "prob_positive"]].to_numpy(dtype=float), expected, atol=1e-5)
+    assert scored["predicted_label"].tolist() == [["negative", "positive"][i] for i in expected.argmax(1)]
+    assert expected[:, 1].std() > 0.01  # outputs differ review to review: a wrong order would show
+    assert scored["truncated"].any() and (scored["num_tokens"] > 0).all()
+
+
+def _no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_column", "has no column 'review'"),
+    ("missing_input", "does not exist"),
+    ("bad_extension", "unknown format '.txt'"),
+    ("output_exists", "exists; pass --overwrite"),
+    ("no_checkpoint", "does not exist"),
+    ("not_a_classifier", "is not a sequence classifier"),
+    ("column_clash", "would overwrite"),
+])
+def test_bad_input_fails_clearly_and_writes_nothing(case, message, tiny_model_dir, reviews, tmp_path, capsys):
+    model = make_checkpoint(tiny_model_dir, tmp_path / "model")
+    out = tmp_path / "out.parquet"
+    args = {"--checkpoint": str(model), "--input": str(reviews), "--output": str(out)}
+    if case == "no_column":
+        args["--text-column"] = "review"
+    elif case == "missing_input":
+        args["--input"] = str(tmp_path / "nope.csv")
+    elif case == "bad_extension":
+        args["--input"] = str(tmp_path / "reviews.txt")
+    elif case == "output_exists":
+        out.write_text("keep me")
+    elif case == "no_checkpoint":
+        args["--checkpoint"] = str(tmp_path / "missing-run")
+    elif case == "not_a_classifier":
+        config = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps(config | {"architectures": ["BertForMaskedLM"]}))
+    elif case == "column_clash":
+        pd.read_csv(reviews).assign(score=1.0).to_csv(tmp_path / "clash.csv", index=False)
+        args["--input"] = str(tmp_path / "clash.csv")
+    code = predict.main([x for kv in args.items() for x in kv])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error: ") and message in last
+    if case == "output_exists":
+        assert out.read_text() == "keep me"
+    else:
+        assert not out.exists()
+    assert _no_temp_files(tmp_path)
+
+
+def test_evaluate_writes_metrics_report_and_wandb_for_a_trained_run(run_dir, small_imdb, artifacts):
+    assert evaluate.main(["--checkpoint", str(run_dir), "--data", str(small_imdb), "--calibrate",
+                          "--attribution-samples", "24", "--ig-steps", "4", "--wandb", "offline"]) == 0
+    best = json.loads((run_dir / "result.json").read_text())["best_checkpoint"]
+    out = Path(best) / "eval_test"
+    metrics = json.loads((out / "metrics.json").read_text())
+    table = pd.read_parquet(out / "predictions.parquet")
+    truth, predicted = table["label"], table["predicted"]
+    assert metrics["count"] == len(table) == 64
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(truth == "positive", table["prob_positive"]))
+    # calibration: fitted on validation, saved with the checkpoint, used by later predictions
+    temperature = json.loads((Path(best) / "model" / CALIBRATION_FILE).read_text())["temperature"]
+    assert metrics["calibrated"]["temperature"] == pytest.approx(temperature) and temperature != 1.0
+    assert Predictor.load(Path(best) / "model").temperature == pytest.approx(temperature)
+    html = (out / "report.html").read_text()
+    for key in ("accuracy", "f1", "roc_auc", "log_loss", "ece"):
+        assert f'id="m-{key}">{metrics[key]:.4f}<' in html
+    for name, title in TITLES.items():
+        assert Image.open(out / f"{name}.png").info["Title"] == title
+    assert html.count("<tr><td>") >= 2  # the training history table: both epochs
+    shutil.copy(out / "report.html", artifacts / "evaluation_report_trained.html")
+    # W&B: summary metrics, every plot, W&B's confusion matrix, the predictions table, the checkpoint link
+    [run_file] = (out / "wandb").glob("wandb/offline-run-*/run-*.wandb")
+    history, summary = logged_keys(run_file)
+    assert {"accuracy", "roc_auc", "ece", "calibrated_temperature", "checkpoint_artifact"} <= summary
+    logged = {f"eval/{name}" for name in TITLES} | {"eval/predictions", "eval/confusion_matrix_plot_table"}
+    assert {f"{key}/_type" for key in logged} <= history  # images and tables (W&B logs them as nested keys)
+    artifacts_logged = [r.artifact for r in records(run_file) if r.WhichOneof("record_type") == "artifact"]
+    assert any(a.type == "evaluation" and "evaluated-model-evaluated-epoch" in a.name for a in artifacts_logged)
+    # running again without --overwrite is refused and leaves the report alone
+    before = (out / "metrics.json").read_text()
+    assert evaluate.main(["--checkpoint", str(run_dir), "--data", str(small_imdb)]) == 2
+    assert (out / "metrics.json").read_text() == before
