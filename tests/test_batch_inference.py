@@ -4,7 +4,11 @@ checked against the in-process Predictor and scikit-learn."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +45,20 @@ def reviews(small_imdb, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("in") / "reviews.csv"
     df.to_csv(path, index=False)
     return path
+
+
+def test_benchmark_smoke_run_prints_the_ratio_last(tiny_model_dir, small_imdb, tmp_path):
+    # first in the file: the benchmark starts its own Ray before this module's Ray exists
+    model = make_checkpoint(tiny_model_dir, tmp_path / "model")
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.batch_inference", "--smoke", "--checkpoint", str(model)],
+        cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "IMDB_DATA_DIR": str(small_imdb)},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"Ray Data / single process throughput: \d+\.\d\d", last) and float(last.split()[-1]) > 0
+    assert float(re.search(r"difference between the two: (\S+)", out.stdout).group(1)) < 1e-5
 
 
 def test_ray_data_predictions_equal_the_predictor_in_input_order(local_ray, tiny_model_dir, reviews, tmp_path):
@@ -138,3 +156,4 @@ def test_evaluate_writes_metrics_report_and_wandb_for_a_trained_run(run_dir, sma
     before = (out / "metrics.json").read_text()
     assert evaluate.main(["--checkpoint", str(run_dir), "--data", str(small_imdb)]) == 2
     assert (out / "metrics.json").read_text() == before
+

@@ -1,4 +1,5 @@
-"""`ray start --head` on 127.0.0.1, `ray job submit` of the smoke config, SUCCEEDED, `ray stop`."""
+"""`ray start --head` on 127.0.0.1, `ray job submit` of the smoke config and of an evaluation of
+its result, both SUCCEEDED; then that cluster's processes (only those) are stopped."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from ray_jobs.local_ray import keep_ray_local
@@ -29,6 +32,37 @@ def _ray(*args: str, env: dict, timeout: int = 300) -> subprocess.CompletedProce
     return subprocess.run([str(BIN / "ray"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def stop_cluster(temp: Path, gcs_port: int) -> None:
+    """Kill the processes of the Ray started with ``temp`` and ``gcs_port`` and their children.
+
+    ``ray stop`` would stop every Ray on the machine, including ones this test did not start.
+    """
+    marks = (str(temp), f"127.0.0.1:{gcs_port}")
+    roots = [p for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
+    procs = set(roots)
+    for root in roots:
+        try:
+            procs.update(root.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(procs), timeout=30)
+
+
+def _submit(*args: str, env: dict, address: str) -> subprocess.CompletedProcess:
+    """``ray job submit``, retried (bounded) while the head's job agent is still starting."""
+    deadline = time.monotonic() + 120
+    while True:
+        done = _ray("job", "submit", f"--address={address}", *args, env=env, timeout=600)
+        if "No available agent to submit job" not in done.stderr or time.monotonic() > deadline:
+            return done
+        time.sleep(3)
+
+
 @pytest.fixture()
 def head_node(tmp_path_factory):
     keep_ray_local()
@@ -36,12 +70,16 @@ def head_node(tmp_path_factory):
     env.pop("RAY_ADDRESS", None)
     dash = _free_port()
     temp = Path("/tmp") / f"rj-{uuid.uuid4().hex[:6]}"  # short: Ray's socket paths have a length limit
-    started = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+    gcs_port = _free_port()
+    started = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+                   # own ports for every agent: another Ray on this machine may hold the defaults
+                   f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+                   f"--runtime-env-agent-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
                    "--disable-usage-stats", f"--temp-dir={temp}", env=env)
     assert started.returncode == 0, started.stderr[-3000:]
     yield env, f"http://127.0.0.1:{dash}"
-    _ray("stop", "--force", env=env)
+    stop_cluster(temp, gcs_port)
 
 
 def test_job_submit_runs_the_smoke_config(head_node, tiny_model_dir, small_imdb, tmp_path):
@@ -49,11 +87,11 @@ def test_job_submit_runs_the_smoke_config(head_node, tiny_model_dir, small_imdb,
     client_env = {**env, "RAY_AUTH_MODE": "token"}  # `ray start --head` turned token auth on
     job_id = f"smoke-{uuid.uuid4().hex[:8]}"
     storage = tmp_path / "runs"
-    submitted = _ray(
-        "job", "submit", f"--address={address}", f"--submission-id={job_id}", "--working-dir", ".", "--",
+    submitted = _submit(
+        f"--submission-id={job_id}", "--working-dir", ".", "--",
         "python", "-m", "ray_jobs.train", "--config", "configs/smoke.yaml",
         f"model.name_or_path={tiny_model_dir}", f"data.path={small_imdb}", "data.validation_fraction=0.25",
-        f"run.storage_path={storage}", "run.name=submitted", env=client_env, timeout=600,
+        f"run.storage_path={storage}", "run.name=submitted", env=client_env, address=address,
     )
     assert submitted.returncode == 0, (submitted.stdout + submitted.stderr)[-4000:]
     status = _ray("job", "status", f"--address={address}", job_id, env=client_env)
@@ -62,3 +100,14 @@ def test_job_submit_runs_the_smoke_config(head_node, tiny_model_dir, small_imdb,
     result = json.loads((storage / "submitted" / "result.json").read_text())
     assert (Path(result["best_checkpoint"]) / "model" / "model.safetensors").is_file()
     assert result["test_metrics"]["test_count"] == 64
+
+    evaluated = _submit(
+        "--working-dir", ".", "--", "python", "-m", "ray_jobs.evaluate",
+        "--checkpoint", str(storage / "submitted"), "--data", str(small_imdb), "--attribution-samples", "8",
+        "--ig-steps", "2", env=client_env, address=address,
+    )
+    assert evaluated.returncode == 0, (evaluated.stdout + evaluated.stderr)[-4000:]
+    report = Path(result["best_checkpoint"]) / "eval_test"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["count"] == 64 and f"evaluate: accuracy {metrics['accuracy']:.4f}" in evaluated.stdout
+    assert (report / "report.html").is_file() and "evaluate: 64/64 reviews in" in evaluated.stdout + evaluated.stderr
