@@ -23,9 +23,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicC
 from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve import Application
 from ray.serve.config import AutoscalingConfig
 from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.deployment import SentimentModel, local_model_dir, resolve_checkpoint, sha256_file
 from sentiment.data import clean_text
@@ -62,6 +65,10 @@ class ServeArgs(BaseModel):
     api_key: SecretStr | None = Field(None, description=f"Required API key; default ${API_KEY_ENV}, none: open.")
     max_text_chars: int = Field(20_000, ge=1, description="Longest text accepted (characters).")
     max_texts: int = Field(64, ge=1, description="Most texts in one request.")
+    max_body_bytes: int = Field(
+        6 * 2**20, ge=1, description="Largest request body (bytes); larger gets 413 before it is read. The default "
+        "fits max_texts texts of max_text_chars 4-byte characters at the defaults.",
+    )
     uncertain_below: float = Field(0.8, gt=0, le=1, description="Top probability under this marks 'uncertain'.")
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = Field(
         "auto", description="Lineage run at deploy time; 'auto': online with WANDB_API_KEY, else none."
@@ -162,6 +169,24 @@ class Health(BaseModel):
     auth_required: bool
 
 
+class ErrorMessage(BaseModel):
+    """An error other than a validation error (those are 422 with a list of named problems)."""
+
+    detail: str
+
+
+def _errors(**descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries, ``_errors(e413="...")``: each status with its description."""
+    return {int(code[1:]): {"model": ErrorMessage, "description": text} for code, text in descriptions.items()}
+
+
+BODY_ERRORS = _errors(
+    e400="The body cannot be parsed (invalid UTF-8, JSON nested too deeply).",
+    e413="The body is over the deployment's max_body_bytes.",
+    e503="A model replica failed twice; retry after Retry-After seconds.",
+)
+
+
 class Backend(Protocol):
     """What the HTTP routes need from the model."""
 
@@ -206,16 +231,60 @@ async def validation_error(_: Request, exc: RequestValidationError) -> JSONRespo
     return JSONResponse({"detail": errors}, status_code=422)
 
 
+class BodySizeLimit:
+    """ASGI middleware: a JSON 413 for a request body over ``max_bytes``, without reading it whole.
+
+    A declared ``Content-Length`` over the cap is answered before any byte is read; a body without
+    one (chunked) is counted as it streams in and reading stops at the cap. (FastAPI's own
+    ``max_body_size`` answers a declared oversize in plain text, hence this.)
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    def too_large(self) -> HTTPException:
+        """The 413 this middleware answers with."""
+        return HTTPException(413, f"request body over {self.max_bytes} bytes")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            error = self.too_large()
+            return await JSONResponse({"detail": error.detail}, 413)(scope, receive, send)
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise self.too_large()  # FastAPI turns it into the JSON 413
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
 def make_api(backend: Backend, args: ServeArgs) -> FastAPI:
-    """The HTTP API: ``/v1`` predictions and model info, ``/healthz``, the page at ``/``."""
+    """The HTTP API: ``/v1`` predictions and model info, ``/healthz``, the page at ``/``.
+
+    Bodies over ``args.max_body_bytes`` get a JSON 413 (by their Content-Length before they are
+    read, or as soon as a streamed body passes the cap). Swagger UI and ReDoc are off: they load
+    their JavaScript from a CDN, which fails offline and puts third-party code in front of the
+    key; ``/openapi.json`` stays.
+    """
     app = FastAPI(
         title="Sentiment",
         version="1",
         description="Text classification from a fine-tuned checkpoint.",
         exception_handlers={RequestValidationError: validation_error},
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_middleware(BodySizeLimit, max_bytes=args.max_body_bytes)
     auth = [Depends(api_key_check(args.api_key))] if args.api_key else []
-    v1 = APIRouter(prefix="/v1", dependencies=auth)
+    v1 = APIRouter(prefix="/v1", dependencies=auth, responses=_errors(e401="Missing or wrong API key.") if auth else {})
     PredictRequest = request_model(args.max_text_chars, args.max_texts)
 
     async def respond(texts: list[str]) -> PredictResponse:
@@ -224,12 +293,13 @@ def make_api(backend: Backend, args: ServeArgs) -> FastAPI:
             predictions=[TextPrediction(**vars(p), uncertain=p.score < args.uncertain_below) for p in predictions]
         )
 
-    @v1.post("/predict", dependencies=[Depends(require_json)])
+    @v1.post("/predict", dependencies=[Depends(require_json)],
+             responses={**BODY_ERRORS, **_errors(e415="The body is not application/json.")})
     async def predict(body: PredictRequest) -> PredictResponse:  # type: ignore[valid-type]
         """Predict ``{"text": ...}`` or ``{"texts": [...]}``."""
         return await respond(body.all_texts())
 
-    @v1.post("/predict/form")
+    @v1.post("/predict/form", responses=BODY_ERRORS)
     async def predict_form(
         review: Annotated[str, Form(max_length=args.max_text_chars), AfterValidator(_not_blank)],
     ) -> PredictResponse:
@@ -267,7 +337,22 @@ class SentimentAPI:
 
     async def predict(self, texts: list[str]) -> list[Prediction]:
         """One model call per text; the model replicas batch them across requests."""
-        return list(await asyncio.gather(*(self.model.predict.remote(t) for t in texts)))
+        return list(await asyncio.gather(*(self._predict_one(t) for t in texts)))
+
+    async def _predict_one(self, text: str) -> Prediction:
+        """Predict one text, once more on another replica if the first one died mid-request.
+
+        A prediction has no side effects, so repeating it is safe. Serve's router drops the dead
+        replica when the first call fails, so the retry goes to a live one; if that fails too, the
+        client gets 503 with ``Retry-After`` rather than a 500.
+        """
+        try:
+            return await self.model.predict.remote(text)
+        except RayActorError:
+            try:
+                return await self.model.predict.remote(text)
+            except RayActorError:
+                raise HTTPException(503, "model replica unavailable; retry shortly", headers={"Retry-After": "1"}) from None
 
     async def info(self) -> dict[str, Any]:
         """The model deployment's lineage record."""

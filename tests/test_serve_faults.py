@@ -1,0 +1,194 @@
+"""Serving faults: one of two model replicas is killed (SIGKILL, by PID) under a bounded load.
+
+A real loopback-only Ray Serve runs the app with exactly 2 model replicas (min = max = 2). Client
+threads on 127.0.0.1 send single-review requests (at most :data:`MAX_REQUESTS`, everything done
+within :data:`TIME_LIMIT_S`); one replica's worker process is killed mid-load. The ingress retries
+a prediction whose replica died (predictions are idempotent), so clients see no failure; Serve
+starts a replacement (a new actor and PID) and the request rate after recovery is at least
+:data:`RECOVERY_FRACTION` of the rate before the kill, both measured in the same test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.test_serve import APP, MODEL, TEXTS, make_checkpoint, model_replicas, start_serve, stop_serve, wait_until
+
+pytestmark = pytest.mark.ray
+
+# Batches wait up to 0.1 s to fill and never fill early (16 > CONCURRENCY): a replica nearly always
+# holds requests, so the kill hits requests in flight, which are what the ingress must retry.
+ARGS = {"num_cpus": 0.5, "min_replicas": 2, "max_replicas": 2, "max_batch_size": 16, "batch_wait_timeout_s": 0.1,
+        "max_ongoing_requests": 16, "max_text_chars": 2000, "max_texts": 8}
+CONCURRENCY = 8
+MAX_REQUESTS = 20_000
+TIME_LIMIT_S = 300.0
+WINDOW_S = 10.0
+FAILURE_BOUND = 0  # failed requests allowed: the ingress retries on a dead replica
+RECOVERY_FRACTION = 0.5
+
+
+def alive_actors(class_name: str) -> dict[str, int]:
+    """Alive actors named ``class_name`` in this driver's Ray: actor id -> worker PID (Ray's state API)."""
+    import ray
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=ray.get_runtime_context().gcs_address,  # another Ray may run on this machine
+                         filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
+    return {a.actor_id: a.pid for a in actors}
+
+
+def model_replica_actors() -> dict[str, int]:
+    """Alive model replicas of this app: actor id -> worker PID."""
+    return alive_actors(f"ServeReplica:{APP}:{MODEL}")
+
+
+def serve_pids() -> dict[str, int]:
+    """PIDs of the app's (single) model replica, its ingress replica and the HTTP proxy."""
+    pids = {}
+    for role, name in (("model", f"ServeReplica:{APP}:{MODEL}"), ("ingress", f"ServeReplica:{APP}:SentimentAPI"),
+                       ("proxy", "ProxyActor")):
+        (pids[role],) = alive_actors(name).values()
+    return pids
+
+
+class TimedLoad:
+    """Single-review requests from ``concurrency`` threads, at most ``limit`` of them.
+
+    Keeps the completion time of every 200 (``done``) and a line per failure (``failures``).
+    """
+
+    def __init__(self, url: str, concurrency: int, limit: int) -> None:
+        self.url, self.limit, self.sent = url, limit, 0
+        self.done: list[float] = []
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(concurrency)]
+        for t in self.threads:
+            t.start()
+
+    def _take(self) -> bool:
+        with self.lock:
+            if self.sent >= self.limit:
+                return False
+            self.sent += 1
+            return True
+
+    def _worker(self) -> None:
+        session = requests.Session()
+        while self._take():
+            try:
+                r = session.post(self.url, json={"text": TEXTS[self.sent % len(TEXTS)]}, timeout=60)
+                if r.status_code == 200:
+                    self.done.append(time.monotonic())
+                else:
+                    self.failures.append(f"{r.status_code}: {r.text[:300]}")
+            except requests.RequestException as err:
+                self.failures.append(repr(err))
+
+    def rate(self, start: float, end: float) -> float:
+        """Successful requests per second completed in ``[start, end)``."""
+        return sum(start <= t < end for t in self.done) / (end - start)
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for every request to be sent and answered; True if they were."""
+        deadline = time.monotonic() + timeout_s
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads)
+
+    def stop(self, timeout_s: float) -> None:
+        """Send no more requests; wait for those in flight (fail if they outlast ``timeout_s``)."""
+        with self.lock:
+            self.limit = self.sent
+        assert self.join(timeout_s), f"requests still running after {timeout_s} s"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    checkpoint = make_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("faults") / "model")
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("SENTIMENT_API_KEY", raising=False)
+        try:
+            yield start_serve({"checkpoint": str(checkpoint), **ARGS})
+        finally:
+            stop_serve()
+
+
+def test_killing_a_model_replica_under_load_fails_no_request_and_recovers(server: str) -> None:
+    wait_until(lambda: model_replicas() == {"RUNNING": 2} and len(model_replica_actors()) == 2, 180, "2 model replicas")
+    before = model_replica_actors()
+    started = time.monotonic()
+    load = TimedLoad(f"{server}/v1/predict", CONCURRENCY, MAX_REQUESTS)
+    try:
+        time.sleep(3)  # connections open, batches flowing
+        window_start = time.monotonic()
+        time.sleep(WINDOW_S)
+        killed_id, killed_pid = next(iter(before.items()))
+        killed_at = time.monotonic()
+        os.kill(killed_pid, signal.SIGKILL)
+
+        def replaced() -> bool:
+            alive = model_replica_actors()
+            return len(alive) == 2 and killed_id not in alive and model_replicas() == {"RUNNING": 2}
+
+        wait_until(replaced, TIME_LIMIT_S - (time.monotonic() - started) - 2 * WINDOW_S, "a replacement replica")
+        recovered_at = time.monotonic()
+        time.sleep(WINDOW_S)
+        recovery_end = time.monotonic()
+    finally:
+        load.stop(60)
+    after = model_replica_actors()
+    rate_before, rate_after = load.rate(window_start, killed_at), load.rate(recovered_at, recovery_end)
+    print(f"\nreplica kill: {load.sent} requests, {len(load.failures)} failed; replacement RUNNING "
+          f"{recovered_at - killed_at:.1f} s after the kill; {rate_before:.1f} req/s before, {rate_after:.1f} after")
+    assert time.monotonic() - started < TIME_LIMIT_S and load.sent < MAX_REQUESTS
+    assert len(load.failures) <= FAILURE_BOUND, load.failures[:5]
+    assert len(after) == 2 and killed_id not in after and killed_pid not in after.values()
+    assert rate_before > 0 and rate_after >= RECOVERY_FRACTION * rate_before
+
+
+class FakeResponse:
+    """Stands in for a DeploymentHandle method: ``remote()`` raises the next error, then answers."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors, self.calls = errors, 0
+
+    async def _call(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "prediction"
+
+    def remote(self, text: str):  # noqa: ANN201 (an awaitable, like a DeploymentResponse)
+        return self._call()
+
+
+def test_ingress_retries_once_on_a_dead_replica_then_answers_503() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from fastapi import HTTPException
+    from ray.exceptions import ActorDiedError
+
+    from serve.app import SentimentAPI
+
+    predict_one = SentimentAPI.func_or_class._predict_one
+    once = SimpleNamespace(model=SimpleNamespace(predict=FakeResponse([ActorDiedError()])))
+    assert asyncio.run(predict_one(once, "good")) == "prediction" and once.model.predict.calls == 2
+    twice = SimpleNamespace(model=SimpleNamespace(predict=FakeResponse([ActorDiedError(), ActorDiedError()])))
+    with pytest.raises(HTTPException) as error:
+        asyncio.run(predict_one(twice, "good"))
+    assert error.value.status_code == 503 and error.value.headers == {"Retry-After": "1"}
+    other = SimpleNamespace(model=SimpleNamespace(predict=FakeResponse([ValueError("a bug")])))
+    with pytest.raises(ValueError):  # only a dead replica is retried
+        asyncio.run(predict_one(other, "good"))
+    assert other.model.predict.calls == 1
