@@ -55,13 +55,21 @@ class TrainState:
     best_checkpoint: str | None = None  # storage path; may be in the run resumed from
     bad_epochs: int = 0  # epochs since the last improvement
     worker_nodes: list[str] = field(default_factory=list)  # Ray node id of each rank (last start)
+    starts: int = 0  # times a worker group started this run: > 1 after a restart or a resume
     history: list[dict[str, float]] = field(default_factory=list)
 
-    def improved(self, value: float, mode: str) -> bool:
-        """Whether ``value`` beats the best so far under ``mode`` (max or min)."""
-        if self.best_metric is None:
-            return True
-        return value > self.best_metric if mode == "max" else value < self.best_metric
+    def update(self, value: float, mode: str, checkpoint: str) -> None:
+        """Record the epoch just finished (``self.epoch``) with metric ``value`` under ``mode``.
+
+        A tie with the best moves the best to this later epoch, as Ray's checkpoint retention
+        ranks ties (a kept best must never be one Ray deleted); only a strict improvement resets
+        the early-stopping count.
+        """
+        best = self.best_metric
+        better = best is None or (value > best if mode == "max" else value < best)
+        if better or value == best:
+            self.best_metric, self.best_epoch, self.best_checkpoint = value, self.epoch, checkpoint
+        self.bad_epochs = 0 if better else self.bad_epochs + 1
 
 
 @dataclass
@@ -315,8 +323,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model=model, optimizer=optimizer, lr_scheduler=build_scheduler(optimizer, cfg, total_steps),
         config=build_deepspeed_config(cfg, world),
     )
+    from ray_jobs.safe_load import use_weights_only_loads  # after deepspeed: it subclasses its engine
+
+    use_weights_only_loads(engine)
     state = restore(engine, cfg, rank)
     state.worker_nodes = _gather(ray.get_runtime_context().get_node_id(), world)
+    state.starts += 1
     run_name = config["run_name"]
     tracker = start_tracking(cfg, run_name, config["wandb_dir"]) if rank == 0 else Tracker()
     ctx = {
@@ -336,11 +348,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = evaluate(engine.module, splits["validation"], cfg, ctx["collate"], device, prefix="val_")
         state.epoch += 1
         value = metrics[metric_key]
-        if state.improved(value, cfg.run.mode):
-            state.best_metric, state.best_epoch, state.bad_epochs = value, state.epoch, 0
-            state.best_checkpoint = storage.join(ctx["run_dir"], epoch_dir_name(state.epoch))
-        else:
-            state.bad_epochs += 1
+        state.update(value, cfg.run.mode, storage.join(ctx["run_dir"], epoch_dir_name(state.epoch)))
         stop = patience is not None and state.bad_epochs >= patience
         scalars = {**scalar_metrics(metrics), "train_loss": train_loss,
                    "train_accuracy": train_accuracy, "epoch": state.epoch,

@@ -1,0 +1,148 @@
+"""Training survives a killed worker; checkpoints never look complete when their write was cut;
+resuming never unpickles code."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from ray.util.state import list_actors
+
+from ray_jobs.train import launch, prepare_data
+from sentiment.checkpoint import CheckpointError, resolve_model_dir
+from tests.test_train_ray import smoke_config
+
+ROOT = Path(__file__).resolve().parent.parent
+# 3 epochs of 300 reviews, micro-batch 2 on 2 workers: 75 steps per epoch, long enough to land a
+# kill inside epoch 2.
+FAULT_RUN = ("data.max_train_samples=300", "train.epochs=3", "train.batch_size=2", "train.log_every_steps=25", "run.max_failures=1")
+
+
+def _state(run_dir: str | Path, epoch: int) -> dict:
+    return json.loads((Path(run_dir) / f"epoch_{epoch:03d}" / "train_state.json").read_text())
+
+
+def _worker_pids() -> list[int]:
+    """PIDs of the live Ray Train workers of this process's Ray (named by its GCS address: with
+    another Ray on the machine, the state API would otherwise pick the latest one started)."""
+    actors = list_actors(address=ray.get_runtime_context().gcs_address,
+                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    return [a.pid for a in actors]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(local_ray, tiny_model_dir, small_imdb, tmp_path_factory):
+    cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path_factory.mktemp("runs"), "uninterrupted", *FAULT_RUN)
+    data = prepare_data(cfg)
+    return launch(cfg, ray.put(data)), data
+
+
+@pytest.mark.ray
+def test_worker_killed_in_epoch_2_restarts_from_epoch_1_and_matches_an_uninterrupted_run(
+    uninterrupted, tiny_model_dir, small_imdb, tmp_path
+):
+    reference, data = uninterrupted
+    cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path, "killed", *FAULT_RUN)
+    run_dir = tmp_path / "killed"
+    seen: dict[str, object] = {}
+
+    def kill_in_epoch_2() -> None:
+        try:
+            deadline = time.monotonic() + 600
+            while not (run_dir / "epoch_001" / "train_state.json").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)  # into epoch 2 (an epoch takes several seconds here)
+            pids = _worker_pids()
+            seen["epoch_2_done_at_kill"] = (run_dir / "epoch_002").exists()
+            seen["pid"] = pids[-1]
+            os.kill(pids[-1], signal.SIGKILL)
+        except Exception as err:  # surfaced by the assertion below
+            seen["error"] = repr(err)
+
+    killer = threading.Thread(target=kill_in_epoch_2, daemon=True)
+    killer.start()
+    summary = launch(cfg, ray.put(data))
+    killer.join(timeout=10)
+    assert seen.get("pid"), seen
+    assert seen["epoch_2_done_at_kill"] is False  # the kill landed inside epoch 2
+    assert seen["pid"] not in _worker_pids()
+
+    got, want = _state(run_dir, 3), _state(reference["run_dir"], 3)
+    assert got["starts"] == 2 and want["starts"] == 1  # restarted once, from the epoch-1 checkpoint
+    assert got["global_step"] == want["global_step"] == 3 * 75
+    for g, w in zip(got["history"], want["history"], strict=True):
+        for key in ("train_loss", "val_loss", "val_accuracy", "step"):
+            assert g[key] == pytest.approx(w[key], abs=1e-4), (g["epoch"], key)
+    assert summary["test_metrics"]["test_loss"] == pytest.approx(reference["test_metrics"]["test_loss"], abs=1e-4)
+
+
+class _RunsCode:
+    """A pickle that, when unpickled without weights_only, creates a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.ray
+def test_resume_never_unpickles_code_from_a_tampered_optimizer_shard(uninterrupted, tiny_model_dir, small_imdb, tmp_path):
+    reference, data = uninterrupted
+    tampered = tmp_path / "epoch_003"
+    shutil.copytree(reference["last_checkpoint"], tampered)
+    marker = tmp_path / "code-ran"
+    shard = tampered / "deepspeed" / "state" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"optimizer_state_dict": _RunsCode(marker)}, shard)  # a real torch file, with a payload
+    cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path, "tampered", *FAULT_RUN, "run.max_failures=0",
+                       f"run.resume_from={tampered}")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        launch(cfg, ray.put(data))
+    assert not marker.exists()
+
+
+SLOW_WRITE = """
+import sys, time
+from pathlib import Path
+from sentiment.checkpoint import save_model_dir
+from sentiment.config import load_config
+
+class SlowModel:
+    def save_pretrained(self, folder, safe_serialization):
+        Path(folder, "config.json").write_text("{}")
+        with open(Path(folder, "model.safetensors"), "wb") as f:
+            f.write(b"partial")
+            f.flush()
+            print("writing", flush=True)
+            time.sleep(60)
+
+class Tok:
+    def save_pretrained(self, folder):
+        pass
+
+save_model_dir(SlowModel(), Tok(), load_config(None, []), {}, sys.argv[1])
+"""
+
+
+def test_a_checkpoint_write_killed_midway_leaves_nothing_that_looks_complete(tmp_path):
+    dest = tmp_path / "run" / "epoch_001" / "model"
+    child = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, str(dest)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert not dest.exists()  # only a .tmp- sibling, which no loader looks at
+    assert [p.name.startswith(".tmp-model-") for p in dest.parent.iterdir()] == [True]
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_model_dir(dest)
+    with pytest.raises(CheckpointError, match="not a complete model checkpoint"):
+        resolve_model_dir(dest.parent)  # the epoch folder has no model/ folder
