@@ -1,0 +1,38 @@
+"""The training benchmarks run end to end in CI-sized form and print their summary line last
+(smoke runs: no timing is asserted)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(module: str, *args: str, data: Path, timeout: int = 600) -> list[str]:
+    out = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout, env={**os.environ, "IMDB_DATA_DIR": str(data)})
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    return out.stdout.strip().splitlines()
+
+
+def test_train_throughput_smoke_prints_the_ratio_last(tiny_model_dir, small_imdb, tmp_path):
+    lines = _run("bench.train_throughput", "--smoke", "--model", str(tiny_model_dir), "--storage", str(tmp_path), data=small_imdb)
+    rows = [line for line in lines if line.startswith("| fixed") or line.startswith("| real")]
+    assert len(rows) == 2 and all(float(r.split("|")[-2]) > 0 for r in rows)
+    assert re.fullmatch(r"ratio project/plain \(geometric mean over shapes\): \d+\.\d\d", lines[-1])
+
+
+def test_time_to_accuracy_smoke_reports_accuracy_and_time_last(tiny_model_dir, small_imdb, tmp_path):
+    lines = _run("bench.time_to_accuracy", "--smoke", f"model.name_or_path={tiny_model_dir}",
+                 f"data.path={small_imdb}", f"run.storage_path={tmp_path}", data=small_imdb)
+    m = re.fullmatch(r"time-to-accuracy: (\d\.\d{4}) test accuracy after ([\d.]+) s of training \(([\d.]+) s job\) on CPU, \d+ cores, no GPU", lines[-1])
+    assert m, lines[-1]
+    assert 0 <= float(m.group(1)) <= 1 and 0 < float(m.group(2)) <= float(m.group(3))
+    assert any(line.startswith("| CPU") and "| 32 |" in line for line in lines)  # the table row: 32 test reviews
