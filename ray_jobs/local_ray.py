@@ -48,7 +48,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        join_cluster(os.environ["RAY_ADDRESS"])
         return
     keep_ray_local()
     ray.init(
@@ -59,3 +59,26 @@ def init_ray(num_cpus: int | None = None) -> None:
         dashboard_host=LOOPBACK,
         log_to_driver=True,
     )
+
+
+def join_cluster(address: str) -> None:
+    """Join the Ray cluster at ``address``, failing with one line if its Ray or Python differs.
+
+    Ray itself compares this process's Ray and Python versions with the ones the cluster recorded
+    in its GCS when it started, and raises a multi-line ``RuntimeError("Version mismatch: ...")``.
+
+    Raises:
+        ConfigError: the versions differ; names both and the address.
+    """
+    from sentiment.config import ConfigError
+
+    try:
+        ray.init(log_to_driver=True)
+    except RuntimeError as err:
+        if not str(err).startswith("Version mismatch"):
+            raise
+        detail = " ".join(str(err).removeprefix("Version mismatch:").split())
+        raise ConfigError(
+            f"Ray version mismatch with the cluster at {address}: {detail} "
+            f"Run the job with the cluster's Ray and Python (pyproject.toml pins ray)."
+        ) from None

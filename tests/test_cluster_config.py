@@ -1,5 +1,6 @@
 """cluster.yaml passes the Ray cluster launcher's own schema validation."""
 
+import re
 from pathlib import Path
 
 import jsonschema
@@ -28,6 +29,23 @@ def test_the_schema_check_would_catch_a_mistake():
         validate_config(prepare_config(cfg))
 
 
+SECRETS = ("WANDB_API_KEY", "SENTIMENT_API_KEY")
+FROM_SECRETS_MANAGER = re.compile(r'^(\w+)="\$\(aws secretsmanager get-secret-value --secret-id [\w/-]+ [^)]*\)"$')
+
+
 def test_no_credentials_in_the_file():
-    text = (ROOT / "cluster.yaml").read_text().lower()
-    assert not any(s in text for s in ("aws_secret", "aws_access_key", "wandb_api_key", "ssh_private_key"))
+    text = (ROOT / "cluster.yaml").read_text()
+    assert not any(s in text.lower() for s in ("aws_secret", "aws_access_key", "ssh_private_key"))
+    # The keys are named only where they are fetched from AWS Secrets Manager or exported.
+    for match in re.finditer(r"(\w*API_KEY)=(\S+)", text):
+        assert FROM_SECRETS_MANAGER.match(match.group(0) + text[match.end():].split("\n")[0]), match.group(0)
+
+
+@pytest.mark.parametrize("key", ["head_start_ray_commands", "worker_start_ray_commands"])
+def test_every_ray_start_inherits_the_secrets_from_secrets_manager(key):
+    """Workers get the keys from the raylet's environment, never from a job's runtime env."""
+    (start,) = [c for c in _load()[key] if "ray start" in c]
+    steps = [s.strip() for s in start.split("&&")]
+    assert steps[-1].startswith("ray start")
+    fetched = {m.group(1) for s in steps if (m := FROM_SECRETS_MANAGER.match(s))}
+    assert fetched == set(SECRETS) and f"export {' '.join(SECRETS)}" in steps
