@@ -126,6 +126,10 @@ def build_trainer(
         resources["GPU"] = s.gpus_per_worker
     # Plain prints from workers (Train V2 would re-log them, and W&B's console capture doubles them).
     env = {"DS_ACCELERATOR": "cuda" if s.use_gpu else "cpu", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(worker_env or {})}
+    # A URI's filesystem comes from storage.resolve (the one place that builds it, query options
+    # such as ?endpoint_override= included); Ray then addresses runs by paths on that filesystem.
+    fs, fs_path = storage.resolve(storage_path)
+    remote = "://" in storage_path
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -138,7 +142,8 @@ def build_trainer(
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=run_name,
-            storage_path=storage_path,
+            storage_path=fs_path if remote else storage_path,
+            storage_filesystem=fs if remote else None,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.run.checkpoints_to_keep,
                 checkpoint_score_attribute=cfg.run.metric,
