@@ -3,8 +3,6 @@ in headless Chromium with no console errors and every section shown (screenshot 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,18 @@ def stop_serve() -> None:
 
     serve.shutdown()
     ray.shutdown()
+
+
+@contextmanager
+def keyless_server(tiny_model_dir: Path, folder: Path, args: dict[str, Any]) -> Iterator[str]:
+    """Serve a fresh checkpoint in ``folder`` with ``args`` and no API key; yields the base URL."""
+    checkpoint = make_checkpoint(tiny_model_dir, folder / "model")
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv(API_KEY_ENV, raising=False)
+        try:
+            yield start_serve({"checkpoint": str(checkpoint), **args})
+        finally:
+            stop_serve()
 
 
 def model_replicas() -> dict[str, int]:

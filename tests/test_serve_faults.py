@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.test_serve import APP, MODEL, TEXTS, make_checkpoint, model_replicas, start_serve, stop_serve, wait_until
+from tests.test_serve import APP, MODEL, TEXTS, keyless_server, model_replicas, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -114,13 +114,8 @@ class TimedLoad:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    checkpoint = make_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("faults") / "model")
-    with pytest.MonkeyPatch.context() as env:
-        env.delenv("SENTIMENT_API_KEY", raising=False)
-        try:
-            yield start_serve({"checkpoint": str(checkpoint), **ARGS})
-        finally:
-            stop_serve()
+    with keyless_server(tiny_model_dir, tmp_path_factory.mktemp("faults"), ARGS) as url:
+        yield url
 
 
 def test_killing_a_model_replica_under_load_fails_no_request_and_recovers(server: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.test_serve import ROOT, make_checkpoint, model_replicas, start_serve, stop_serve, wait_until
+from tests.test_serve import ROOT, keyless_server, model_replicas, wait_until
 from tests.test_serve_faults import TimedLoad, serve_pids
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -35,13 +35,8 @@ RSS_BOUND_MB = 50.0
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    checkpoint = make_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("soak") / "model")
-    with pytest.MonkeyPatch.context() as env:
-        env.delenv("SENTIMENT_API_KEY", raising=False)
-        try:
-            yield start_serve({"checkpoint": str(checkpoint), **ARGS})
-        finally:
-            stop_serve()
+    with keyless_server(tiny_model_dir, tmp_path_factory.mktemp("soak"), ARGS) as url:
+        yield url
 
 
 def test_20000_requests_in_10_minutes_with_flat_rss(server: str, artifacts: Path) -> None:
