@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 import time
 from typing import Any
 
@@ -40,7 +41,8 @@ def bench_config(args: argparse.Namespace, shape: str, storage: str) -> Config:
         "train.epochs=1", f"train.batch_size={args.batch}", f"train.log_every_steps={10**6}",
         f"train.precision={'bf16' if torch.cuda.is_available() else 'fp32'}",
         f"scaling.use_gpu={torch.cuda.is_available()}", f"scaling.cpus_per_worker={args.threads}",
-        "tracking.mode=disabled", "run.max_failures=0", f"run.storage_path={storage}", f"run.name=bench-{shape}",
+        "tracking.mode=disabled", "run.max_failures=0", f"run.storage_path={storage}",
+        f"run.name=bench-{shape}-{time.strftime('%Y%m%d-%H%M%S')}",  # a new run: an old one would be resumed
     ])
 
 
@@ -88,11 +90,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-len", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for both paths")
-    parser.add_argument("--storage", default="/tmp/bench-train-runs")
+    parser.add_argument("--storage", default=None, help="run folders (default: a new temporary folder)")
     parser.add_argument("--smoke", action="store_true", help="CI-sized: 64 reviews")
     args = parser.parse_args(argv)
     if args.smoke:
         args.reviews, args.batch = 64, 8
+    args.storage = args.storage or tempfile.mkdtemp(prefix="bench-train-")
     torch.set_num_threads(args.threads)
     init_ray(num_cpus=args.threads)
     ratios = []

@@ -14,6 +14,7 @@ import pandas as pd
 import ray
 import torch
 
+from ray_jobs.checkpoints import local_model_dir
 from sentiment.predict import Predictor
 from sentiment.progress import Progress
 
@@ -43,8 +44,6 @@ class ReviewScorer:
 
     def __init__(self, model_dir: str, use_gpu: bool, batch_size: int) -> None:
         from transformers.utils import logging as hf_logging
-
-        from serve.deployment import local_model_dir  # copies a remote model folder locally
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise in job logs
         device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", torch.float32)

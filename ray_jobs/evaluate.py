@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 
 from ray_jobs import storage
 from ray_jobs.batch_inference import cluster_has_gpus, default_workers, logit_column, quiet_ray_data, score_texts
+from ray_jobs.checkpoints import local_model_dir, resolve_checkpoint, sha256_file
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import Tracker, start_tracking
 from sentiment.checkpoint import (
@@ -173,10 +174,48 @@ def log_to_wandb(tracker: Tracker, metrics: dict[str, Any], plots: dict[str, Pat
     tracker.run.log_artifact(artifact)
 
 
+def calibrate(validation: pd.DataFrame, model_dir: str, names: list[str], workers: int, use_gpu: bool, batch_size: int) -> float:
+    """Fit a temperature on the validation split and save it with the model folder."""
+    scores, _ = score_texts(validation["text"].tolist(), model_dir, workers, use_gpu, batch_size, "calibrate")
+    temperature = fit_temperature(scores[[logit_column(n) for n in names]].to_numpy(), validation["label"].to_numpy())
+    save_temperature(model_dir, temperature, len(validation))
+    print(f"evaluate: temperature {temperature:.4f} fitted on {len(validation)} validation reviews, saved with the checkpoint")
+    return temperature
+
+
+def predictions_table(split: pd.DataFrame, scores: pd.DataFrame, names: list[str], temperature: float | None) -> pd.DataFrame:
+    """One row per review: text, label, prediction, confidence, probabilities (temperature-scaled
+    when there is one), tokens and truncation."""
+    proba = softmax(scores[[logit_column(n) for n in names]].to_numpy(np.float64) / (temperature or 1.0))
+    return pd.DataFrame({
+        "text": split["text"], "label": [names[i] for i in split["label"]], "predicted": [names[i] for i in proba.argmax(1)],
+        "confidence": proba.max(1), **{f"prob_{n}": proba[:, i] for i, n in enumerate(names)},
+        "num_tokens": scores["num_tokens"], "truncated": scores["truncated"],
+    })
+
+
+def word_scores(predictor: Predictor, texts: pd.Series, samples: int, steps: int) -> dict[str, Any] | None:
+    """Integrated-gradients word scores over a seeded sample of ``texts`` (None when ``samples`` is 0)."""
+    if not samples:
+        return None
+    from sentiment.attribution import top_words
+
+    sample = texts.sample(min(samples, len(texts)), random_state=0).tolist()
+    print(f"evaluate: integrated gradients on {len(sample)} reviews ({steps} steps)", flush=True)
+    return top_words(predictor, sample, attribution_target(predictor.label_names), n_steps=steps)
+
+
+def checkpoint_link(model_dir: str, sha: str) -> dict[str, str]:
+    """Where the evaluated weights are: URI, sha256, and the training run's W&B artifact name."""
+    epoch_dir = epoch_dir_of(model_dir).rstrip("/")
+    run_name = epoch_dir.split("/")[-2] if "/" in epoch_dir else epoch_dir
+    epoch = epoch_dir.rsplit("_", 1)[-1].lstrip("0") or "0"
+    return {"checkpoint_uri": model_dir if "://" in model_dir else Path(model_dir).resolve().as_uri(),
+            "checkpoint_artifact": f"model-{run_name}:epoch-{epoch}", "checkpoint_sha256": sha, "run": run_name}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Check the inputs, score the split, compute metrics, write the report; returns the metrics."""
-    from serve.deployment import local_model_dir, resolve_checkpoint, sha256_file
-
     model_dir = resolve_checkpoint(args.checkpoint, args.which, args.storage_path)
     out = args.output_dir or default_output_dir(model_dir, args.split)
     check_output_dir(out, args.overwrite)
@@ -194,52 +233,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     temperature = read_temperature(local) if (Path(local) / CALIBRATION_FILE).is_file() else None
     if args.calibrate:
-        val_scores, _ = score_texts(validation["text"].tolist(), model_dir, workers, use_gpu, args.batch_size, "calibrate")
-        temperature = fit_temperature(val_scores[[logit_column(n) for n in names]].to_numpy(), validation["label"].to_numpy())
-        save_temperature(model_dir, temperature, len(validation))
-        print(f"evaluate: temperature {temperature:.4f} fitted on {len(validation)} validation reviews, saved with the checkpoint")
+        temperature = calibrate(validation, model_dir, names, workers, use_gpu, args.batch_size)
     scores, rate = score_texts(split["text"].tolist(), model_dir, workers, use_gpu, args.batch_size, "evaluate")
-    logits = scores[[logit_column(n) for n in names]].to_numpy(np.float64)
     labels = split["label"].to_numpy()
-    metrics = evaluate_predictions(logits, labels, names, scores["num_tokens"].to_numpy(), scores["truncated"].to_numpy(), temperature)
-    proba = softmax(logits / (temperature or 1.0))
-    table = pd.DataFrame({
-        "text": split["text"], "label": [names[i] for i in labels], "predicted": [names[i] for i in proba.argmax(1)],
-        "confidence": proba.max(1), **{f"prob_{n}": proba[:, i] for i, n in enumerate(names)},
-        "num_tokens": scores["num_tokens"], "truncated": scores["truncated"],
-    })
+    metrics = evaluate_predictions(scores[[logit_column(n) for n in names]].to_numpy(np.float64), labels, names,
+                                   scores["num_tokens"].to_numpy(), scores["truncated"].to_numpy(), temperature)
+    table = predictions_table(split, scores, names, temperature)
+    proba = table[[f"prob_{n}" for n in names]].to_numpy()
 
     predictor = Predictor.load(local)  # in-process: the seed's examples and the word attributions
-    words = None
-    if args.attribution_samples:
-        from sentiment.attribution import top_words
-
-        sample = split["text"].sample(min(args.attribution_samples, len(split)), random_state=0).tolist()
-        print(f"evaluate: integrated gradients on {len(sample)} reviews ({args.ig_steps} steps)", flush=True)
-        words = top_words(predictor, sample, attribution_target(names), n_steps=args.ig_steps)
+    words = word_scores(predictor, split["text"], args.attribution_samples, args.ig_steps)
     mistakes = [Example(table.text[i], table.label[i], table.predicted[i], float(table.confidence[i]))
                 for i in confident_mistakes(proba, labels, args.mistakes)]
-    epoch_dir = epoch_dir_of(model_dir)
-    run_name = epoch_dir.rstrip("/").split("/")[-2] if "/" in epoch_dir else epoch_dir
-    sha = sha256_file(Path(local) / "model.safetensors")
+    link = checkpoint_link(model_dir, sha256_file(Path(local) / "model.safetensors"))
     meta = {
-        "checkpoint": model_dir, "run": run_name, "split": args.split, "model": cfg.model.name_or_path,
+        "checkpoint": model_dir, "run": link["run"], "split": args.split, "model": cfg.model.name_or_path,
         "max_seq_length": cfg.data.max_seq_length, "truncation": cfg.data.truncation, "workers": workers,
-        "device": "GPU" if use_gpu else "CPU", "reviews_per_s": rate, "sha256": sha,
+        "device": "GPU" if use_gpu else "CPU", "reviews_per_s": rate, "sha256": link["checkpoint_sha256"],
         "attribution_target": names[attribution_target(names)], "attribution_min_count": 3,
         "attribution_reviews": min(args.attribution_samples, len(split)),
     }
-    epoch = epoch_dir.rstrip("/").rsplit("_", 1)[-1].lstrip("0") or "0"
-    link = {"checkpoint_uri": model_dir if "://" in model_dir else Path(model_dir).resolve().as_uri(),
-            "checkpoint_artifact": f"model-{run_name}:epoch-{epoch}", "checkpoint_sha256": sha}
 
     def build(folder: Path) -> None:
-        plots = write_report(folder, metrics, names, training_history(epoch_dir), {
+        plots = write_report(folder, metrics, names, training_history(epoch_dir_of(model_dir)), {
             "confidence": proba.max(1), "correct": proba.argmax(1) == labels,
         }, scenario_examples(predictor), mistakes, words, meta)
         write_json(folder / METRICS_FILE, metrics | {"meta": meta})
         table.to_parquet(folder / PREDICTIONS_FILE, index=False)
-        tracker = start_tracking(cfg, f"eval-{run_name}-{args.split}-{dt.datetime.now():%Y%m%d-%H%M%S}",
+        tracker = start_tracking(cfg, f"eval-{link['run']}-{args.split}-{dt.datetime.now():%Y%m%d-%H%M%S}",
                                  str(folder / "wandb"), job_type="eval")
         try:
             log_to_wandb(tracker, metrics, plots, table, names, link)

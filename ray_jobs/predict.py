@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ray_jobs.batch_inference import PREDICTED, cluster_has_gpus, default_workers, quiet_ray_data, score_texts
+from ray_jobs.checkpoints import resolve_checkpoint
 from ray_jobs.local_ray import init_ray
 from sentiment.checkpoint import CheckpointError, read_model_dir
 
@@ -144,8 +145,6 @@ def resolve_device(device: str) -> bool:
 
 def run(args: argparse.Namespace) -> pd.DataFrame:
     """Check everything, score the non-empty rows, write the output; returns the written table."""
-    from serve.deployment import resolve_checkpoint
-
     check_output(args.output, args.overwrite)
     df = read_table(args.input, args.text_column)
     model_dir = resolve_checkpoint(args.checkpoint, args.which, args.storage_path)

@@ -30,7 +30,8 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve.deployment import SentimentModel, local_model_dir, resolve_checkpoint, sha256_file
+from ray_jobs.checkpoints import local_model_dir, resolve_checkpoint, sha256_file
+from serve.deployment import SentimentModel
 from sentiment.data import clean_text
 from sentiment.predict import Prediction
 

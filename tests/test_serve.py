@@ -35,7 +35,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from ray_jobs.local_ray import init_ray
 from serve.app import API_KEY_ENV, ServeArgs, build_app
-from serve.deployment import resolve_checkpoint
+from ray_jobs.checkpoints import resolve_checkpoint
 from sentiment.checkpoint import CheckpointError, save_model_dir
 from sentiment.config import load_config
 from sentiment.model import build_model, load_tokenizer

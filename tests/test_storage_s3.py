@@ -73,7 +73,7 @@ def test_training_writes_every_checkpoint_to_s3(s3, trained_on_s3):
 def test_serve_and_evaluate_read_the_run_from_s3(s3, trained_on_s3, small_imdb, monkeypatch):
     from ray_jobs import evaluate
     from sentiment.predict import Predictor
-    from serve.deployment import local_model_dir, resolve_checkpoint
+    from ray_jobs.checkpoints import local_model_dir, resolve_checkpoint
 
     import ray
 
