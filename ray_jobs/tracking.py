@@ -69,7 +69,8 @@ def start_tracking(cfg: Config, name: str, directory: str, job_type: str = "trai
     """Open the W&B run for ``name`` (call on rank 0 only).
 
     The run id is derived from ``name`` and resumed if it exists, so a worker-group restart
-    continues the same run. The logged config is the resolved project config.
+    continues the same run (or, when a shared service still holds the run of a killed worker, a
+    new run of the same name). The logged config is the resolved project config.
     """
     mode = resolve_mode(cfg.tracking.mode)
     if mode == "disabled":
@@ -77,20 +78,20 @@ def start_tracking(cfg: Config, name: str, directory: str, job_type: str = "trai
     import wandb
 
     os.makedirs(directory, exist_ok=True)
-    run = wandb.init(
-        project=cfg.tracking.project,
-        entity=cfg.tracking.entity,
-        group=cfg.tracking.group,
-        name=name,
-        id=run_id(name),
-        resume="allow",
-        job_type=job_type,
-        mode=mode,
-        dir=directory,
-        config=cfg.model_dump(mode="json"),
+    args = dict(
+        project=cfg.tracking.project, entity=cfg.tracking.entity, group=cfg.tracking.group, name=name,
+        resume="allow", job_type=job_type, mode=mode, dir=directory, config=cfg.model_dump(mode="json"),
         settings=wandb.Settings(silent=True, console="off"),
     )
-    return Tracker(run)
+    try:
+        return Tracker(wandb.init(id=run_id(name), **args))
+    except Exception as err:
+        if "is in use" not in str(err):
+            raise
+    # A shared W&B service (a sweep's) still holds this run for a worker that was killed: the
+    # restarted worker group records into a new run of the same name instead of failing.
+    print(f"W&B run {run_id(name)} is still held by a killed worker's service; continuing in a new run", flush=True)
+    return Tracker(wandb.init(id=f"{run_id(name)[:50]}-{int(time.time())}", **args))
 
 
 @contextmanager

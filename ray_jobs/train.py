@@ -125,7 +125,11 @@ def build_trainer(
     if s.use_gpu:
         resources["GPU"] = s.gpus_per_worker
     # Plain prints from workers (Train V2 would re-log them, and W&B's console capture doubles them).
-    env = {"DS_ACCELERATOR": "cuda" if s.use_gpu else "cpu", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(worker_env or {})}
+    # WANDB_SERVICE empty: each rank 0 starts its own W&B service instead of inheriting a service of
+    # the process that started Ray (one that ran wandb.init); a killed worker's run would stay open
+    # there and its restart would be refused ("run ID ... is in use"). A sweep passes its own.
+    env = {"DS_ACCELERATOR": "cuda" if s.use_gpu else "cpu", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+           "WANDB_SERVICE": "", **(worker_env or {})}
     # A URI's filesystem comes from storage.resolve (the one place that builds it, query options
     # such as ?endpoint_override= included); Ray then addresses runs by paths on that filesystem.
     fs, fs_path = storage.resolve(storage_path)

@@ -198,7 +198,9 @@ def restore(engine: Any, cfg: Config, rank: int) -> TrainState:
         try:
             path, client = engine.load_checkpoint(os.path.join(folder, DS_DIR), tag=DS_TAG)
         except Exception as err:
-            raise RuntimeError(f"cannot resume from checkpoint {checkpoint.path!r}: {err}") from err
+            # one line, no chained traceback: Ray shows the start of a worker's error, and it must be this
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise RuntimeError(f"cannot resume from checkpoint {checkpoint.path!r}: {reason}") from None
         if path is None or not client or "train_state" not in client:
             raise RuntimeError(f"cannot resume from checkpoint {checkpoint.path!r}: no DeepSpeed state in it")
     state = TrainState(**client["train_state"])

@@ -49,3 +49,13 @@ def test_every_ray_start_inherits_the_secrets_from_secrets_manager(key):
     assert steps[-1].startswith("ray start")
     fetched = {m.group(1) for s in steps if (m := FROM_SECRETS_MANAGER.match(s))}
     assert fetched == set(SECRETS) and f"export {' '.join(SECRETS)}" in steps
+
+
+def test_token_authentication_stays_on_for_the_cluster():
+    """Nothing in the cluster's commands turns Ray's token auth off (`ray start --head` turns it on)."""
+    cfg = _load()
+    commands = [c for key in ("setup_commands", "head_setup_commands", "worker_setup_commands",
+                              "head_start_ray_commands", "worker_start_ray_commands") for c in cfg.get(key, [])]
+    assert any("ray start --head" in c for c in commands)
+    assert not any(re.search(r"RAY_AUTH_MODE\s*=\s*(disabled|none)", c, re.IGNORECASE) for c in commands)
+    assert "RAY_AUTH_MODE" not in str(cfg.get("head_node_type", "")) + str(cfg.get("provider", {}))

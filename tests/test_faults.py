@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import ray
 import torch
@@ -40,6 +41,21 @@ def _worker_pids() -> list[int]:
     return [a.pid for a in actors]
 
 
+def _registered(run_dir: Path, checkpoint: str) -> bool:
+    """Whether Ray Train has registered ``checkpoint`` (a restart resumes from registered ones only)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        return f'"{checkpoint}"' in snapshot.read_text()
+    except OSError:
+        return False
+
+
+def _rank_0_pid(pids: list[int]) -> int:
+    """The worker that holds the W&B run (its wandb-core is a child): the hardest one to lose."""
+    (pid,) = [p for p in pids if any(c.name() == "wandb-core" for c in psutil.Process(p).children())]
+    return pid
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(local_ray, tiny_model_dir, small_imdb, tmp_path_factory):
     cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path_factory.mktemp("runs"), "uninterrupted", *FAULT_RUN)
@@ -59,13 +75,13 @@ def test_worker_killed_in_epoch_2_restarts_from_epoch_1_and_matches_an_uninterru
     def kill_in_epoch_2() -> None:
         try:
             deadline = time.monotonic() + 600
-            while not (run_dir / "epoch_001" / "train_state.json").exists() and time.monotonic() < deadline:
+            while not _registered(run_dir, "epoch_001") and time.monotonic() < deadline:
                 time.sleep(0.05)
-            time.sleep(1.0)  # into epoch 2 (an epoch takes several seconds here)
-            pids = _worker_pids()
+            time.sleep(0.5)  # into epoch 2 (an epoch takes a few seconds here)
+            pid = _rank_0_pid(_worker_pids())
             seen["epoch_2_done_at_kill"] = (run_dir / "epoch_002").exists()
-            seen["pid"] = pids[-1]
-            os.kill(pids[-1], signal.SIGKILL)
+            seen["pid"] = pid
+            os.kill(pid, signal.SIGKILL)
         except Exception as err:  # surfaced by the assertion below
             seen["error"] = repr(err)
 
@@ -79,6 +95,7 @@ def test_worker_killed_in_epoch_2_restarts_from_epoch_1_and_matches_an_uninterru
 
     got, want = _state(run_dir, 3), _state(reference["run_dir"], 3)
     assert got["starts"] == 2 and want["starts"] == 1  # restarted once, from the epoch-1 checkpoint
+    assert len(list(run_dir.glob("wandb/wandb/offline-run-*"))) == 2  # W&B recorded both starts
     assert got["global_step"] == want["global_step"] == 3 * 75
     for g, w in zip(got["history"], want["history"], strict=True):
         for key in ("train_loss", "val_loss", "val_accuracy", "step"):

@@ -84,6 +84,8 @@ def head_node(tmp_path_factory):
 
 def test_job_submit_runs_the_smoke_config(head_node, tiny_model_dir, small_imdb, tmp_path):
     env, address = head_node
+    refused = _ray("job", "list", f"--address={address}", env={**env, "RAY_AUTH_MODE": "disabled"})
+    assert refused.returncode != 0, "the job server answered a client without the token"  # token auth is on
     client_env = {**env, "RAY_AUTH_MODE": "token"}  # `ray start --head` turned token auth on
     job_id = f"smoke-{uuid.uuid4().hex[:8]}"
     storage = tmp_path / "runs"
