@@ -31,7 +31,9 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from ray_jobs import storage
-from ray_jobs.batch_inference import cluster_has_gpus, default_workers, logit_column, quiet_ray_data, score_texts
+from ray_jobs.batch_inference import (
+    cluster_has_gpus, default_workers, logit_column, probability_column, quiet_ray_data, score_texts,
+)
 from ray_jobs.checkpoints import local_model_dir, resolve_checkpoint, sha256_file
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import Tracker, start_tracking
@@ -189,7 +191,7 @@ def predictions_table(split: pd.DataFrame, scores: pd.DataFrame, names: list[str
     proba = softmax(scores[[logit_column(n) for n in names]].to_numpy(np.float64) / (temperature or 1.0))
     return pd.DataFrame({
         "text": split["text"], "label": [names[i] for i in split["label"]], "predicted": [names[i] for i in proba.argmax(1)],
-        "confidence": proba.max(1), **{f"prob_{n}": proba[:, i] for i, n in enumerate(names)},
+        "confidence": proba.max(1), **{probability_column(n): proba[:, i] for i, n in enumerate(names)},
         "num_tokens": scores["num_tokens"], "truncated": scores["truncated"],
     })
 
@@ -239,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     metrics = evaluate_predictions(scores[[logit_column(n) for n in names]].to_numpy(np.float64), labels, names,
                                    scores["num_tokens"].to_numpy(), scores["truncated"].to_numpy(), temperature)
     table = predictions_table(split, scores, names, temperature)
-    proba = table[[f"prob_{n}" for n in names]].to_numpy()
+    proba = table[[probability_column(n) for n in names]].to_numpy()
 
     predictor = Predictor.load(local)  # in-process: the seed's examples and the word attributions
     words = word_scores(predictor, split["text"], args.attribution_samples, args.ig_steps)
