@@ -31,7 +31,7 @@ from ray import serve
 
 from ray_jobs.local_ray import init_ray
 from serve.app import build_app
-from sentiment.checkpoint import save_model_dir
+from sentiment.layout import save_model_dir
 from sentiment.config import DATA_DIR_ENV, PACKAGED_MODEL, load_config
 from sentiment.data import clean_text
 from sentiment.model import build_model, load_tokenizer
@@ -112,7 +112,8 @@ def deploy(checkpoint: Path) -> str:
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     cores = float(os.cpu_count() or 1)
-    app = build_app({"checkpoint": str(checkpoint), "num_cpus": cores, "min_replicas": 1, "max_replicas": 1})
+    app = build_app({"checkpoint": str(checkpoint), "num_cpus": cores, "min_replicas": 1, "max_replicas": 1,
+                     "wandb_mode": "disabled"})
     serve.run(app, name="bench", route_prefix="/", logging_config={"enable_access_log": False})
     return f"http://127.0.0.1:{port}/v1/predict"
 

@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         job_s = time.perf_counter() - t1
     finally:
         ray.shutdown()
-    from ray_jobs import storage
+    from sentiment import layout
 
-    fs, last = storage.resolve(summary["last_checkpoint"])
-    history = storage.read_json(fs, storage.join(last, "train_state.json"))["history"]
+    fs, _ = layout.filesystem(layout.storage_root(cfg))
+    history = layout.read_json(fs, layout.join(summary["last_checkpoint"], layout.STATE_FILE))["history"]
     train_s = sum(h["epoch_time_s"] for h in history)
     test = summary["test_metrics"]
     row = {"device": device_name(), "date": dt.date.today().isoformat(), "commit": commit(),

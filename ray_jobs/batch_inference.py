@@ -14,7 +14,7 @@ import pandas as pd
 import ray
 import torch
 
-from ray_jobs.checkpoints import local_model_dir
+from sentiment.layout import ResolvedModel, prune_cache
 from sentiment.predict import Predictor
 from sentiment.progress import Progress
 
@@ -37,17 +37,18 @@ def logit_column(label: str) -> str:
 
 
 class ReviewScorer:
-    """A Ray Data actor: loads the model folder once, then scores blocks of reviews.
+    """A Ray Data actor: loads the resolved model once (this node's copy of a remote one), then
+    scores blocks of reviews.
 
     Returns only the row position and the predictions (the texts stay where they are).
     """
 
-    def __init__(self, model_dir: str, use_gpu: bool, batch_size: int) -> None:
+    def __init__(self, model: ResolvedModel, use_gpu: bool, batch_size: int) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise in job logs
         device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", torch.float32)
-        self.predictor = Predictor.load(local_model_dir(model_dir), device=device, dtype=dtype)
+        self.predictor = Predictor.load(model, device=device, dtype=dtype)
         self.batch_size = batch_size
 
     def __call__(self, block: pd.DataFrame) -> pd.DataFrame:
@@ -64,6 +65,9 @@ class ReviewScorer:
         out[TRUNCATED] = np.asarray([full > len(used) for full, used in zip(full_lengths, ids)])
         return pd.DataFrame(out)
 
+    def __del__(self) -> None:
+        self.predictor.close()
+
 
 def cluster_has_gpus() -> bool:
     """Whether the Ray cluster has (or reports) any GPU."""
@@ -78,7 +82,7 @@ def default_workers(use_gpu: bool) -> int:
 
 def score_texts(
     texts: list[str],
-    model_dir: str,
+    model: ResolvedModel,
     workers: int,
     use_gpu: bool,
     batch_size: int = 64,
@@ -88,7 +92,7 @@ def score_texts(
 
     Args:
         texts: non-empty review texts.
-        model_dir: a model folder (local path readable by the workers, or a storage URI).
+        model: the resolved checkpoint (a local folder readable by the workers, or a URI each node copies once).
         workers: actors in the pool (each holds 1 GPU, or 1 CPU).
         use_gpu: put the actors on GPUs (bf16) instead of CPUs (fp32).
         batch_size: reviews per forward pass inside an actor.
@@ -103,7 +107,7 @@ def score_texts(
     blocks = [rows.iloc[s:s + block].reset_index(drop=True) for s in range(0, len(rows), block)]
     resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
     ds = ray.data.from_pandas(blocks).map_batches(
-        ReviewScorer, fn_constructor_kwargs={"model_dir": model_dir, "use_gpu": use_gpu, "batch_size": batch_size},
+        ReviewScorer, fn_constructor_kwargs={"model": model, "use_gpu": use_gpu, "batch_size": batch_size},
         batch_size=block, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), **resources,
     )
     progress = Progress(len(texts), label)
@@ -112,6 +116,7 @@ def score_texts(
         parts.append(part)
         progress.update(len(part))
     rate = progress.close()
+    prune_cache()  # this node's copies that no live process holds any more
     result = pd.concat(parts, ignore_index=True).sort_values(ROW, kind="stable")
     if not np.array_equal(result[ROW].to_numpy(), np.arange(len(texts))):
         raise RuntimeError(f"batch inference returned {len(result)} rows for {len(texts)} texts")

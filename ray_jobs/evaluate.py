@@ -21,34 +21,21 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import pyarrow.fs as pafs
+from pydantic import BaseModel, ConfigDict, Field
 
-from ray_jobs import storage
 from ray_jobs.batch_inference import (
     cluster_has_gpus, default_workers, logit_column, probability_column, quiet_ray_data, score_texts,
 )
-from ray_jobs.checkpoints import local_model_dir, resolve_checkpoint, sha256_file
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import Tracker, start_tracking
-from sentiment.checkpoint import (
-    CALIBRATION_FILE,
-    MODEL_DIR,
-    RESULT_FILE,
-    STATE_FILE,
-    CheckpointError,
-    atomic_dir,
-    read_model_dir,
-    read_temperature,
-    write_json,
-)
+from sentiment import layout
 from sentiment.config import Config, ConfigError
+from sentiment.layout import CALIBRATION_FILE, RESULT_FILE, STATE_FILE, CheckpointError, ResolvedModel
 from sentiment.data import DataError, load_splits
 from sentiment.evaluation import confident_mistakes, evaluate_predictions, fit_temperature, headline
 from sentiment.metrics import softmax
@@ -59,8 +46,32 @@ PREDICTIONS_FILE = "predictions.parquet"
 METRICS_FILE = "metrics.json"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line arguments."""
+class EvaluateConfig(BaseModel):
+    """What ``ray_jobs.evaluate`` does: one typed, validated object (the CLI only fills it in)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(description="Model folder, epoch checkpoint, run folder, 'best' or a URI.")
+    which: Literal["best", "last"] = Field("best", description="Epoch of a run folder.")
+    storage_path: str | None = Field(None, description="Where 'best' is looked up (default: run.storage_path's).")
+    split: Literal["test", "validation"] = "test"
+    data: str | None = Field(None, description="Data folder or file (default: the checkpoint's data config).")
+    max_samples: int | None = Field(None, ge=1, description="Evaluate a stratified sample of this many reviews.")
+    output_dir: str | None = Field(None, description="Default: <epoch checkpoint>/eval_<split>.")
+    overwrite: bool = Field(False, description="Replace an existing output folder.")
+    calibrate: bool = Field(False, description="Fit a temperature on the validation split and save it.")
+    attribution_samples: int = Field(200, ge=0, description="Reviews for word attributions (0: off).")
+    ig_steps: int = Field(16, ge=1, description="Integrated-gradients steps per review.")
+    mistakes: int = Field(10, ge=0, description="Most confident mistakes shown.")
+    workers: int | None = Field(None, ge=1, description="Model actors (default: one per GPU, else per CPU).")
+    batch_size: int = Field(64, ge=1)
+    wandb: Literal["auto", "online", "offline", "disabled"] | None = Field(
+        None, description="Default: the checkpoint's tracking.mode."
+    )
+
+
+def parse_args(argv: list[str] | None) -> EvaluateConfig:
+    """Command-line arguments as an :class:`EvaluateConfig`."""
     ap = argparse.ArgumentParser(prog="python -m ray_jobs.evaluate", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", required=True, help="model folder, epoch checkpoint, run folder, 'best' or a URI")
     ap.add_argument("--which", choices=("best", "last"), default="best", help="epoch of a run folder")
@@ -83,34 +94,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    return args
+    return EvaluateConfig(**vars(args))
 
 
-def epoch_dir_of(model_dir: str) -> str:
-    """The epoch checkpoint holding a model folder (the folder itself when it stands alone)."""
-    return model_dir.rsplit("/", 1)[0] if model_dir.rstrip("/").endswith("/" + MODEL_DIR) else model_dir
-
-
-def training_history(epoch_dir: str) -> list[dict[str, float]]:
+def training_history(model: ResolvedModel) -> list[dict[str, float]]:
     """Per-epoch metrics of the run that wrote the checkpoint: from its last epoch when the run
     folder names one (``result.json``), else from the checkpoint's own epoch; empty if neither."""
-    fs, path = storage.resolve(epoch_dir)
-    run_dir = path.rsplit("/", 1)[0]
+    if model.epoch_dir is None:
+        return []
+    fs, path = layout.filesystem(model.epoch_dir)
+    run_dir = layout.parent(path)
     candidates = [path]
-    if fs.get_file_info(storage.join(run_dir, RESULT_FILE)).type.name == "File":
-        last = storage.read_json(fs, storage.join(run_dir, RESULT_FILE)).get("last_checkpoint")
+    if layout.is_file(fs, layout.join(run_dir, RESULT_FILE)):
+        last = layout.read_json(fs, layout.join(run_dir, RESULT_FILE)).get("last_checkpoint")
         if last:
-            candidates.insert(0, storage.resolve(last)[1])
+            candidates.insert(0, last)
     for candidate in candidates:
-        state = storage.join(candidate, STATE_FILE)
-        if fs.get_file_info(state).type.name == "File":
-            return storage.read_json(fs, state).get("history", [])
+        state = layout.join(candidate, STATE_FILE)
+        if layout.is_file(fs, state):
+            return layout.read_json(fs, state).get("history", [])
     return []
 
 
-def default_output_dir(model_dir: str, split: str) -> str:
+def default_output_dir(model: ResolvedModel, split: str) -> str:
     """``<epoch checkpoint>/eval_<split>``, beside the model folder (local path or URI)."""
-    return storage.join(epoch_dir_of(model_dir), f"eval_{split}")
+    return layout.child(model.epoch_dir or model.location, f"eval_{split}")
 
 
 def check_output_dir(out: str, overwrite: bool) -> None:
@@ -119,12 +127,12 @@ def check_output_dir(out: str, overwrite: bool) -> None:
     Raises:
         ConfigError: naming the folder.
     """
-    fs, path = storage.resolve(out)
-    if fs.get_file_info(path).type.name != "NotFound" and not overwrite:
+    fs, path = layout.filesystem(out)
+    if layout.exists(fs, path) and not overwrite:
         raise ConfigError(f"output folder {out!r} exists; pass --overwrite to replace it")
 
 
-def load_split(cfg: Config, args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_split(cfg: Config, args: EvaluateConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The evaluated split and the validation split, rebuilt with the checkpoint's data config."""
     update: dict[str, Any] = {"max_train_samples": None}
     if args.data:
@@ -135,10 +143,10 @@ def load_split(cfg: Config, args: argparse.Namespace) -> tuple[pd.DataFrame, pd.
     return splits[args.split].to_pandas(), splits["validation"].to_pandas()
 
 
-def save_temperature(model_dir: str, temperature: float, n: int) -> None:
+def save_temperature(model: ResolvedModel, temperature: float, n: int) -> None:
     """Store the fitted temperature with the model folder (replacing an earlier one atomically)."""
-    fs, path = storage.resolve(model_dir)
-    storage.write_json(fs, storage.join(path, CALIBRATION_FILE), {
+    fs, path = layout.filesystem(model.location)
+    layout.write_json(fs, layout.join(path, CALIBRATION_FILE), {
         "temperature": temperature, "fitted_on": "validation", "reviews": n,
         "fitted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     })
@@ -176,11 +184,12 @@ def log_to_wandb(tracker: Tracker, metrics: dict[str, Any], plots: dict[str, Pat
     tracker.run.log_artifact(artifact)
 
 
-def calibrate(validation: pd.DataFrame, model_dir: str, names: list[str], workers: int, use_gpu: bool, batch_size: int) -> float:
+def calibrate(validation: pd.DataFrame, model: ResolvedModel, workers: int, use_gpu: bool, batch_size: int) -> float:
     """Fit a temperature on the validation split and save it with the model folder."""
-    scores, _ = score_texts(validation["text"].tolist(), model_dir, workers, use_gpu, batch_size, "calibrate")
+    names = model.config.model.label_names
+    scores, _ = score_texts(validation["text"].tolist(), model, workers, use_gpu, batch_size, "calibrate")
     temperature = fit_temperature(scores[[logit_column(n) for n in names]].to_numpy(), validation["label"].to_numpy())
-    save_temperature(model_dir, temperature, len(validation))
+    save_temperature(model, temperature, len(validation))
     print(f"evaluate: temperature {temperature:.4f} fitted on {len(validation)} validation reviews, saved with the checkpoint")
     return temperature
 
@@ -207,60 +216,86 @@ def word_scores(predictor: Predictor, texts: pd.Series, samples: int, steps: int
     return top_words(predictor, sample, attribution_target(predictor.label_names), n_steps=steps)
 
 
-def checkpoint_link(model_dir: str, sha: str) -> dict[str, str]:
+def checkpoint_link(model: ResolvedModel) -> dict[str, str]:
     """Where the evaluated weights are: URI, sha256, and the training run's W&B artifact name."""
-    epoch_dir = epoch_dir_of(model_dir).rstrip("/")
+    epoch_dir = (model.epoch_dir or model.location).split("?")[0].rstrip("/")
     run_name = epoch_dir.split("/")[-2] if "/" in epoch_dir else epoch_dir
     epoch = epoch_dir.rsplit("_", 1)[-1].lstrip("0") or "0"
-    return {"checkpoint_uri": model_dir if "://" in model_dir else Path(model_dir).resolve().as_uri(),
-            "checkpoint_artifact": f"model-{run_name}:epoch-{epoch}", "checkpoint_sha256": sha, "run": run_name}
+    return {"checkpoint_uri": model.location if model.is_remote else Path(model.location).as_uri(),
+            "checkpoint_artifact": f"model-{run_name}:epoch-{epoch}", "checkpoint_sha256": model.sha256, "run": run_name}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Check the inputs, score the split, compute metrics, write the report; returns the metrics."""
-    model_dir = resolve_checkpoint(args.checkpoint, args.which, args.storage_path)
-    out = args.output_dir or default_output_dir(model_dir, args.split)
+def with_tracking_mode(cfg: Config, mode: str | None) -> Config:
+    """``cfg`` with ``tracking.mode`` replaced when ``mode`` is given."""
+    if mode is None:
+        return cfg
+    return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"mode": mode})})
+
+
+def saved_temperature(predictor: Predictor) -> float | None:
+    """The temperature saved with the checkpoint, or None when it has none."""
+    return predictor.temperature if (Path(predictor.path) / CALIBRATION_FILE).is_file() else None
+
+
+def run(args: EvaluateConfig) -> dict[str, Any]:
+    """Check the inputs, score the split, compute metrics, write the report; returns the metrics.
+
+    Raises:
+        CheckpointError: a missing, incomplete or corrupt checkpoint.
+        ConfigError: an output folder that exists without ``overwrite``.
+        DataError: the split cannot be rebuilt from the data.
+    """
+    model = layout.resolve(args.checkpoint, args.which, args.storage_path)
+    out = args.output_dir or default_output_dir(model, args.split)
     check_output_dir(out, args.overwrite)
-    local = local_model_dir(model_dir)
-    cfg, _ = read_model_dir(local)
-    if args.wandb:
-        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"mode": args.wandb})})
-    names = cfg.model.label_names
+    cfg = with_tracking_mode(model.config, args.wandb)
     split, validation = load_split(cfg, args)
     init_ray()
     quiet_ray_data()
     use_gpu = cluster_has_gpus()
     workers = args.workers or default_workers(use_gpu)
-    print(f"evaluate: {len(split)} {args.split} reviews, {model_dir}, {workers} {'GPU' if use_gpu else 'CPU'} worker(s)", flush=True)
+    print(f"evaluate: {len(split)} {args.split} reviews, {model.location}, {workers} {'GPU' if use_gpu else 'CPU'} worker(s)", flush=True)
+    predictor = Predictor.load(model)  # in-process: the seed's examples and the word attributions
+    try:
+        temperature = saved_temperature(predictor)
+        if args.calibrate:
+            temperature = calibrate(validation, model, workers, use_gpu, args.batch_size)
+        scores, rate = score_texts(split["text"].tolist(), model, workers, use_gpu, args.batch_size, "evaluate")
+        meta = {"workers": workers, "device": "GPU" if use_gpu else "CPU", "reviews_per_s": rate}
+        metrics = write_evaluation(args, model, cfg, predictor, split, scores, temperature, meta, out)
+    finally:
+        predictor.close()
+    print(f"evaluate: accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f}, ROC AUC {metrics['roc_auc']:.4f}, "
+          f"ECE {metrics['ece']:.4f}; report: {layout.child(out, 'report.html')}", flush=True)
+    return metrics
 
-    temperature = read_temperature(local) if (Path(local) / CALIBRATION_FILE).is_file() else None
-    if args.calibrate:
-        temperature = calibrate(validation, model_dir, names, workers, use_gpu, args.batch_size)
-    scores, rate = score_texts(split["text"].tolist(), model_dir, workers, use_gpu, args.batch_size, "evaluate")
+
+def write_evaluation(
+    args: EvaluateConfig, model: ResolvedModel, cfg: Config, predictor: Predictor, split: pd.DataFrame,
+    scores: pd.DataFrame, temperature: float | None, meta: dict[str, Any], out: str,
+) -> dict[str, Any]:
+    """Metrics, predictions, report and W&B run from the scores; published to ``out`` when complete."""
+    names = cfg.model.label_names
     labels = split["label"].to_numpy()
     metrics = evaluate_predictions(scores[[logit_column(n) for n in names]].to_numpy(np.float64), labels, names,
                                    scores["num_tokens"].to_numpy(), scores["truncated"].to_numpy(), temperature)
     table = predictions_table(split, scores, names, temperature)
     proba = table[[probability_column(n) for n in names]].to_numpy()
-
-    predictor = Predictor.load(local)  # in-process: the seed's examples and the word attributions
     words = word_scores(predictor, split["text"], args.attribution_samples, args.ig_steps)
     mistakes = [Example(table.text[i], table.label[i], table.predicted[i], float(table.confidence[i]))
                 for i in confident_mistakes(proba, labels, args.mistakes)]
-    link = checkpoint_link(model_dir, sha256_file(Path(local) / "model.safetensors"))
+    link = checkpoint_link(model)
     meta = {
-        "checkpoint": model_dir, "run": link["run"], "split": args.split, "model": cfg.model.name_or_path,
-        "max_seq_length": cfg.data.max_seq_length, "truncation": cfg.data.truncation, "workers": workers,
-        "device": "GPU" if use_gpu else "CPU", "reviews_per_s": rate, "sha256": link["checkpoint_sha256"],
-        "attribution_target": names[attribution_target(names)], "attribution_min_count": 3,
+        "checkpoint": model.location, "run": link["run"], "split": args.split, "model": cfg.model.name_or_path,
+        "max_seq_length": cfg.data.max_seq_length, "truncation": cfg.data.truncation, **meta,
+        "sha256": model.sha256, "attribution_target": names[attribution_target(names)], "attribution_min_count": 3,
         "attribution_reviews": min(args.attribution_samples, len(split)),
     }
-
-    def build(folder: Path) -> None:
-        plots = write_report(folder, metrics, names, training_history(epoch_dir_of(model_dir)), {
+    with layout.publish_dir(out) as folder:
+        plots = write_report(folder, metrics, names, training_history(model), {
             "confidence": proba.max(1), "correct": proba.argmax(1) == labels,
         }, scenario_examples(predictor), mistakes, words, meta)
-        write_json(folder / METRICS_FILE, metrics | {"meta": meta})
+        layout.write_local_json(folder / METRICS_FILE, metrics | {"meta": meta})
         table.to_parquet(folder / PREDICTIONS_FILE, index=False)
         tracker = start_tracking(cfg, f"eval-{link['run']}-{args.split}-{dt.datetime.now():%Y%m%d-%H%M%S}",
                                  str(folder / "wandb"), job_type="eval")
@@ -268,36 +303,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log_to_wandb(tracker, metrics, plots, table, names, link)
         finally:
             tracker.finish()
-
-    publish(out, build)
-    print(f"evaluate: accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f}, ROC AUC {metrics['roc_auc']:.4f}, "
-          f"ECE {metrics['ece']:.4f}; report: {storage.join(out, 'report.html')}", flush=True)
     return metrics
 
 
-def publish(out: str, build: Callable[[Path], None]) -> None:
-    """Run ``build`` on an empty folder that becomes ``out`` only when it is complete: renamed into
-    place for a local path, uploaded for a URI."""
-    if "://" not in out:
-        with atomic_dir(out) as tmp:
-            build(tmp)
-        return
-    with tempfile.TemporaryDirectory(prefix="sentiment-eval-") as tmp:
-        build(Path(tmp))
-        fs, path = storage.resolve(out)
-        pafs.copy_files(tmp, path, destination_filesystem=fs)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; bad input exits 2 with one line naming what was wrong."""
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (CheckpointError, ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """CLI: parse the arguments into an :class:`EvaluateConfig` and :func:`run` it."""
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        main()
+    except (CheckpointError, ConfigError, DataError) as err:  # bad input: one line naming it, exit 2
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -18,20 +18,39 @@ import os
 import sys
 import uuid
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from ray_jobs.batch_inference import PREDICTED, cluster_has_gpus, default_workers, quiet_ray_data, score_texts
-from ray_jobs.checkpoints import resolve_checkpoint
 from ray_jobs.local_ray import init_ray
-from sentiment.checkpoint import CheckpointError, read_model_dir
+from sentiment import layout
+from sentiment.layout import CheckpointError
 
 FORMATS = (".parquet", ".csv", ".jsonl")
 
 
 class InputError(ValueError):
     """An input or output file that cannot be used; the message says which and why."""
+
+
+class PredictConfig(BaseModel):
+    """What ``ray_jobs.predict`` does: one typed, validated object (the CLI only fills it in)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(description="Model folder, epoch checkpoint, run folder, 'best' or a URI.")
+    input: str = Field(description="Reviews: .parquet, .csv or .jsonl.")
+    output: str = Field(description="Predictions: .parquet, .csv or .jsonl.")
+    which: Literal["best", "last"] = Field("best", description="Epoch of a run folder.")
+    storage_path: str | None = Field(None, description="Where 'best' is looked up (default: run.storage_path's).")
+    text_column: str = "text"
+    overwrite: bool = Field(False, description="Replace an existing output.")
+    workers: int | None = Field(None, ge=1, description="Model actors (default: one per GPU, else per CPU).")
+    batch_size: int = Field(64, ge=1, description="Reviews per forward pass.")
+    device: Literal["auto", "cpu", "gpu"] = "auto"
 
 
 def file_format(path: str, role: str) -> str:
@@ -115,8 +134,8 @@ def check_output(path: str, overwrite: bool) -> None:
         raise InputError(f"output {path!r} exists; pass --overwrite to replace it")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line arguments."""
+def parse_args(argv: list[str] | None) -> PredictConfig:
+    """Command-line arguments as a :class:`PredictConfig`."""
     ap = argparse.ArgumentParser(prog="python -m ray_jobs.predict", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", required=True, help="model folder, epoch checkpoint, run folder, 'best' or a URI")
     ap.add_argument("--which", choices=("best", "last"), default="best", help="epoch of a run folder")
@@ -128,7 +147,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=None, help="model actors (default: one per GPU, else per CPU)")
     ap.add_argument("--batch-size", type=int, default=64, help="reviews per forward pass")
     ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    for name in ("workers", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    return PredictConfig(**vars(args))
 
 
 def resolve_device(device: str) -> bool:
@@ -143,13 +167,16 @@ def resolve_device(device: str) -> bool:
     return has if device == "auto" else device == "gpu"
 
 
-def run(args: argparse.Namespace) -> pd.DataFrame:
-    """Check everything, score the non-empty rows, write the output; returns the written table."""
+def run(args: PredictConfig) -> pd.DataFrame:
+    """Check everything, score the non-empty rows, write the output; returns the written table.
+
+    Raises:
+        InputError: an unusable input or output file.
+        CheckpointError: a missing, incomplete or corrupt checkpoint.
+    """
     check_output(args.output, args.overwrite)
     df = read_table(args.input, args.text_column)
-    model_dir = resolve_checkpoint(args.checkpoint, args.which, args.storage_path)
-    if "://" not in model_dir:
-        read_model_dir(model_dir)
+    model = layout.resolve(args.checkpoint, args.which, args.storage_path)
     mask, texts = texts_to_score(df[args.text_column])
     if not texts:
         raise InputError(f"input {args.input!r} has no non-empty text in column {args.text_column!r}")
@@ -157,9 +184,9 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     quiet_ray_data()
     use_gpu = resolve_device(args.device)
     workers = args.workers or default_workers(use_gpu)
-    print(f"predict: {len(texts)} reviews from {args.input} with {model_dir} on {workers} "
+    print(f"predict: {len(texts)} reviews from {args.input} with {model.location} on {workers} "
           f"{'GPU' if use_gpu else 'CPU'} worker(s)", flush=True)
-    predictions, _ = score_texts(texts, model_dir, workers, use_gpu, args.batch_size)
+    predictions, _ = score_texts(texts, model, workers, use_gpu, args.batch_size)
     out = with_predictions(df, mask, predictions)
     write_table(out, args.output)
     skipped = int((~mask).sum())
@@ -169,16 +196,14 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; bad input exits 2 with one line naming what was wrong."""
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (InputError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    """CLI: parse the arguments into a :class:`PredictConfig` and :func:`run` it."""
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        main()
+    except (InputError, CheckpointError) as err:  # bad input: one line naming it, exit 2
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

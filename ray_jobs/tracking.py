@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sentiment.config import Config
+from sentiment.layout import ResolvedModel
 
 
 def resolve_mode(mode: str) -> str:
@@ -92,6 +93,33 @@ def start_tracking(cfg: Config, name: str, directory: str, job_type: str = "trai
     # restarted worker group records into a new run of the same name instead of failing.
     print(f"W&B run {run_id(name)} is still held by a killed worker's service; continuing in a new run", flush=True)
     return Tracker(wandb.init(id=f"{run_id(name)[:50]}-{int(time.time())}", **args))
+
+
+def record_served_model(model: ResolvedModel, mode: str, project: str, directory: str | None) -> None:
+    """Log a small W&B run (job type ``serve``) recording the served model as an artifact.
+
+    The artifact references the model folder (no upload), is named by the weights' sha256 and
+    carries the alias ``production``, so W&B's registry shows which weights are served. (W&B
+    refuses ``use_artifact`` offline, so the run logs the reference, which works in both modes.)
+    ``mode`` means what it means for training (:func:`resolve_mode`): ``auto`` is online with
+    ``WANDB_API_KEY`` and offline without; ``disabled`` logs nothing.
+    """
+    mode = resolve_mode(mode)
+    if mode == "disabled":
+        return
+    import wandb
+
+    digest = model.sha256
+    uri = model.location if model.is_remote else Path(model.location).as_uri()
+    run = wandb.init(
+        project=project, job_type="serve", mode=mode, dir=directory, name=f"serve-{digest[:12]}",
+        config={"checkpoint": model.reference, "path": model.location, "sha256": digest},
+        settings=wandb.Settings(silent=True, console="off"),
+    )
+    artifact = wandb.Artifact(f"served-model-{digest[:12]}", type="model", metadata={"sha256": digest, "path": model.location})
+    artifact.add_reference(uri, checksum=False)
+    run.log_artifact(artifact, aliases=["production"])
+    run.finish()
 
 
 @contextmanager

@@ -21,11 +21,11 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from ray_jobs import storage
 from ray_jobs.local_ray import init_ray
-from ray_jobs.train_loop import TEST_METRICS_FILE, train_loop_per_worker
-from sentiment.checkpoint import MODEL_DIR, RESULT_FILE, STATE_FILE
-from sentiment.config import Config, ConfigError, load_config, resolve_storage_path
+from ray_jobs.train_loop import train_loop_per_worker
+from sentiment import layout
+from sentiment.config import Config, ConfigError, load_config
+from sentiment.layout import EPOCH_CHECKPOINT_PARTS, MODEL_DIR, RESULT_FILE, STATE_FILE, TEST_METRICS_FILE
 from sentiment.data import EncodedSplit, encode_splits, load_splits
 from sentiment.model import check_against_model, load_tokenizer
 
@@ -48,9 +48,9 @@ def check_resume_from(cfg: Config) -> None:
     """
     if cfg.run.resume_from is None:
         return
-    fs, path = storage.resolve(cfg.run.resume_from)
-    for part in (STATE_FILE, "deepspeed", MODEL_DIR):
-        if fs.get_file_info(storage.join(path, part)).type.name == "NotFound":
+    fs, path = layout.filesystem(cfg.run.resume_from)
+    for part in EPOCH_CHECKPOINT_PARTS:
+        if not layout.exists(fs, layout.join(path, part)):
             raise ConfigError(f"run.resume_from={cfg.run.resume_from!r} is not an epoch checkpoint: no {part}")
 
 
@@ -60,9 +60,9 @@ def check_storage(cfg: Config) -> None:
     Raises:
         ConfigError: naming the path and pyarrow's reason.
     """
-    location = resolve_storage_path(cfg)
+    location = layout.storage_root(cfg)
     try:
-        fs, path = storage.resolve(location)
+        fs, path = layout.filesystem(location)
         fs.get_file_info(path)
     except Exception as err:
         raise ConfigError(f"run.storage_path={cfg.run.storage_path!r} cannot be used: {err}") from None
@@ -108,7 +108,7 @@ def _autoscaler_ceiling() -> dict[str, float] | None:
 
 def wandb_dir(storage_path: str, run_name: str) -> str:
     """W&B's local folder: inside the run folder on local storage, else ``./wandb``."""
-    return os.path.join(storage_path, run_name, "wandb") if "://" not in storage_path else "wandb"
+    return "wandb" if layout.is_uri(storage_path) else os.path.join(storage_path, run_name, "wandb")
 
 
 def build_trainer(
@@ -130,10 +130,10 @@ def build_trainer(
     # there and its restart would be refused ("run ID ... is in use"). A sweep passes its own.
     env = {"DS_ACCELERATOR": "cuda" if s.use_gpu else "cpu", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
            "WANDB_SERVICE": "", **(worker_env or {})}
-    # A URI's filesystem comes from storage.resolve (the one place that builds it, query options
+    # A URI's filesystem comes from layout.filesystem (the one place that builds it, query options
     # such as ?endpoint_override= included); Ray then addresses runs by paths on that filesystem.
-    fs, fs_path = storage.resolve(storage_path)
-    remote = "://" in storage_path
+    fs, fs_path = layout.filesystem(storage_path)
+    remote = layout.is_uri(storage_path)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -162,21 +162,21 @@ def build_trainer(
 
 def summarize(cfg: Config, result: Any, run_name: str, storage_path: str) -> dict[str, Any]:
     """Write ``result.json`` in the run folder (best/last checkpoint, metrics) and return it."""
-    fs, root = storage.resolve(storage_path)
-    run_dir = storage.join(root, run_name)
-    test = storage.read_json(fs, storage.join(run_dir, TEST_METRICS_FILE))
+    fs, root = layout.filesystem(storage_path)
+    run_dir = layout.join(root, run_name)
+    test = layout.read_json(fs, layout.join(run_dir, TEST_METRICS_FILE))
     best = test["test_checkpoint"]  # the epoch tested; in the run resumed from, if it was better
     summary = {
         "run_name": run_name,
         "run_dir": run_dir,
         "best_checkpoint": best,
         "last_checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "best_metrics": storage.read_json(fs, storage.join(best, STATE_FILE))["history"][test["test_epoch"] - 1],
+        "best_metrics": layout.read_json(fs, layout.join(best, STATE_FILE))["history"][test["test_epoch"] - 1],
         "test_metrics": test,
         "metric": cfg.run.metric,
         "config": cfg.model_dump(mode="json"),
     }
-    storage.write_json(fs, storage.join(run_dir, RESULT_FILE), summary)
+    layout.write_json(fs, layout.join(run_dir, RESULT_FILE), summary)
     return summary
 
 
@@ -197,7 +197,7 @@ def launch(
     """
     data = data if data is not None else prepare_data(cfg)
     run_name = cfg.run.name or f"train-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    storage_path = resolve_storage_path(cfg)
+    storage_path = layout.storage_root(cfg)
     ref = data if isinstance(data, ray.ObjectRef) else ray.put(data)
     trainer = build_trainer(cfg, ref, run_name, storage_path, callbacks, worker_env)
     result = trainer.fit()
@@ -227,8 +227,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\ntraining + test took {time.perf_counter() - t0:.0f}s")
     print(f"test accuracy: {test['test_accuracy']:.4f} on {test['test_count']} held-out reviews "
           f"(macro F1 {test['test_f1']:.4f}, best epoch {test['test_epoch']})")
-    print(f"checkpoint: {storage.join(summary['best_checkpoint'], MODEL_DIR)}")
-    print(f"run folder: {summary['run_dir']}")
+    root = layout.storage_root(cfg)
+    print(f"checkpoint: {layout.location_of(root, layout.join(summary['best_checkpoint'], MODEL_DIR))}")
+    print(f"run folder: {layout.location_of(root, summary['run_dir'])}")
     return summary
 
 

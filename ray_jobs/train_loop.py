@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import ray.train.torch
@@ -24,24 +25,17 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForSequenceClassification, get_scheduler
 
-from ray_jobs import storage
 from ray_jobs.deepspeed_config import build_deepspeed_config
 from ray_jobs.tracking import Tracker, start_tracking
 from sentiment.batching import eval_batches, iterate, make_collator, train_batches
-from sentiment.checkpoint import MODEL_DIR, STATE_FILE, save_model_dir, write_json
+from sentiment import layout
+from sentiment.layout import DEEPSPEED_DIR, MODEL_DIR, STATE_FILE, TEST_METRICS_FILE, epoch_dir_name, save_model_dir
 from sentiment.config import Config, config_from_dict
 from sentiment.data import EncodedSplit, SpecialTokens, model_inputs
 from sentiment.metrics import compute_metrics, scalar_metrics
 from sentiment.model import build_model, load_tokenizer
 
-DS_DIR = "deepspeed"
 DS_TAG = "state"
-TEST_METRICS_FILE = "test_metrics.json"
-
-
-def epoch_dir_name(epoch: int) -> str:
-    """The checkpoint folder name of a 1-based epoch: ``epoch_001``."""
-    return f"epoch_{epoch:03d}"
 
 
 @dataclass
@@ -70,6 +64,20 @@ class TrainState:
         if better or value == best:
             self.best_metric, self.best_epoch, self.best_checkpoint = value, self.epoch, checkpoint
         self.bad_epochs = 0 if better else self.bad_epochs + 1
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What this worker's loop needs besides the config, the model and the data."""
+
+    rank: int
+    world: int
+    device: torch.device
+    total_steps: int  # optimizer steps over the whole run
+    run_name: str
+    run_dir: str  # the run folder on the storage filesystem
+    collate: Any  # token ids -> padded tensors
+    class_weights: torch.Tensor | None  # loss weight per class
 
 
 @dataclass
@@ -170,13 +178,13 @@ def save_checkpoint(engine: Any, tokenizer: Any, cfg: Config, state: TrainState,
     """
     import deepspeed
 
-    engine.save_checkpoint(str(folder / DS_DIR), tag=DS_TAG, client_state={"train_state": asdict(state)})
+    engine.save_checkpoint(str(folder / DEEPSPEED_DIR), tag=DS_TAG, client_state={"train_state": asdict(state)})
     params = list(engine.module.parameters()) if cfg.deepspeed.zero_stage == 3 else []
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=bool(params)):
         if rank == 0:
             save_model_dir(engine.module, tokenizer, cfg, metrics, folder / MODEL_DIR)
     if rank == 0:
-        write_json(folder / STATE_FILE, asdict(state))
+        layout.write_local_json(folder / STATE_FILE, asdict(state))
 
 
 def restore(engine: Any, cfg: Config, rank: int) -> TrainState:
@@ -190,13 +198,13 @@ def restore(engine: Any, cfg: Config, rank: int) -> TrainState:
     """
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and cfg.run.resume_from:
-        fs, path = storage.resolve(cfg.run.resume_from)
+        fs, path = layout.filesystem(cfg.run.resume_from)
         checkpoint = ray.train.Checkpoint(path, filesystem=fs)
     if checkpoint is None:
         return TrainState()
     with checkpoint.as_directory() as folder:
         try:
-            path, client = engine.load_checkpoint(os.path.join(folder, DS_DIR), tag=DS_TAG)
+            path, client = engine.load_checkpoint(os.path.join(folder, DEEPSPEED_DIR), tag=DS_TAG)
         except Exception as err:
             # one line, no chained traceback: Ray shows the start of a worker's error, and it must be this
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -224,13 +232,13 @@ def _progress(state: TrainState, total: int, loss: float, lr: float, samples_per
     )
 
 
-def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: dict[str, Any], tracker: Tracker) -> tuple[float, float]:
+def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: WorkerContext, tracker: Tracker) -> tuple[float, float]:
     """One epoch over this rank's batches; returns its mean training loss and accuracy over all ranks
     (accuracy of the training-mode forward passes, dropout on, as they happened).
 
     Progress lines and W&B's ``train/loss`` show rank 0's micro-batches since the last line.
     """
-    rank, world, device = ctx["rank"], ctx["world"], ctx["device"]
+    rank, world, device = ctx.rank, ctx.world, ctx.device
     torch.manual_seed(cfg.train.seed * 10_000 + state.epoch * world + rank)  # dropout, reproducible on resume
     batches = train_batches(
         split.lengths, cfg.train.batch_size, seed=cfg.data.seed, epoch=state.epoch, rank=rank,
@@ -243,11 +251,11 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
     window_n = 0
     t0 = tw = time.perf_counter()
     steps_done_at_start = state.global_step
-    for micro, (_, batch) in enumerate(iterate(split.inputs, split.labels, batches, ctx["collate"]), start=1):
+    for micro, (_, batch) in enumerate(iterate(split.inputs, split.labels, batches, ctx.collate), start=1):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         labels = batch.pop("labels")
         logits = engine(**batch).logits
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=ctx["class_weights"])
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=ctx.class_weights)
         engine.backward(loss)
         engine.step()
         window_loss += loss.detach()
@@ -262,9 +270,9 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
             now = time.perf_counter()
             rate = window_n * cfg.train.batch_size * world / (now - tw)
             per_step = (now - t0) / max(1, state.global_step - steps_done_at_start)
-            eta = per_step * (ctx["total_steps"] - state.global_step)
+            eta = per_step * (ctx.total_steps - state.global_step)
             lr = engine.get_lr()[0]
-            _log(rank, _progress(state, ctx["total_steps"], mean, lr, rate, eta, state.epoch + 1))
+            _log(rank, _progress(state, ctx.total_steps, mean, lr, rate, eta, state.epoch + 1))
             tracker.log({"train/loss": mean, "train/lr": lr, "train/samples_per_s": rate, "train/epoch": state.epoch + micro / len(batches)}, step=state.global_step)
             window_loss.zero_()
             window_n, tw = 0, now
@@ -274,19 +282,23 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
     return totals[0].item() / micro_batches, totals[1].item() / (micro_batches * cfg.train.batch_size)
 
 
-def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ctx: dict[str, Any], tracker: Tracker) -> dict[str, Any]:
+def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ctx: WorkerContext, tracker: Tracker) -> dict[str, Any]:
     """Load the best epoch's plain HF model (no DeepSpeed) and evaluate it on the test split."""
-    store = ray.train.get_context().get_storage()
-    fs, run_dir = store.storage_filesystem, store.experiment_fs_path
-    local = storage.local_copy(fs, storage.join(state.best_checkpoint, MODEL_DIR))
-    model = AutoModelForSequenceClassification.from_pretrained(local, use_safetensors=True).to(ctx["device"])
-    metrics = evaluate(model, splits["test"], cfg, ctx["collate"], ctx["device"], prefix="test_")
-    metrics["test_epoch"], metrics["test_checkpoint"] = state.best_epoch, state.best_checkpoint
-    if ctx["rank"] == 0:
-        storage.write_json(fs, storage.join(run_dir, TEST_METRICS_FILE), metrics)
-        tracker.summary(scalar_metrics(metrics))
-        tracker.log({f"test/{k.removeprefix('test_')}": v for k, v in scalar_metrics(metrics).items()}, step=state.global_step)
-        tracker.log_model(local, name=f"model-{ctx['run_name']}", aliases=["best", f"epoch-{state.best_epoch}"], metadata=scalar_metrics(metrics))
+    fs = ray.train.get_context().get_storage().storage_filesystem
+    model_dir = layout.join(state.best_checkpoint, MODEL_DIR)
+    with tempfile.TemporaryDirectory(prefix="best-model-") as tmp:
+        local = model_dir
+        if not isinstance(fs, pafs.LocalFileSystem):  # a remote run: copied for this test, then removed
+            local = tmp
+            layout.download(fs, model_dir, tmp)
+        model = AutoModelForSequenceClassification.from_pretrained(local, use_safetensors=True).to(ctx.device)
+        metrics = evaluate(model, splits["test"], cfg, ctx.collate, ctx.device, prefix="test_")
+        metrics["test_epoch"], metrics["test_checkpoint"] = state.best_epoch, state.best_checkpoint
+        if ctx.rank == 0:
+            layout.write_json(fs, layout.join(ctx.run_dir, TEST_METRICS_FILE), metrics)
+            tracker.summary(scalar_metrics(metrics))
+            tracker.log({f"test/{k.removeprefix('test_')}": v for k, v in scalar_metrics(metrics).items()}, step=state.global_step)
+            tracker.log_model(local, name=f"model-{ctx.run_name}", aliases=["best", f"epoch-{state.best_epoch}"], metadata=scalar_metrics(metrics))
     return metrics
 
 
@@ -333,12 +345,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state.starts += 1
     run_name = config["run_name"]
     tracker = start_tracking(cfg, run_name, config["wandb_dir"]) if rank == 0 else Tracker()
-    ctx = {
-        "rank": rank, "world": world, "device": device, "total_steps": total_steps, "run_name": run_name,
-        "collate": make_collator(tokenizer, cfg.data.pad_to_multiple_of),
-        "run_dir": tctx.get_storage().experiment_fs_path,
-        "class_weights": class_weight_tensor(cfg, splits["train"].labels, device),
-    }
+    ctx = WorkerContext(
+        rank=rank, world=world, device=device, total_steps=total_steps, run_name=run_name,
+        collate=make_collator(tokenizer, cfg.data.pad_to_multiple_of),
+        run_dir=tctx.get_storage().experiment_fs_path,
+        class_weights=class_weight_tensor(cfg, splits["train"].labels, device),
+    )
     _log(rank, f"training {len(splits['train'])} reviews on {world} worker(s): {steps_per_epoch} steps/epoch, "
                f"{cfg.train.epochs} epochs, global batch {cfg.train.batch_size * cfg.train.grad_accum_steps * world}")
     patience, metric_key = cfg.train.early_stopping_patience, cfg.run.metric
@@ -347,10 +359,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         train_loss, train_accuracy = train_epoch(engine, splits["train"], cfg, state, ctx, tracker)
         train_time = time.perf_counter() - t0
-        metrics = evaluate(engine.module, splits["validation"], cfg, ctx["collate"], device, prefix="val_")
+        metrics = evaluate(engine.module, splits["validation"], cfg, ctx.collate, device, prefix="val_")
         state.epoch += 1
         value = metrics[metric_key]
-        state.update(value, cfg.run.mode, storage.join(ctx["run_dir"], epoch_dir_name(state.epoch)))
+        state.update(value, cfg.run.mode, layout.join(ctx.run_dir, epoch_dir_name(state.epoch)))
         stop = patience is not None and state.bad_epochs >= patience
         scalars = {**scalar_metrics(metrics), "train_loss": train_loss,
                    "train_accuracy": train_accuracy, "epoch": state.epoch,
@@ -363,7 +375,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracker.log({f"val/{k.removeprefix('val_')}": v for k, v in scalar_metrics(metrics).items()} | {"epoch": state.epoch, "train/epoch_loss": train_loss, "train/epoch_accuracy": train_accuracy}, step=state.global_step)
         with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
             save_checkpoint(engine, tokenizer, cfg, state, metrics, rank, Path(tmp))
-            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            best = {"best_epoch": state.best_epoch, "best_value": state.best_metric, "best_checkpoint": state.best_checkpoint}
+            ray.train.report(scalars | best, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=epoch_dir_name(state.epoch))
     del engine, optimizer, model
     dist.barrier()  # rank 0 may still be uploading the last epoch's model folder

@@ -334,10 +334,3 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         origin += " + overrides"
     return config_from_dict(raw, origin)
 
-
-def resolve_storage_path(cfg: Config) -> str:
-    """The absolute local path or URI where runs are stored."""
-    storage = cfg.run.storage_path
-    if "://" in storage:
-        return storage
-    return str(Path(storage).expanduser().resolve())

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sentiment.batching import eval_batches, iterate, make_collator
-from sentiment.checkpoint import CheckpointError, read_model_dir, read_temperature, resolve_model_dir
+from sentiment.layout import CheckpointError, LocalModel, ResolvedModel, read_temperature, resolve
 from sentiment.config import Config
 from sentiment.data import SpecialTokens, encode_texts, fit_to_length
 from sentiment.metrics import softmax
@@ -36,45 +36,60 @@ class Predictor:
     """
 
     def __init__(
-        self, model: torch.nn.Module, tokenizer: object, cfg: Config, metrics: dict, path: str, temperature: float = 1.0
+        self, model: torch.nn.Module, tokenizer: object, resolved: ResolvedModel, local: LocalModel, temperature: float = 1.0
     ) -> None:
         self.model = model.eval()
         self.temperature = temperature  # probabilities are softmax(logits / temperature)
         self.tokenizer = tokenizer
-        self.cfg = cfg
-        self.metrics = metrics
-        self.path = path
-        self.label_names = list(cfg.model.label_names)
+        self.resolved = resolved
+        self.local = local
+        self.cfg: Config = resolved.config
+        self.metrics = resolved.metrics
+        self.path = str(local.path)
+        self.label_names = list(self.cfg.model.label_names)
         self.specials = SpecialTokens.of(tokenizer)
-        self.collate = make_collator(tokenizer, cfg.data.pad_to_multiple_of)
+        self.collate = make_collator(tokenizer, self.cfg.data.pad_to_multiple_of)
 
     @classmethod
     def load(
         cls,
-        checkpoint: str | os.PathLike[str],
+        checkpoint: str | os.PathLike[str] | ResolvedModel,
         which: str = "best",
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         storage_path: str | None = None,
     ) -> Predictor:
-        """Load a model folder, an epoch checkpoint, a run folder (its ``best`` or ``last``), a
-        sweep folder, or ``best`` (the latest sweep's best under ``storage_path``). A temperature
-        saved with the model (``calibration.json``) scales the probabilities it returns.
+        """Load a checkpoint: a :class:`~sentiment.layout.ResolvedModel` (resolved once by the
+        caller, never again here), or any reference :func:`sentiment.layout.resolve` takes (a
+        model folder, an epoch checkpoint, a run folder's ``best`` or ``last``, a sweep folder,
+        ``best`` under ``storage_path``, a URI). A remote model is loaded from this node's cached
+        copy, held until :meth:`close`. A temperature saved with the model
+        (``calibration.json``) scales the probabilities it returns.
 
         Raises:
             CheckpointError: missing, incomplete or corrupt checkpoint, or not a sequence classifier.
         """
-        path = resolve_model_dir(checkpoint, which, storage_path)
-        cfg, metrics = read_model_dir(path)
-        temperature = read_temperature(path)
+        resolved = checkpoint if isinstance(checkpoint, ResolvedModel) else resolve(checkpoint, which, storage_path)
+        local = resolved.open_local()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
-            model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, dtype=dtype)
+            temperature = read_temperature(local.path)
+            tokenizer = AutoTokenizer.from_pretrained(local.path, use_fast=True)
+            model = AutoModelForSequenceClassification.from_pretrained(local.path, use_safetensors=True, dtype=dtype)
         except Exception as err:
-            raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded: {err}") from None
-        if model.config.num_labels != cfg.model.num_labels:
-            raise CheckpointError(f"{path}: model has {model.config.num_labels} labels, config {cfg.model.num_labels}")
-        return cls(model.to(device), tokenizer, cfg, metrics, str(path), temperature)
+            local.close()
+            if isinstance(err, CheckpointError):
+                raise
+            raise CheckpointError(f"checkpoint {resolved.location!r} cannot be loaded: {err}") from None
+        if model.config.num_labels != resolved.config.model.num_labels:
+            local.close()
+            raise CheckpointError(
+                f"{resolved.location}: model has {model.config.num_labels} labels, config {resolved.config.model.num_labels}"
+            )
+        return cls(model.to(device), tokenizer, resolved, local, temperature)
+
+    def close(self) -> None:
+        """Give up this node's cached copy of a remote checkpoint (nothing to do for a local one)."""
+        self.local.close()
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
         """Model-ready ids for each text (training's cleaning, length and truncation) and its full length."""

@@ -1,11 +1,11 @@
 """The model replica: one checkpoint, loaded once, answering dynamically batched requests.
 
-The checkpoint is named once, when the app is built (:func:`ray_jobs.checkpoints.resolve_checkpoint`):
-a model folder, an epoch checkpoint, a run folder (its best or last epoch), the word ``best`` (the
-sweep's recorded best) or a storage URI. Each replica then copies it locally if it is remote, loads it with
-:class:`~sentiment.predict.Predictor` (tokenizer, max length, truncation and label names all come
-from the checkpoint's ``train_config.json``), and records what it serves: the path and the sha256
-of ``model.safetensors``.
+The checkpoint is resolved once, when the app is built (:func:`sentiment.layout.resolve`), and
+each replica gets that record: where the model folder is, the sha256 of its weights, its training
+config. A replica loads it with :class:`~sentiment.predict.Predictor` (from this node's cached
+copy when it is remote: one download per node, removed when no replica holds it), without
+resolving or hashing again; tokenizer, max length, truncation and label names all come from the
+checkpoint's ``train_config.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from ray import serve
 
-from ray_jobs.checkpoints import WEIGHTS_FILE, local_model_dir, sha256_file
+from sentiment.layout import ResolvedModel
 from sentiment.predict import Prediction, Predictor
 
 logger = logging.getLogger("ray.serve")
@@ -36,8 +36,8 @@ class SentimentModel:
     so ``serve deploy`` can change them without reloading the model.
     """
 
-    def __init__(self, checkpoint: str, model: str, use_gpu: bool) -> None:
-        """Load the model folder ``model`` (resolved from ``checkpoint`` by :func:`resolve_checkpoint`).
+    def __init__(self, model: ResolvedModel, use_gpu: bool) -> None:
+        """Load the resolved checkpoint ``model``.
 
         Raises:
             CheckpointError: the checkpoint cannot be loaded.
@@ -46,13 +46,12 @@ class SentimentModel:
         if use_gpu and not torch.cuda.is_available():
             raise RuntimeError("num_gpus > 0 but this replica sees no CUDA device")
         device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", torch.float32)
-        local = local_model_dir(model)
-        self.predictor = Predictor.load(local, device=device, dtype=dtype)
-        cfg = self.predictor.cfg
+        self.predictor = Predictor.load(model, device=device, dtype=dtype)
+        cfg = model.config
         self.model_info = {
-            "checkpoint": checkpoint,
-            "path": model,
-            "sha256": sha256_file(local / WEIGHTS_FILE),
+            "checkpoint": model.reference,
+            "path": model.location,
+            "sha256": model.sha256,
             "label_names": self.predictor.label_names,
             "metrics": self.predictor.metrics,
             "config": {
@@ -68,8 +67,13 @@ class SentimentModel:
         }
         logger.info(
             "serving checkpoint %s (model.safetensors sha256 %s) on %s/%s",
-            model, self.model_info["sha256"], device, self.model_info["dtype"],
+            model.location, model.sha256, device, self.model_info["dtype"],
         )
+
+    def __del__(self) -> None:
+        """Serve calls this when the replica stops: give up this node's copy of a remote checkpoint."""
+        if hasattr(self, "predictor"):
+            self.predictor.close()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply ``{"max_batch_size": int, "batch_wait_timeout_s": float}`` from ``user_config``."""

@@ -76,3 +76,27 @@ def local_ray():
     init_ray(num_cpus=2)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tiny_model_dir, small_imdb, tmp_path_factory):
+    """One real 2-epoch training run of the tiny BERT (2 workers, ZeRO-2; ``smoke_config``), shared
+    by every module that reads a trained run: ``(config, result.json)``.
+
+    It uses the Ray of the module that first asks for it, or starts and stops its own.
+    """
+    import ray
+
+    from ray_jobs.local_ray import init_ray
+    from ray_jobs.train import launch, prepare_data
+    from tests.test_train_ray import smoke_config
+
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        init_ray(num_cpus=2)
+    try:
+        cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path_factory.mktemp("runs"), "smoke")
+        return cfg, launch(cfg, prepare_data(cfg))
+    finally:
+        if own_ray:
+            ray.shutdown()

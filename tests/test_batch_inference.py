@@ -18,22 +18,19 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from ray_jobs import evaluate, predict
-from ray_jobs.train import launch, prepare_data
-from sentiment.checkpoint import CALIBRATION_FILE
+from sentiment.layout import CALIBRATION_FILE, CheckpointError
 from sentiment.predict import Predictor
 from sentiment.report import TITLES
 from tests.test_serve import make_checkpoint
-from tests.test_train_ray import smoke_config
 from tests.wandb_log import logged_keys, records
 
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def run_dir(local_ray, tiny_model_dir, small_imdb, tmp_path_factory) -> Path:
-    """A real 2-epoch training run of the tiny BERT (result.json, epoch checkpoints, history)."""
-    cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path_factory.mktemp("runs"), "evaluated")
-    return Path(launch(cfg, prepare_data(cfg))["run_dir"])
+def run_dir(local_ray, smoke_run) -> Path:
+    """The session's smoke training run (result.json, epoch checkpoints, history)."""
+    return Path(smoke_run[1]["run_dir"])
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +44,7 @@ def reviews(small_imdb, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.bench
 def test_benchmark_smoke_run_prints_the_ratio_last(tiny_model_dir, small_imdb, tmp_path):
     # first in the file: the benchmark starts its own Ray before this module's Ray exists
     model = make_checkpoint(tiny_model_dir, tmp_path / "model")
@@ -65,8 +63,9 @@ def test_ray_data_predictions_equal_the_predictor_in_input_order(local_ray, tiny
     model = make_checkpoint(tiny_model_dir, tmp_path / "model")
     (model / CALIBRATION_FILE).write_text(json.dumps({"temperature": 1.7}))  # applied on both sides
     out = tmp_path / "predictions.parquet"
-    assert predict.main(["--checkpoint", str(model), "--input", str(reviews), "--output", str(out), "--workers", "2", "--batch-size", "16"]) == 0
+    returned = predict.main(["--checkpoint", str(model), "--input", str(reviews), "--output", str(out), "--workers", "2", "--batch-size", "16"])
     got = pd.read_parquet(out)
+    pd.testing.assert_frame_equal(returned.reset_index(drop=True), got, check_dtype=False)
     source = pd.read_csv(reviews)
     assert got["review_no"].tolist() == source["review_no"].tolist()  # every row, in input order
     empty = source["text"].fillna("").str.strip().eq("")
@@ -92,7 +91,7 @@ def _no_temp_files(folder: Path) -> bool:
     ("not_a_classifier", "is not a sequence classifier"),
     ("column_clash", "would overwrite"),
 ])
-def test_bad_input_fails_clearly_and_writes_nothing(case, message, tiny_model_dir, reviews, tmp_path, capsys):
+def test_bad_input_fails_clearly_and_writes_nothing(case, message, tiny_model_dir, reviews, tmp_path):
     model = make_checkpoint(tiny_model_dir, tmp_path / "model")
     out = tmp_path / "out.parquet"
     args = {"--checkpoint": str(model), "--input": str(reviews), "--output": str(out)}
@@ -112,9 +111,8 @@ def test_bad_input_fails_clearly_and_writes_nothing(case, message, tiny_model_di
     elif case == "column_clash":
         pd.read_csv(reviews).assign(score=1.0).to_csv(tmp_path / "clash.csv", index=False)
         args["--input"] = str(tmp_path / "clash.csv")
-    code = predict.main([x for kv in args.items() for x in kv])
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert code == 2 and last.startswith("error: ") and message in last
+    with pytest.raises((predict.InputError, CheckpointError), match=re.escape(message)):
+        predict.main([x for kv in args.items() for x in kv])
     if case == "output_exists":
         assert out.read_text() == "keep me"
     else:
@@ -123,11 +121,12 @@ def test_bad_input_fails_clearly_and_writes_nothing(case, message, tiny_model_di
 
 
 def test_evaluate_writes_metrics_report_and_wandb_for_a_trained_run(run_dir, small_imdb, artifacts):
-    assert evaluate.main(["--checkpoint", str(run_dir), "--data", str(small_imdb), "--calibrate",
-                          "--attribution-samples", "24", "--ig-steps", "4", "--wandb", "offline"]) == 0
+    returned = evaluate.main(["--checkpoint", str(run_dir), "--data", str(small_imdb), "--calibrate",
+                              "--attribution-samples", "24", "--ig-steps", "4", "--wandb", "offline"])
     best = json.loads((run_dir / "result.json").read_text())["best_checkpoint"]
     out = Path(best) / "eval_test"
     metrics = json.loads((out / "metrics.json").read_text())
+    assert returned["accuracy"] == metrics["accuracy"]
     table = pd.read_parquet(out / "predictions.parquet")
     truth, predicted = table["label"], table["predicted"]
     assert metrics["count"] == len(table) == 64
@@ -151,9 +150,20 @@ def test_evaluate_writes_metrics_report_and_wandb_for_a_trained_run(run_dir, sma
     logged = {f"eval/{name}" for name in TITLES} | {"eval/predictions", "eval/confusion_matrix_plot_table"}
     assert {f"{key}/_type" for key in logged} <= history  # images and tables (W&B logs them as nested keys)
     artifacts_logged = [r.artifact for r in records(run_file) if r.WhichOneof("record_type") == "artifact"]
-    assert any(a.type == "evaluation" and "evaluated-model-evaluated-epoch" in a.name for a in artifacts_logged)
+    assert any(a.type == "evaluation" and "evaluated-model-smoke-epoch" in a.name for a in artifacts_logged)
     # running again without --overwrite is refused and leaves the report alone
     before = (out / "metrics.json").read_text()
-    assert evaluate.main(["--checkpoint", str(run_dir), "--data", str(small_imdb)]) == 2
+    refused = subprocess.run([sys.executable, "-m", "ray_jobs.evaluate", "--checkpoint", str(run_dir), "--data", str(small_imdb)],
+                             cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("error: output folder")
     assert (out / "metrics.json").read_text() == before
 
+
+
+def test_the_command_line_says_error_and_exits_2(tiny_model_dir, reviews, tmp_path):
+    model = make_checkpoint(tiny_model_dir, tmp_path / "model")
+    out = subprocess.run([sys.executable, "-m", "ray_jobs.predict", "--checkpoint", str(model), "--input", str(reviews),
+                          "--output", str(tmp_path / "p.parquet"), "--text-column", "review"],
+                         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
+    [line] = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and line.startswith(f"error: input {str(reviews)!r} has no column 'review' (columns: review_no,")

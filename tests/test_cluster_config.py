@@ -3,7 +3,6 @@
 import re
 from pathlib import Path
 
-import jsonschema
 import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
@@ -20,13 +19,6 @@ def test_cluster_yaml_validates_against_rays_schema():
     validate_config(prepare_config(cfg))
     assert cfg["available_node_types"]["gpu_worker"]["min_workers"] == 0
     assert "idle_timeout_minutes" in cfg
-
-
-def test_the_schema_check_would_catch_a_mistake():
-    cfg = _load()
-    cfg["available_node_types"]["gpu_worker"]["min_workerz"] = 1
-    with pytest.raises(jsonschema.ValidationError):
-        validate_config(prepare_config(cfg))
 
 
 SECRETS = ("WANDB_API_KEY", "SENTIMENT_API_KEY")

@@ -20,7 +20,7 @@ import torch
 from ray.util.state import list_actors
 
 from ray_jobs.train import launch, prepare_data
-from sentiment.checkpoint import CheckpointError, resolve_model_dir
+from sentiment.layout import CheckpointError, resolve
 from tests.test_train_ray import smoke_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +131,7 @@ def test_resume_never_unpickles_code_from_a_tampered_optimizer_shard(uninterrupt
 SLOW_WRITE = """
 import sys, time
 from pathlib import Path
-from sentiment.checkpoint import save_model_dir
+from sentiment.layout import save_model_dir
 from sentiment.config import load_config
 
 class SlowModel:
@@ -160,6 +160,6 @@ def test_a_checkpoint_write_killed_midway_leaves_nothing_that_looks_complete(tmp
     assert not dest.exists()  # only a .tmp- sibling, which no loader looks at
     assert [p.name.startswith(".tmp-model-") for p in dest.parent.iterdir()] == [True]
     with pytest.raises(CheckpointError, match="does not exist"):
-        resolve_model_dir(dest)
+        resolve(dest)
     with pytest.raises(CheckpointError, match="not a complete model checkpoint"):
-        resolve_model_dir(dest.parent)  # the epoch folder has no model/ folder
+        resolve(dest.parent)  # the epoch folder has no model/ folder

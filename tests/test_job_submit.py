@@ -17,7 +17,7 @@ import pytest
 
 from ray_jobs.local_ray import keep_ray_local
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 

@@ -20,7 +20,7 @@ from ray_jobs.train import launch, prepare_data
 from sentiment.predict import Predictor
 from tests.test_train_ray import smoke_config
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = {"node_ip_address": "127.0.0.1"}
 

@@ -68,6 +68,7 @@ def test_report_numbers_equal_the_metrics(report):
     assert "src=\"http" not in html and "href=\"http" not in html  # self-contained: nothing fetched
 
 
+@pytest.mark.browser
 def test_report_opens_in_chromium_with_every_section(report, artifacts):
     files, metrics = report
     errors: list[str] = []

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ import yaml
 from ray_jobs.local_ray import keep_ray_local
 from tests.test_job_submit import BIN, _free_port, _ray, _submit, stop_cluster
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = {"WANDB_API_KEY": f"wandb-{uuid.uuid4().hex}", "SENTIMENT_API_KEY": f"api-{uuid.uuid4().hex}"}
 

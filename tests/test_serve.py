@@ -34,9 +34,9 @@ from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
 
 from ray_jobs.local_ray import init_ray
-from serve.app import API_KEY_ENV, ServeArgs, build_app
-from ray_jobs.checkpoints import resolve_checkpoint
-from sentiment.checkpoint import CheckpointError, save_model_dir
+from serve.app import build_app
+from serve.schemas import API_KEY_ENV, ServeArgs
+from sentiment.layout import CheckpointError, resolve, save_model_dir
 from sentiment.config import load_config
 from sentiment.model import build_model, load_tokenizer
 from sentiment.predict import Predictor
@@ -93,11 +93,13 @@ def free_port() -> int:
 
 
 def start_serve(args: dict[str, Any]) -> str:
-    """Start a loopback-only Ray and Serve, deploy ``build_app(args)`` at ``/``; return its URL."""
+    """Start a loopback-only Ray and Serve, deploy ``build_app(args)`` at ``/``; return its URL.
+
+    No W&B lineage run unless ``args`` asks for one (tests/test_tracking.py covers it)."""
     init_ray(num_cpus=2)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(args), name=APP, route_prefix="/", logging_config={"enable_access_log": False})
+    serve.run(build_app({"wandb_mode": "disabled", **args}), name=APP, route_prefix="/", logging_config={"enable_access_log": False})
     return f"http://127.0.0.1:{port}"
 
 
@@ -197,12 +199,13 @@ def test_checkpoint_forms_resolve_to_the_model_folder(checkpoint: Path, tmp_path
     (run / "result.json").write_text(json.dumps(
         {"best_checkpoint": str(run / "epoch_001"), "last_checkpoint": str(run / "epoch_002")}))
     (tmp_path / "best.json").write_text(json.dumps({"checkpoint": str(run / "epoch_002")}))
-    assert resolve_checkpoint(str(run)) == str(run / "epoch_001" / "model")
-    assert resolve_checkpoint(str(run), "last") == str(run / "epoch_002" / "model")
-    assert resolve_checkpoint("best", storage_path=str(tmp_path)) == str(run / "epoch_002" / "model")
-    assert resolve_checkpoint(f"file://{run}", "last") == f"file://{run}/epoch_002/model"
+    assert resolve(str(run)).location == str(run / "epoch_001" / "model")
+    assert resolve(str(run), "last").location == str(run / "epoch_002" / "model")
+    assert resolve("best", storage_path=str(tmp_path)).location == str(run / "epoch_002" / "model")
+    assert resolve(f"file://{run}", "last").location == f"file://{run}/epoch_002/model"
+    (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="missing config.json"):
-        resolve_checkpoint(f"file://{tmp_path}")
+        resolve(f"file://{tmp_path}/empty")
 
 
 def test_serve_run_cli_args_reach_build_app_as_serve_args(checkpoint: Path) -> None:
@@ -222,6 +225,7 @@ def test_serve_config_file_is_a_valid_serve_config() -> None:
     ServeArgs.model_validate(app.args)
 
 
+@pytest.mark.bench
 def test_benchmark_smoke_run_prints_the_ratio(checkpoint: Path, small_imdb: Path) -> None:
     # The benchmark starts its own Ray and Serve; placed before the HTTP tests (file order), it runs
     # before the module's Serve exists, so the two do not compete for the 2 cores.
@@ -404,20 +408,3 @@ def test_autoscales_from_one_to_two_replicas_and_back_without_failures(server: s
         trickle.stop_after(10)
         trickle.join(60)
     assert trickle.failures == [] and trickle.sent > 10
-
-
-def test_deploying_logs_a_wandb_run_with_the_served_model(checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
-    from serve.app import ServeArgs, record_lineage
-    from tests.wandb_log import records
-
-    args = ServeArgs(checkpoint=str(checkpoint), wandb_mode="offline", wandb_dir=str(tmp_path))
-    record_lineage(args, str(checkpoint))
-    [run_file] = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    logged = [r.artifact for r in records(run_file) if r.WhichOneof("record_type") == "artifact"]
-    config = [r.run.config for r in records(run_file) if r.WhichOneof("record_type") == "run"]
-    assert len(logged) == 1 and logged[0].type == "model" and logged[0].name.startswith("served-model-")
-    assert "production" in logged[0].aliases
-    assert any("sha256" in str(c) for c in config)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    record_lineage(ServeArgs(checkpoint=str(checkpoint), wandb_dir=str(tmp_path)), str(checkpoint))  # auto, no key: no run
-    assert len(list(tmp_path.glob("wandb/offline-run-*"))) == 1

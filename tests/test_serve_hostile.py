@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import secrets
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path

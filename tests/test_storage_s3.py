@@ -72,8 +72,8 @@ def test_training_writes_every_checkpoint_to_s3(s3, trained_on_s3):
 @pytest.mark.ray
 def test_serve_and_evaluate_read_the_run_from_s3(s3, trained_on_s3, small_imdb, monkeypatch):
     from ray_jobs import evaluate
+    from sentiment import layout
     from sentiment.predict import Predictor
-    from ray_jobs.checkpoints import local_model_dir, resolve_checkpoint
 
     import ray
 
@@ -86,13 +86,17 @@ def test_serve_and_evaluate_read_the_run_from_s3(s3, trained_on_s3, small_imdb, 
     ray.shutdown()
     init_ray(num_cpus=2)
     best = trained_on_s3["best_checkpoint"]
-    model_uri = resolve_checkpoint("s3://bucket/runs/s3run")
-    assert model_uri == f"s3://{best}/model"
-    predictor = Predictor.load(str(local_model_dir(model_uri)))
+    model = layout.resolve("s3://bucket/runs/s3run")
+    assert model.location == f"s3://{best}/model"
+    predictor = Predictor.load(model)  # this node's cached copy, removed once closed
     assert predictor.predict(["a fine film"]) in (["negative"], ["positive"])
+    assert predictor.path == str(layout.cache_root() / model.sha256 / "model")
+    predictor.close()
+    assert not (layout.cache_root() / model.sha256).exists()
 
-    assert evaluate.main(["--checkpoint", "s3://bucket/runs/s3run", "--data", str(small_imdb),
-                          "--attribution-samples", "4", "--ig-steps", "2"]) == 0
+    metrics = evaluate.main(["--checkpoint", "s3://bucket/runs/s3run", "--data", str(small_imdb),
+                             "--attribution-samples", "4", "--ig-steps", "2"])
+    assert metrics["count"] == 64
     report = best.removeprefix("bucket/") + "/eval_test"
     metrics = json.loads(client.get_object(Bucket="bucket", Key=f"{report}/metrics.json")["Body"].read())
     assert metrics["count"] == 64

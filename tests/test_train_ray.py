@@ -30,10 +30,8 @@ def smoke_config(model_dir, data_dir, storage, name, *extra):
 
 
 @pytest.fixture(scope="module")
-def trained(local_ray, tiny_model_dir, small_imdb, tmp_path_factory):
-    storage = tmp_path_factory.mktemp("runs")
-    cfg = smoke_config(tiny_model_dir, small_imdb, storage, "smoke")
-    return cfg, launch(cfg, prepare_data(cfg))
+def trained(local_ray, smoke_run):
+    return smoke_run
 
 
 def _state(checkpoint: str) -> dict:
@@ -50,7 +48,7 @@ def test_every_epoch_is_checkpointed_with_both_ranks_shards(trained):
         assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
         assert (ckpt / "model" / "model.safetensors").is_file()
     assert json.loads((run / "result.json").read_text())["last_checkpoint"] == str(run / "epoch_002")
-    assert summary["test_metrics"]["test_count"] == 64 and 0.0 <= summary["test_metrics"]["test_accuracy"] <= 1.0
+    assert summary["test_metrics"]["test_count"] == 64  # the accuracy floor is tests/test_smoke.py's
     assert summary["best_metrics"]["val_count"] == 64  # every validation review scored once across both ranks
 
 

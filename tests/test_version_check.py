@@ -3,7 +3,6 @@ not a traceback or a hang. Ray records its version in the GCS at `ray start`; `r
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import ray
 
 from tests.test_runtime_env import ray_head
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parent.parent
 # The real CLI, in a process whose Ray claims another version (as an older client's would).
 PATCHED_CLI = (

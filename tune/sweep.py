@@ -28,17 +28,17 @@ from typing import Any
 import pandas as pd
 import ray
 from ray import tune
-from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from ray_jobs import storage
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import shared_service, start_tracking
 from ray_jobs.train import launch, prepare_data, wandb_dir
-from sentiment.checkpoint import BEST_FILE, MODEL_DIR
-from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config, resolve_storage_path
+from sentiment import layout
+from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config
+from sentiment.layout import BEST_FILE
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -145,7 +145,7 @@ def build_tuner(
     cfg: Config, data_ref: Any, sweep_name: str, storage_path: str, resume: bool, worker_env: dict[str, str]
 ) -> tune.Tuner:
     """A ``Tuner`` over :func:`run_trial`, or one restored from the sweep folder."""
-    sweep_dir = storage.join(storage_path, sweep_name)
+    sweep_dir = layout.join(storage_path, sweep_name)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=cfg.model_dump(mode="json"), data=data_ref,
                              sweep_name=sweep_name, sweep_dir=sweep_dir, worker_env=worker_env),
@@ -180,29 +180,36 @@ def build_tuner(
     )
 
 
+def trial_outcome(result: Any, metric: str, planned_epochs: int) -> dict[str, Any]:
+    """A trial's best metric, epoch and checkpoint as its own training recorded them.
+
+    Every epoch's report carries the run's best so far (``best_epoch``, ``best_value``,
+    ``best_checkpoint``), decided by training with its tie rule (a tie moves the best to the later
+    epoch, as Ray's checkpoint retention keeps it), so the checkpoint named here is one Ray kept.
+    """
+    history = result.metrics_dataframe
+    status = "errored" if result.error else "ok"
+    if history is None or history.empty or "best_checkpoint" not in history:
+        return {metric: None, "best_epoch": None, "epochs_run": 0, "stopped_early": False,
+                "status": status if result.error else "no result", "wall_time_s": None, "checkpoint": None}
+    last = history.iloc[-1]
+    epochs_run = int(history["epoch"].max())
+    return {
+        metric: float(last["best_value"]), "best_epoch": int(last["best_epoch"]), "epochs_run": epochs_run,
+        "stopped_early": epochs_run < planned_epochs and result.error is None, "status": status,
+        "wall_time_s": round(float(history["time_total_s"].max()), 1), "checkpoint": last["best_checkpoint"],
+    }
+
+
 def results_table(cfg: Config, grid: Any) -> pd.DataFrame:
     """One row per trial: its values, best metric and epoch, epochs run, early stop, time, checkpoint."""
     metric, mode = cfg.run.metric, cfg.run.mode
     rows = []
     for result in grid:
-        history = result.metrics_dataframe
         params = result.config or {}
         row: dict[str, Any] = {"trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name}
         row.update(params)
-        planned = params.get("train.epochs", cfg.train.epochs)
-        if history is None or metric not in history:
-            row.update({metric: None, "best_epoch": None, "epochs_run": 0, "stopped_early": False,
-                        "status": "errored" if result.error else "no result", "wall_time_s": None, "checkpoint": None})
-        else:
-            best = history.loc[history[metric].idxmax() if mode == "max" else history[metric].idxmin()]
-            epochs_run = int(history["epoch"].max())
-            row.update({
-                metric: float(best[metric]), "best_epoch": int(best["epoch"]), "epochs_run": epochs_run,
-                "stopped_early": epochs_run < planned and result.error is None,
-                "status": "errored" if result.error else "ok",
-                "wall_time_s": round(float(history["time_total_s"].max()), 1),
-                "checkpoint": best.get(CHECKPOINT_PATH_KEY),
-            })
+        row.update(trial_outcome(result, metric, params.get("train.epochs", cfg.train.epochs)))
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.sort_values(metric, ascending=mode == "min", na_position="last").reset_index(drop=True)
@@ -220,18 +227,18 @@ def record_best(table: pd.DataFrame, cfg: Config, sweep_name: str, sweep_dir: st
         "metric": cfg.run.metric, "value": float(top[cfg.run.metric]), "epoch": int(top["best_epoch"]),
         "params": {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()},
     }
-    fs, root = storage.resolve(storage_path)
+    fs, root = layout.filesystem(storage_path)
     for folder in (sweep_dir, root):
-        storage.write_json(fs, storage.join(folder, BEST_FILE), best)
+        layout.write_json(fs, layout.join(folder, BEST_FILE), best)
     return best
 
 
 def write_results(table: pd.DataFrame, sweep_dir: str, storage_path: str) -> None:
     """The results table as CSV and Markdown in the sweep folder (local or on a URI's filesystem)."""
-    fs, _ = storage.resolve(storage_path)
+    fs, _ = layout.filesystem(storage_path)
     fs.create_dir(sweep_dir, recursive=True)
     for name, text in ((RESULTS_CSV, table.to_csv(index=False)), (RESULTS_MD, table.to_markdown(index=False) + "\n")):
-        with fs.open_output_stream(storage.join(sweep_dir, name)) as out:
+        with fs.open_output_stream(layout.join(sweep_dir, name)) as out:
             out.write(text.encode())
 
 
@@ -245,9 +252,9 @@ def track_sweep(cfg: Config, sweep_name: str, storage_path: str, table: pd.DataF
 
     tracker.log({"results": wandb.Table(dataframe=table.astype(str))})
     tracker.summary({f"best/{k}": v for k, v in best.items() if k != "params"} | {f"best/{k}": v for k, v in best["params"].items()})
-    fs, _ = storage.resolve(storage_path)
-    model_dir = storage.local_copy(fs, storage.join(best["checkpoint"], MODEL_DIR))
-    tracker.log_model(model_dir, name=f"model-{sweep_name}", aliases=["best"], metadata=best)
+    model = layout.resolve(layout.location_of(storage_path, best["checkpoint"]))
+    with model.open_local() as local:
+        tracker.log_model(str(local.path), name=f"model-{sweep_name}", aliases=["best"], metadata=best)
     tracker.finish()
 
 
@@ -260,8 +267,8 @@ def sweep(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """
     validate_space(cfg)
     sweep_name = cfg.sweep.name or f"sweep-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    storage_path = resolve_storage_path(cfg)
-    sweep_dir = storage.join(storage.resolve(storage_path)[1], sweep_name)
+    storage_path = layout.storage_root(cfg)
+    sweep_dir = layout.join(layout.filesystem(storage_path)[1], sweep_name)
     concurrency(cfg, ray.cluster_resources())
     data_ref = ray.put(prepare_data(cfg))
     with shared_service(cfg) as wandb_env:  # trials that ASHA stops keep their W&B records
@@ -273,8 +280,8 @@ def sweep(cfg: Config, resume: bool = False) -> dict[str, Any]:
     print(f"\nsweep {sweep_name}: {len(table)} trials, ranked by {cfg.run.metric} ({cfg.run.mode})")
     print(table.drop(columns=["checkpoint"]).to_markdown(index=False))
     print(f"\nbest: trial {best['trial_id']} {cfg.run.metric}={best['value']:.4f} at epoch {best['epoch']}")
-    print(f"best checkpoint: {best['checkpoint']}  (serve it with checkpoint=best)")
-    print(f"results: {sweep_dir}/{RESULTS_MD}")
+    print(f"best checkpoint: {layout.location_of(storage_path, best['checkpoint'])}  (serve it with checkpoint=best)")
+    print(f"results: {layout.location_of(storage_path, layout.join(sweep_dir, RESULTS_MD))}")
     return best
 
 

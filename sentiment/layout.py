@@ -1,0 +1,504 @@
+"""The run layout: the names of run files, reading and writing them, and resolving a checkpoint.
+
+Everything lives on a pyarrow filesystem, so a local path and a URI (``s3://``, ``gs://``,
+``file://``) are handled by the same code. The layout::
+
+    <storage>/best.json                   the latest sweep's best ({"checkpoint": <epoch checkpoint>, ...})
+    <storage>/<sweep>/best.json           that sweep's best, beside results.csv / results.md
+    <storage>/<run>/result.json           names the run's best and last epoch checkpoints
+    <storage>/<run>/test_metrics.json     the best epoch's test metrics
+    <storage>/<run>/epoch_001/            an epoch checkpoint:
+        model/                            a model folder (plain Hugging Face, loads without Ray or DeepSpeed):
+            config.json                   architecture and id2label/label2id
+            model.safetensors             weights (safetensors only)
+            tokenizer.json ...            the tokenizer
+            train_config.json             the resolved project config (max length, truncation, labels ...)
+            metrics.json                  the metrics of the epoch it was saved at
+            calibration.json              optional: {"temperature": T, ...} from ``ray_jobs.evaluate --calibrate``
+        deepspeed/                        engine, optimizer and scheduler state per rank (resuming)
+        train_state.json                  epoch, step, best so far, history
+
+A path inside a run file (``result.json``, ``best.json``) is a path on the filesystem of the file
+that holds it. :func:`resolve` turns any reference into one :class:`ResolvedModel`: computed once
+(on the driver), then handed to whoever loads the weights, which never resolves again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow.fs as pafs
+
+from sentiment.config import Config, ConfigError, RunConfig, config_from_dict
+
+MODEL_DIR = "model"
+DEEPSPEED_DIR = "deepspeed"
+WEIGHTS_FILE = "model.safetensors"
+HF_CONFIG_FILE = "config.json"
+CONFIG_FILE = "train_config.json"
+METRICS_FILE = "metrics.json"
+CALIBRATION_FILE = "calibration.json"
+STATE_FILE = "train_state.json"
+RESULT_FILE = "result.json"
+TEST_METRICS_FILE = "test_metrics.json"
+BEST_FILE = "best.json"
+REQUIRED_MODEL_FILES = (HF_CONFIG_FILE, WEIGHTS_FILE, CONFIG_FILE)
+EPOCH_CHECKPOINT_PARTS = (STATE_FILE, DEEPSPEED_DIR, MODEL_DIR)
+_CHUNK = 1 << 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete, corrupt or of the wrong kind."""
+
+
+def epoch_dir_name(epoch: int) -> str:
+    """The checkpoint folder name of a 1-based epoch: ``epoch_001``."""
+    return f"epoch_{epoch:03d}"
+
+
+# --- locations --------------------------------------------------------------------------------
+
+
+def is_uri(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` is a URI (``scheme://...``) rather than a local path."""
+    return "://" in str(location)
+
+
+def filesystem(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and the path on it for a local path (made absolute) or a URI.
+
+    Raises:
+        ConfigError: a URI whose filesystem is not installed or cannot be reached.
+    """
+    location = str(location)
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+    try:
+        return pafs.FileSystem.from_uri(location)
+    except Exception as err:
+        raise ConfigError(f"storage location {location!r} cannot be opened: {err}") from None
+
+
+def join(*parts: str) -> str:
+    """Join storage path parts with ``/`` (storage paths are not OS paths)."""
+    return "/".join(p.rstrip("/") for p in parts)
+
+
+def parent(path: str) -> str:
+    """The folder holding ``path`` on its filesystem."""
+    return path.rstrip("/").rsplit("/", 1)[0]
+
+
+def location_of(base: str, path: str) -> str:
+    """``path`` (on ``base``'s filesystem) as a location: a local path, or a URI with ``base``'s
+    scheme and query (``?endpoint_override=...`` and the like stay)."""
+    if not is_uri(base):
+        return path
+    parts = urlsplit(base)
+    netloc, rest = (parts.netloc, path) if path.startswith("/") else (path.split("/", 1) + [""])[:2]
+    return urlunsplit((parts.scheme, netloc, "/" + rest.lstrip("/"), parts.query, ""))
+
+
+def child(location: str, *names: str) -> str:
+    """``names`` under the folder ``location`` (a local path, or a URI whose query stays at the end)."""
+    if not is_uri(location):
+        return join(location, *names)
+    parts = urlsplit(location)
+    return urlunsplit(parts._replace(path=join(parts.path, *names)))
+
+
+def storage_root(cfg: Config) -> str:
+    """The absolute local path or URI where ``cfg``'s runs are stored."""
+    storage = cfg.run.storage_path
+    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    """Whether anything is at ``path``."""
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(fs: pafs.FileSystem, path: str) -> bool:
+    """Whether a file (not a folder) is at ``path``."""
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> Any:
+    """Read JSON from ``path``."""
+    with fs.open_input_stream(path) as src:
+        return json.loads(src.read().decode())
+
+
+def write_json(fs: pafs.FileSystem, path: str, data: Any) -> None:
+    """Write JSON to ``path`` under a temporary name first, then move it into place."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as out:
+        out.write(json.dumps(data, indent=2, sort_keys=True).encode())
+    fs.move(tmp, path)
+
+
+def write_local_json(path: str | os.PathLike[str], data: Any) -> None:
+    """:func:`write_json` for a local path."""
+    write_json(pafs.LocalFileSystem(), str(Path(path).resolve()), data)
+
+
+@contextmanager
+def atomic_dir(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it is renamed to ``dest`` in one step.
+
+    A crash inside the block leaves only a ``.tmp-`` folder, never a half-written ``dest``.
+    An existing ``dest`` is replaced only after the new one is complete.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if dest.exists():
+            old = dest.with_name(f".old-{dest.name}-{uuid.uuid4().hex[:8]}")
+            dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+@contextmanager
+def publish_dir(location: str) -> Iterator[Path]:
+    """Yield an empty local folder that becomes ``location`` only when the block completes:
+    renamed into place for a local path, uploaded for a URI."""
+    if not is_uri(location):
+        with atomic_dir(location) as tmp:
+            yield tmp
+        return
+    fs, path = filesystem(location)
+    local = Path(_scratch_dir()) / f"publish-{uuid.uuid4().hex[:8]}"
+    local.mkdir(parents=True)
+    try:
+        yield local
+        pafs.copy_files(str(local), path, destination_filesystem=fs)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def download(fs: pafs.FileSystem, path: str, dest: str | os.PathLike[str]) -> str | None:
+    """Copy the folder ``path`` to the local folder ``dest``; returns the weights' sha256 if the
+    folder holds a ``model.safetensors`` (hashed as it streams), else None."""
+    digest = None
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        target = Path(dest) / info.path[len(path.rstrip("/")) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        hasher = hashlib.sha256() if target.name == WEIGHTS_FILE and target.parent == Path(dest) else None
+        with fs.open_input_stream(info.path) as src, target.open("wb") as out:
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+                if hasher:
+                    hasher.update(chunk)
+        digest = hasher.hexdigest() if hasher else digest
+    return digest
+
+
+def save_model_dir(model: Any, tokenizer: Any, cfg: Config, metrics: dict[str, Any], dest: str | os.PathLike[str]) -> Path:
+    """Write a local model folder (weights, tokenizer, training config, metrics) atomically."""
+    with atomic_dir(dest) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_local_json(tmp / CONFIG_FILE, cfg.model_dump(mode="json"))
+        write_local_json(tmp / METRICS_FILE, metrics)
+    return Path(dest)
+
+
+# --- resolving a checkpoint reference ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A checked model folder and what is known about it, resolved once and handed on.
+
+    Attributes:
+        reference: the reference as given (``best``, a run folder, a URI ...).
+        location: the model folder itself: an absolute local path, or a URI.
+        epoch_dir: the epoch checkpoint holding it (same form), or None for a standalone model folder.
+        sha256: hex sha256 of ``model.safetensors``.
+        size: its size in bytes.
+        config: the resolved training config saved with it (tokenization, labels ...).
+        metrics: the validation metrics saved with it.
+    """
+
+    reference: str
+    location: str
+    epoch_dir: str | None
+    sha256: str
+    size: int
+    config: Config
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether the model folder is behind a URI (and must be copied to load it)."""
+        return is_uri(self.location)
+
+    def open_local(self) -> LocalModel:
+        """A local folder holding the model: the folder itself, or this node's cached copy."""
+        if not self.is_remote:
+            return LocalModel(Path(self.location), None)
+        return acquire_copy(self)
+
+
+def resolve(reference: str | os.PathLike[str], which: str = "best", storage_path: str | None = None) -> ResolvedModel:
+    """Resolve a checkpoint reference into a checked :class:`ResolvedModel`.
+
+    Args:
+        reference: a model folder, an epoch checkpoint, a run folder (its ``which`` epoch), a
+            folder holding ``best.json`` or that file, the word ``best`` (``<storage_path>/best.json``),
+            or a URI of any of these.
+        which: for a run folder, its ``best`` or ``last`` epoch.
+        storage_path: where ``best`` is looked up (default: ``run.storage_path``'s default).
+
+    Raises:
+        CheckpointError: nothing there, a folder of none of the layouts, a pointer naming nothing,
+            missing files, an unreadable config, damaged weights, or not a sequence classifier.
+    """
+    if which not in ("best", "last"):
+        raise CheckpointError(f"which={which!r}: choose best or last")
+    location = str(reference)
+    if location == "best" and not Path("best").exists():
+        location = join(storage_path or RunConfig().storage_path, BEST_FILE)
+    try:
+        fs, path = filesystem(location)
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    base = location
+    for _ in range(8):  # best.json -> run folder -> epoch checkpoint: a few hops at most
+        if path.endswith("/" + BEST_FILE) and is_file(fs, path):
+            path = parent(path)
+        if not exists(fs, path):
+            raise CheckpointError(f"checkpoint {location_of(base, path)!r} does not exist")
+        pointer = _follow(fs, path, which)
+        if pointer is None:
+            break
+        if is_uri(pointer):
+            base, (fs, path) = pointer, filesystem(pointer)
+        else:
+            path = pointer
+    epoch_dir = None
+    if exists(fs, join(path, MODEL_DIR)):
+        epoch_dir, path = path, join(path, MODEL_DIR)
+    shown = location_of(base, path)
+    missing = [f for f in REQUIRED_MODEL_FILES if not is_file(fs, join(path, f))]
+    if missing:
+        raise CheckpointError(f"{shown!r} is not a complete model checkpoint: missing {', '.join(missing)}")
+    cfg, metrics = _read_configs(fs, path, shown)
+    sha, size = _check_weights(fs, join(path, WEIGHTS_FILE), shown)
+    return ResolvedModel(
+        reference=str(reference), location=shown, sha256=sha, size=size, config=cfg, metrics=metrics,
+        epoch_dir=location_of(base, epoch_dir) if epoch_dir else None,
+    )
+
+
+def _follow(fs: pafs.FileSystem, path: str, which: str) -> str | None:
+    """The checkpoint a ``best.json`` or ``result.json`` in ``path`` points at, if there is one."""
+    try:
+        if is_file(fs, join(path, BEST_FILE)):
+            return read_json(fs, join(path, BEST_FILE))["checkpoint"]
+        if is_file(fs, join(path, RESULT_FILE)):
+            result = read_json(fs, join(path, RESULT_FILE))
+            if not result.get(f"{which}_checkpoint"):
+                raise CheckpointError(f"{join(path, RESULT_FILE)} names no {which}_checkpoint (choose best or last)")
+            return result[f"{which}_checkpoint"]
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"run file in {path!r} is corrupt: {err!r}") from None
+    return None
+
+
+def _read_configs(fs: pafs.FileSystem, path: str, shown: str) -> tuple[Config, dict[str, Any]]:
+    """The training config and metrics of a model folder; checks it is a sequence classifier."""
+    try:
+        cfg = config_from_dict(read_json(fs, join(path, CONFIG_FILE)), f"{shown}/{CONFIG_FILE}")
+        metrics = read_json(fs, join(path, METRICS_FILE)) if is_file(fs, join(path, METRICS_FILE)) else {}
+        architectures = read_json(fs, join(path, HF_CONFIG_FILE)).get("architectures") or []
+    except (ValueError, OSError, AttributeError) as err:
+        raise CheckpointError(f"checkpoint {shown!r} is corrupt: {err}") from None
+    if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        raise CheckpointError(f"{shown} is not a sequence classifier (architectures: {architectures or 'none'})")
+    return cfg, metrics
+
+
+def _check_weights(fs: pafs.FileSystem, path: str, shown: str) -> tuple[str, int]:
+    """sha256 and size of a safetensors file, read once; its header must describe its size."""
+    digest, size, head = hashlib.sha256(), 0, b""
+    with fs.open_input_stream(path) as src:
+        while chunk := src.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            if len(head) < _CHUNK:
+                head += chunk
+    problem = _safetensors_problem(head, size)
+    if problem:
+        raise CheckpointError(f"checkpoint {shown!r} has damaged weights ({WEIGHTS_FILE}): {problem}")
+    return digest.hexdigest(), size
+
+
+def _safetensors_problem(head: bytes, size: int) -> str | None:
+    """Why a safetensors file of ``size`` bytes starting with ``head`` is damaged (None if intact)."""
+    if size < 8:
+        return f"{size} bytes, shorter than a header"
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if 8 + header_len > min(size, len(head)):
+        return f"header of {header_len} bytes does not fit the file"
+    try:
+        header = json.loads(head[8:8 + header_len])
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        return f"unreadable header ({err!r})"
+    if 8 + header_len + end != size:
+        return f"{size} bytes, but its header describes {8 + header_len + end}"
+    return None
+
+
+def read_temperature(model_dir: str | os.PathLike[str]) -> float:
+    """The softmax temperature saved with a local model folder (1.0 when it has none).
+
+    Raises:
+        CheckpointError: a calibration file that is unreadable or holds no positive temperature.
+    """
+    file = Path(model_dir) / CALIBRATION_FILE
+    if not file.is_file():
+        return 1.0
+    try:
+        temperature = float(json.loads(file.read_text())["temperature"])
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        raise CheckpointError(f"{file} is corrupt: {err!r}") from None
+    if not temperature > 0:
+        raise CheckpointError(f"{file}: temperature must be > 0, got {temperature}")
+    return temperature
+
+
+# --- this node's copies of remote checkpoints -------------------------------------------------
+
+
+def cache_root() -> Path:
+    """Where this node keeps copies of remote model folders: ``$SENTIMENT_CACHE_DIR`` or
+    ``~/.cache/sentiment/models``."""
+    return Path(os.environ.get("SENTIMENT_CACHE_DIR") or Path.home() / ".cache" / "sentiment" / "models")
+
+
+def _scratch_dir() -> str:
+    return str(cache_root().parent / "scratch")
+
+
+@dataclass
+class LocalModel:
+    """A local model folder in use; for a cached copy, :meth:`close` gives up this process's
+    claim and the copy is removed once no live process holds one."""
+
+    path: Path
+    lease: Path | None
+
+    def close(self) -> None:
+        """Release the cached copy (nothing to do for a folder that was local already)."""
+        if self.lease is None:
+            return
+        with _cache_lock():
+            self.lease.unlink(missing_ok=True)
+            _remove_unused(self.lease.parent.parent)
+        self.lease = None
+
+    def __enter__(self) -> LocalModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def _cache_lock() -> Iterator[None]:
+    import fcntl
+
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def acquire_copy(model: ResolvedModel) -> LocalModel:
+    """This node's copy of a remote model folder, downloaded once per node (keyed by sha256) and
+    held by this process until :meth:`LocalModel.close` (or until it dies).
+
+    Raises:
+        CheckpointError: the downloaded weights differ from the resolved ones.
+    """
+    root = cache_root()
+    entry = root / model.sha256
+    prune_cache()
+    with _cache_lock():
+        if not (entry / MODEL_DIR).is_dir():
+            _download_entry(model, entry)
+        lease = entry / "leases" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        lease.parent.mkdir(exist_ok=True)
+        lease.touch()
+    return LocalModel(entry / MODEL_DIR, lease)
+
+
+def _download_entry(model: ResolvedModel, entry: Path) -> None:
+    tmp = entry.with_name(f".tmp-{entry.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        fs, path = filesystem(model.location)
+        sha = download(fs, path, tmp / MODEL_DIR)
+        if sha != model.sha256:
+            raise CheckpointError(f"{model.location}: weights changed since resolved (sha256 {sha} != {model.sha256})")
+        shutil.rmtree(entry, ignore_errors=True)
+        tmp.rename(entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prune_cache() -> None:
+    """Remove this node's cached copies that no live process holds."""
+    if not cache_root().is_dir():
+        return
+    with _cache_lock():
+        for entry in cache_root().iterdir():
+            if entry.is_dir() and len(entry.name) == 64:
+                _remove_unused(entry)
+
+
+def _remove_unused(entry: Path) -> None:
+    """Remove a cached copy whose leases all belong to processes that are gone (call under the lock)."""
+    leases = entry / "leases"
+    live = [p for p in leases.iterdir() if _alive(int(p.name.split("-")[0]))] if leases.is_dir() else []
+    if not live:
+        shutil.rmtree(entry, ignore_errors=True)

@@ -1,0 +1,164 @@
+"""The Serve application's schemas: its arguments, request and response bodies, error bodies.
+
+Every limit a deployment enforces is in these models, so ``/openapi.json`` documents it.
+"""
+
+# No ``from __future__ import annotations``: Serve and FastAPI read these annotations at run time.
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from ray.serve.config import AutoscalingConfig
+
+from sentiment.data import clean_text
+
+API_KEY_ENV = "SENTIMENT_API_KEY"
+
+
+class ServeArgs(BaseModel):
+    """Arguments of :func:`build_app` (``serve run ... key=value`` or ``args:`` in a config file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(
+        description="Model folder, epoch checkpoint, run folder, folder with best.json, 'best' "
+        "(the sweep's recorded best under storage_path) or a URI (s3://, gs://, file://)."
+    )
+    which: Literal["best", "last"] = Field("best", description="Epoch of a run folder to serve.")
+    storage_path: str | None = Field(None, description="Where 'best' is looked up (default ~/sentiment-runs).")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per model replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per model replica (fractions share a GPU); > 0 runs bf16 on it.")
+    max_batch_size: int = Field(32, ge=1, description="Texts per forward pass (@serve.batch).")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="Longest wait for a batch to fill.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Texts a model replica holds at once; caps its batches.")
+    min_replicas: int = Field(1, ge=0, description="0 allows scale-to-zero (cold starts).")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time (default min_replicas).")
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(16, gt=0, description="Texts in flight per replica the autoscaler aims at.")
+    upscale_delay_s: float = Field(10.0, ge=0)
+    downscale_delay_s: float = Field(300.0, ge=0)
+    look_back_period_s: float = Field(30.0, gt=0, description="Window the autoscaler averages load over.")
+    ingress_replicas: int = Field(1, ge=1, description="HTTP ingress replicas (they only parse and await).")
+    api_key: SecretStr | None = Field(None, description=f"Required API key; default ${API_KEY_ENV}, none: open.")
+    max_text_chars: int = Field(20_000, ge=1, description="Longest text accepted (characters).")
+    max_texts: int = Field(64, ge=1, description="Most texts in one request.")
+    max_body_bytes: int = Field(
+        6 * 2**20, ge=1, description="Largest request body (bytes); larger gets 413 before it is read. The default "
+        "fits max_texts texts of max_text_chars 4-byte characters at the defaults.",
+    )
+    uncertain_below: float = Field(0.8, gt=0, le=1, description="Top probability under this marks 'uncertain'.")
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="Lineage run at deploy time; 'auto': online with WANDB_API_KEY, else offline (as training)."
+    )
+    wandb_project: str = Field("bert-imdb", description="W&B project of the lineage run.")
+    wandb_dir: str | None = Field(None, description="Where W&B writes locally (default ./wandb).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ServeArgs":
+        self.autoscaling_config()  # min <= initial <= max
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size "
+                f"({self.max_batch_size}): a replica could never fill a batch"
+            )
+        return self
+
+    def autoscaling_config(self) -> AutoscalingConfig:
+        """The model deployment's autoscaling config."""
+        return AutoscalingConfig(
+            min_replicas=self.min_replicas,
+            initial_replicas=self.initial_replicas,
+            max_replicas=self.max_replicas,
+            target_ongoing_requests=self.target_ongoing_requests,
+            upscale_delay_s=self.upscale_delay_s,
+            downscale_delay_s=self.downscale_delay_s,
+            look_back_period_s=self.look_back_period_s,
+        )
+
+
+def not_blank(text: str) -> str:
+    """A text that is more than whitespace and ``<br />`` tags (raises ValueError otherwise)."""
+    if not clean_text(text):
+        raise ValueError("text is empty (nothing but whitespace and <br /> tags)")
+    return text
+
+
+def request_model(max_text_chars: int, max_texts: int) -> type[BaseModel]:
+    """The ``POST /v1/predict`` body, with this deployment's limits in its schema."""
+    Text = Annotated[str, Field(strict=True, max_length=max_text_chars), AfterValidator(not_blank)]
+
+    class PredictRequest(BaseModel):
+        """One text (``text``) or several (``texts``)."""
+
+        model_config = ConfigDict(
+            extra="forbid",
+            json_schema_extra={"examples": [{"text": "A fun brain candy movie...good dialog."}]},
+        )
+        text: Text | None = None
+        texts: list[Text] | None = Field(None, min_length=1, max_length=max_texts)
+
+        @model_validator(mode="after")
+        def _one_of(self) -> "PredictRequest":
+            if (self.text is None) == (self.texts is None):
+                raise ValueError("send exactly one of 'text' (a string) or 'texts' (a list of strings)")
+            return self
+
+        def all_texts(self) -> list[str]:
+            """The texts to predict, in order."""
+            return [self.text] if self.text is not None else list(self.texts or [])
+
+    return PredictRequest
+
+
+class TextPrediction(BaseModel):
+    """The prediction for one text."""
+
+    label: str
+    score: float = Field(description="Probability of the predicted label.")
+    probabilities: dict[str, float] = Field(description="Every label's probability.")
+    num_tokens: int = Field(description="Tokens the model saw (special tokens included).")
+    truncated: bool = Field(description="The text was longer than the checkpoint's max_seq_length.")
+    uncertain: bool = Field(description="score is under the deployment's uncertain_below.")
+
+
+class PredictResponse(BaseModel):
+    """Predictions in the order of the texts sent."""
+
+    predictions: list[TextPrediction]
+
+
+class ModelInfo(BaseModel):
+    """The checkpoint being served (lineage)."""
+
+    checkpoint: str = Field(description="As given to build_app.")
+    path: str = Field(description="The model folder it resolved to.")
+    sha256: str = Field(description="sha256 of model.safetensors.")
+    label_names: list[str]
+    metrics: dict[str, Any] = Field(description="Validation metrics saved with the checkpoint.")
+    config: dict[str, Any] = Field(description="Tokenization settings from the training config.")
+    device: str
+    dtype: str
+
+
+class Health(BaseModel):
+    """Liveness of the HTTP ingress."""
+
+    status: Literal["ok"] = "ok"
+    auth_required: bool
+
+
+class ErrorMessage(BaseModel):
+    """An error other than a validation error (those are 422 with a list of named problems)."""
+
+    detail: str
+
+
+def errors(**descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries, ``errors(e413="...")``: each status with its description."""
+    return {int(code[1:]): {"model": ErrorMessage, "description": text} for code, text in descriptions.items()}
+
+
+BODY_ERRORS = errors(
+    e400="The body cannot be parsed (invalid UTF-8, JSON nested too deeply).",
+    e413="The body is over the deployment's max_body_bytes.",
+    e503="A model replica failed twice; retry after Retry-After seconds.",
+)

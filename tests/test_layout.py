@@ -1,0 +1,167 @@
+"""The run layout: file names, atomic writes, resolving every reference form, the node cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sentiment import layout
+from sentiment.config import load_config
+from sentiment.layout import CheckpointError, atomic_dir, resolve, save_model_dir
+from sentiment.model import build_model, load_tokenizer
+
+
+def test_atomic_dir_leaves_nothing_on_a_crash(tmp_path):
+    dest = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(dest) as tmp:
+            (tmp / "half.bin").write_bytes(b"x" * 10)
+            raise RuntimeError("killed mid-write")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_replaces_only_when_complete(tmp_path):
+    dest = tmp_path / "ckpt"
+    with atomic_dir(dest) as tmp:
+        (tmp / "v").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(dest) as tmp:
+            (tmp / "v").write_text("2")
+            raise RuntimeError
+    assert (dest / "v").read_text() == "1"
+    with atomic_dir(dest) as tmp:
+        (tmp / "v").write_text("3")
+    assert (dest / "v").read_text() == "3" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_locations_keep_scheme_and_query():
+    base = "s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert layout.location_of(base, "bucket/runs/r1/epoch_001") == \
+        "s3://bucket/runs/r1/epoch_001?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert layout.child(base, "r1", "best.json") == "s3://bucket/runs/r1/best.json?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert layout.location_of("file:///data/runs", "/data/runs/r1") == "file:///data/runs/r1"
+    assert layout.location_of("/data/runs", "/data/runs/r1") == "/data/runs/r1"
+    assert layout.is_uri("gs://b/x") and not layout.is_uri("runs/x")
+
+
+def test_write_json_is_atomic_on_a_filesystem(tmp_path):
+    fs, path = layout.filesystem(tmp_path)
+    layout.write_json(fs, layout.join(path, "a.json"), {"x": 1})
+    layout.write_json(fs, layout.join(path, "a.json"), {"x": 2})
+    assert layout.read_json(fs, layout.join(path, "a.json")) == {"x": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+@pytest.fixture()
+def model_dir(tmp_path, tiny_model_dir):
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "model.label_names=[neg, pos]"])
+    save_model_dir(build_model(cfg.model), load_tokenizer(str(tiny_model_dir)), cfg, {"val_accuracy": 0.5}, tmp_path / "run" / "epoch_001" / "model")
+    return tmp_path / "run"
+
+
+def test_model_folder_is_plain_hf_with_config_and_metrics(model_dir):
+    folder = model_dir / "epoch_001" / "model"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "train_config.json", "metrics.json"} <= {p.name for p in folder.iterdir()}
+    assert not list(folder.glob("*.bin"))  # safetensors only
+    assert json.loads((folder / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
+    model = resolve(folder)
+    assert model.config.model.label_names == ["neg", "pos"] and model.metrics == {"val_accuracy": 0.5}
+    import hashlib
+
+    weights = (folder / "model.safetensors").read_bytes()
+    assert model.sha256 == hashlib.sha256(weights).hexdigest() and model.size == len(weights)
+
+
+def test_resolve_each_layout(model_dir):
+    folder = str(model_dir / "epoch_001" / "model")
+    assert resolve(folder).location == folder and resolve(folder).epoch_dir is None
+    by_epoch = resolve(model_dir / "epoch_001")
+    assert by_epoch.location == folder and by_epoch.epoch_dir == str(model_dir / "epoch_001")
+    (model_dir / "result.json").write_text(json.dumps({"best_checkpoint": str(model_dir / "epoch_001"), "last_checkpoint": str(model_dir / "epoch_001")}))
+    assert resolve(model_dir, "last").location == folder
+    assert resolve(f"file://{model_dir}", "last").location == f"file://{folder}"
+    with pytest.raises(CheckpointError, match="choose best or last"):
+        resolve(model_dir, "middle")
+
+
+def test_missing_and_incomplete_checkpoints(model_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve(tmp_path / "nope")
+    (model_dir / "epoch_001" / "model" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing model.safetensors"):
+        resolve(model_dir / "epoch_001")
+
+
+def test_corrupt_config_and_damaged_weights_are_reported(model_dir):
+    weights = model_dir / "epoch_001" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    with pytest.raises(CheckpointError, match="damaged weights .*header describes"):
+        resolve(model_dir / "epoch_001")
+    (model_dir / "epoch_001" / "model" / "train_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        resolve(model_dir / "epoch_001")
+
+
+def test_a_model_that_is_not_a_classifier_is_refused(model_dir):
+    hf = model_dir / "epoch_001" / "model" / "config.json"
+    hf.write_text(json.dumps(json.loads(hf.read_text()) | {"architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(CheckpointError, match="not a sequence classifier"):
+        resolve(model_dir / "epoch_001")
+
+
+def test_best_pointer_and_the_word_best(model_dir, tmp_path):
+    (tmp_path / "best.json").write_text(json.dumps({"checkpoint": str(model_dir / "epoch_001")}))
+    folder = str(model_dir / "epoch_001" / "model")
+    assert resolve(tmp_path).location == folder
+    assert resolve(tmp_path / "best.json").location == folder
+    assert resolve("best", storage_path=str(tmp_path)).location == folder
+    assert resolve("best", storage_path=f"file://{tmp_path}").location == f"file://{folder}"
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve("best", storage_path=str(tmp_path / "empty"))
+    (tmp_path / "best.json").write_text(json.dumps({"checkpoint": str(tmp_path / "gone")}))
+    with pytest.raises(CheckpointError, match="gone' does not exist"):
+        resolve("best", storage_path=str(tmp_path))
+
+
+def test_a_remote_model_is_copied_once_per_node_and_removed_when_unused(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SENTIMENT_CACHE_DIR", str(tmp_path / "cache"))
+    model = resolve(f"file://{model_dir}/epoch_001")
+    assert model.is_remote
+    first, second = model.open_local(), model.open_local()
+    assert first.path == second.path == tmp_path / "cache" / model.sha256 / "model"
+    assert (first.path / "model.safetensors").read_bytes() == (model_dir / "epoch_001/model/model.safetensors").read_bytes()
+    first.close()
+    assert second.path.is_dir()  # still held
+    second.close()
+    assert not (tmp_path / "cache" / model.sha256).exists()
+
+
+def test_a_copy_held_by_a_dead_process_is_pruned(model_dir, tmp_path):
+    cache = tmp_path / "cache"
+    hold = ("from sentiment.layout import resolve; import sys; m = resolve(sys.argv[1]).open_local(); "
+            "print(m.path, flush=True)")
+    env = {**os.environ, "SENTIMENT_CACHE_DIR": str(cache)}
+    out = subprocess.run([sys.executable, "-c", hold, f"file://{model_dir}/epoch_001"], env=env, capture_output=True, text=True, check=True)
+    held = Path(out.stdout.strip())
+    assert held.is_dir()  # the process died without closing
+    os.environ["SENTIMENT_CACHE_DIR"] = str(cache)
+    try:
+        layout.prune_cache()
+    finally:
+        del os.environ["SENTIMENT_CACHE_DIR"]
+    assert not held.exists()
+
+
+def test_a_remote_copy_that_changed_since_resolving_is_refused(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SENTIMENT_CACHE_DIR", str(tmp_path / "cache"))
+    model = resolve(f"file://{model_dir}/epoch_001")
+    weights = model_dir / "epoch_001" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(CheckpointError, match="weights changed since resolved"):
+        model.open_local()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".lock"]

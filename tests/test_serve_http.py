@@ -1,0 +1,104 @@
+"""serve.http without Ray: the FastAPI app over a stand-in model, on a real uvicorn on 127.0.0.1.
+
+The routes, the API key, the body limits and the error bodies are the product's own code; only the
+model behind them is a stand-in, so these run in the fast tier. tests/test_serve.py runs the same
+app on Ray Serve with a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+import uvicorn
+from pydantic import SecretStr
+
+from serve.http import make_api
+from serve.schemas import ServeArgs
+from sentiment.predict import Prediction
+from tests.test_serve import free_port
+
+KEY = "test-key-123"
+
+
+class StandIn:
+    """A model that calls a text positive when it holds 'good'; records what it was asked."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[str]] = []
+
+    async def predict(self, texts: list[str]) -> list[Prediction]:
+        self.seen.append(texts)
+        return [Prediction("positive" if "good" in t else "negative", 0.9 if "good" in t else 0.6,
+                           {"negative": 0.1, "positive": 0.9} if "good" in t else {"negative": 0.6, "positive": 0.4},
+                           num_tokens=len(t.split()) + 2, truncated=False) for t in texts]
+
+    async def info(self) -> dict[str, Any]:
+        return {"checkpoint": "c", "path": "/p", "sha256": "0" * 64, "label_names": ["negative", "positive"],
+                "metrics": {}, "config": {}, "device": "cpu", "dtype": "float32"}
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[tuple[str, StandIn]]:
+    backend = StandIn()
+    args = ServeArgs(checkpoint="c", api_key=SecretStr(KEY), max_text_chars=50, max_texts=3, max_body_bytes=2000)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(make_api(backend, args), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", backend
+    server.should_exit = True
+    thread.join(10)
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def test_predictions_keep_order_and_mark_uncertain_ones(api):
+    url, backend = api
+    reply = requests.post(f"{url}/v1/predict", json={"texts": ["good film", "dull film"]}, headers=AUTH, timeout=10)
+    assert reply.status_code == 200
+    got = reply.json()["predictions"]
+    assert [p["label"] for p in got] == ["positive", "negative"] and backend.seen[-1] == ["good film", "dull film"]
+    assert [p["uncertain"] for p in got] == [False, True]  # 0.6 < uncertain_below 0.8
+
+
+def test_the_key_is_required_by_bearer_or_basic_auth_and_never_echoed(api):
+    url, _ = api
+    denied = requests.post(f"{url}/v1/predict", json={"text": "good"}, headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert denied.status_code == 401 and denied.headers["WWW-Authenticate"] == "Bearer" and "nope" not in denied.text
+    assert requests.post(f"{url}/v1/predict", json={"text": "good"}, auth=(KEY, ""), timeout=10).status_code == 200
+    assert requests.get(f"{url}/v1/model", timeout=10).status_code == 401
+    assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok", "auth_required": True}
+    assert "<html" in requests.get(f"{url}/", timeout=10).text.lower()  # the page is open; it asks for the key
+
+
+@pytest.mark.parametrize("kwargs, status, message", [
+    ({"json": {"text": "x" * 51}}, 422, "at most 50 characters"),
+    ({"json": {"texts": ["a", "b", "c", "d"]}}, 422, "at most 3 items"),
+    ({"json": {"text": "  <br />  "}}, 422, "text is empty"),
+    ({"json": {"text": "a", "texts": ["b"]}}, 422, "exactly one of"),
+    ({"data": "text=good", "headers": {"Content-Type": "text/plain"}}, 415, "Content-Type must be application/json"),
+    ({"data": b"{" + b" " * 3000 + b"}", "headers": {"Content-Type": "application/json"}}, 413, "over 2000 bytes"),
+])
+def test_bad_requests_get_a_json_4xx_naming_the_problem(api, kwargs, status, message):
+    url, backend = api
+    calls = len(backend.seen)
+    headers = {**AUTH, **kwargs.get("headers", {})}
+    reply = requests.post(f"{url}/v1/predict", **{k: v for k, v in kwargs.items() if k != "headers"}, headers=headers, timeout=10)
+    assert reply.status_code == status and message in reply.text
+    assert "x" * 51 not in reply.text  # a rejected text is not echoed back
+    assert len(backend.seen) == calls  # the model never saw it
+
+
+def test_form_posts_go_to_their_own_route(api):
+    url, _ = api
+    reply = requests.post(f"{url}/v1/predict/form", data={"review": "good"}, headers=AUTH, timeout=10)
+    assert reply.status_code == 200 and reply.json()["predictions"][0]["label"] == "positive"

@@ -1,0 +1,76 @@
+"""The fast tier's end-to-end path: train for real, load the run with Predictor, serve one request.
+
+On real IMDB reviews (``$IMDB_DATA_DIR``) it fine-tunes the packaged MiniLM, which must learn
+sentiment from a few hundred reviews; on the synthetic stand-in it trains the tiny BERT, which
+must learn its word cues. Either way the test accuracy has a floor that a broken pipeline (labels
+shuffled, weights not saved, the wrong checkpoint loaded) falls under.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import requests
+
+from ray_jobs.local_ray import init_ray
+from ray_jobs.train import launch, prepare_data
+from sentiment.config import PACKAGED_MODEL
+from sentiment.data import load_splits
+from sentiment.layout import resolve
+from sentiment.predict import Predictor
+from tests.conftest import imdb_dir
+from tests.test_serve import start_serve, stop_serve
+from tests.test_train_ray import smoke_config
+
+pytestmark = [pytest.mark.ray, pytest.mark.smoke]
+
+REAL = imdb_dir() is not None
+# MiniLM on ~360 real reviews, one epoch: about 75-80% on 200 test reviews (chance is 50%, one
+# standard error 3.5 points). The tiny BERT on the synthetic cues: about 100%.
+FLOOR = 0.70 if REAL else 0.90
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir, small_imdb, tmp_path_factory):
+    model = PACKAGED_MODEL if REAL else str(tiny_model_dir)
+    extra = (["data.max_seq_length=128", "train.epochs=1", "train.lr=1e-4", "scaling.num_workers=1",
+              "scaling.cpus_per_worker=2", "data.max_train_samples=null", "data.max_test_samples=null",
+              "data.validation_fraction=0.1", "train.warmup_ratio=0.1", "deepspeed.zero_stage=0"]
+             if REAL else ["train.epochs=3", "data.max_test_samples=null"])
+    cfg = smoke_config(model, small_imdb, tmp_path_factory.mktemp("runs"), "e2e", *extra)
+    init_ray(num_cpus=2)
+    summary = launch(cfg, prepare_data(cfg))
+    yield cfg, summary
+    stop_serve()
+
+
+def test_training_beats_the_accuracy_floor(run):
+    _, summary = run
+    test = summary["test_metrics"]
+    assert test["test_count"] == 200
+    assert test["test_accuracy"] >= FLOOR, f"test accuracy {test['test_accuracy']:.3f} under the floor {FLOOR}"
+
+
+def test_predictor_loads_the_run_and_agrees_with_training(run):
+    cfg, summary = run
+    predictor = Predictor.load(summary["run_dir"])
+    assert predictor.resolved.epoch_dir == summary["best_checkpoint"]
+    test = load_splits(cfg.data, cfg.model.label_names)["test"]
+    proba = predictor.predict(list(test["text"]), return_proba=True)
+    accuracy = float((proba.argmax(1) == np.asarray(test["label"])).mean())
+    assert accuracy == pytest.approx(summary["test_metrics"]["test_accuracy"], abs=1 / len(test))
+
+
+def test_one_served_request_matches_the_predictor(run, monkeypatch):
+    _, summary = run
+    monkeypatch.delenv("SENTIMENT_API_KEY", raising=False)
+    url = start_serve({"checkpoint": summary["run_dir"], "num_cpus": 1, "max_replicas": 1})
+    text = "A fun brain candy movie... good dialog, and a cast that clearly enjoyed it."
+    reply = requests.post(f"{url}/v1/predict", json={"text": text}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    [served] = reply.json()["predictions"]
+    predictor = Predictor.load(summary["run_dir"])
+    [local] = predictor.predict_details([text])
+    assert served["label"] == local.label and served["probabilities"] == pytest.approx(local.probabilities, abs=1e-5)
+    info = requests.get(f"{url}/v1/model", timeout=30).json()
+    assert info["sha256"] == resolve(summary["run_dir"]).sha256 and info["path"] == predictor.path
