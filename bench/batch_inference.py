@@ -26,6 +26,7 @@ import ray
 from bench.serve_throughput import load_reviews, packaged_checkpoint
 from ray_jobs.batch_inference import quiet_ray_data, score_texts
 from ray_jobs.local_ray import init_ray
+from sentiment.layout import resolve
 from sentiment.predict import Predictor
 
 
@@ -53,7 +54,7 @@ def single_process(predictor: Predictor, reviews: list[str], batch_size: int) ->
 def ray_data(checkpoint: Path, reviews: list[str], workers: int, batch_size: int) -> tuple[float, np.ndarray]:
     """Reviews per second of Ray Data end to end, and its positive-class probabilities."""
     start = time.perf_counter()
-    scores, _ = score_texts(reviews, str(checkpoint), workers, False, batch_size, "bench")
+    scores, _ = score_texts(reviews, resolve(checkpoint), workers, False, batch_size, "bench", backend="torch")
     return len(reviews) / (time.perf_counter() - start), scores.filter(like="prob_").to_numpy()[:, -1]
 
 

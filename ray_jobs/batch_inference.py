@@ -43,12 +43,12 @@ class ReviewScorer:
     Returns only the row position and the predictions (the texts stay where they are).
     """
 
-    def __init__(self, model: ResolvedModel, use_gpu: bool, batch_size: int) -> None:
+    def __init__(self, model: ResolvedModel, use_gpu: bool, batch_size: int, backend: str = "auto") -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise in job logs
         device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", torch.float32)
-        self.predictor = Predictor.load(model, device=device, dtype=dtype)
+        self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend)
         self.batch_size = batch_size
 
     def __call__(self, block: pd.DataFrame) -> pd.DataFrame:
@@ -87,6 +87,7 @@ def score_texts(
     use_gpu: bool,
     batch_size: int = 64,
     label: str = "predict",
+    backend: str = "auto",
 ) -> tuple[pd.DataFrame, float]:
     """Predict every text with ``workers`` model actors on the current Ray.
 
@@ -97,6 +98,7 @@ def score_texts(
         use_gpu: put the actors on GPUs (bf16) instead of CPUs (fp32).
         batch_size: reviews per forward pass inside an actor.
         label: prefix of the progress lines.
+        backend: inference backend of the actors (see :mod:`sentiment.backends`).
 
     Returns:
         The prediction columns, one row per text in input order, and the reviews/s achieved.
@@ -107,7 +109,7 @@ def score_texts(
     blocks = [rows.iloc[s:s + block].reset_index(drop=True) for s in range(0, len(rows), block)]
     resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
     ds = ray.data.from_pandas(blocks).map_batches(
-        ReviewScorer, fn_constructor_kwargs={"model": model, "use_gpu": use_gpu, "batch_size": batch_size},
+        ReviewScorer, fn_constructor_kwargs={"model": model, "use_gpu": use_gpu, "batch_size": batch_size, "backend": backend},
         batch_size=block, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), **resources,
     )
     progress = Progress(len(texts), label)

@@ -34,6 +34,7 @@ from ray_jobs.batch_inference import (
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import Tracker, start_tracking
 from sentiment import layout
+from sentiment.backends import BACKENDS, choose_backend
 from sentiment.config import Config, ConfigError
 from sentiment.layout import CALIBRATION_FILE, RESULT_FILE, STATE_FILE, CheckpointError, ResolvedModel
 from sentiment.data import DataError, load_splits
@@ -65,6 +66,7 @@ class EvaluateConfig(BaseModel):
     mistakes: int = Field(10, ge=0, description="Most confident mistakes shown.")
     workers: int | None = Field(None, ge=1, description="Model actors (default: one per GPU, else per CPU).")
     batch_size: int = Field(64, ge=1)
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field("auto", description="Backend that scores the split.")
     wandb: Literal["auto", "online", "offline", "disabled"] | None = Field(
         None, description="Default: the checkpoint's tracking.mode."
     )
@@ -89,6 +91,8 @@ def parse_args(argv: list[str] | None) -> EvaluateConfig:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--wandb", choices=("auto", "online", "offline", "disabled"), default=None,
                     help="default: the checkpoint's tracking.mode")
+    ap.add_argument("--backend", choices=BACKENDS, default="auto",
+                    help="scores the split; auto: torch bf16 on GPUs, on CPUs the verified int8 export, else fp32 ONNX, else torch")
     args = ap.parse_args(argv)
     for name in ("max_samples", "workers", "batch_size"):
         value = getattr(args, name)
@@ -184,10 +188,10 @@ def log_to_wandb(tracker: Tracker, metrics: dict[str, Any], plots: dict[str, Pat
     tracker.run.log_artifact(artifact)
 
 
-def calibrate(validation: pd.DataFrame, model: ResolvedModel, workers: int, use_gpu: bool, batch_size: int) -> float:
-    """Fit a temperature on the validation split and save it with the model folder."""
+def calibrate(validation: pd.DataFrame, model: ResolvedModel, workers: int, use_gpu: bool, batch_size: int, backend: str) -> float:
+    """Fit a temperature on the validation split (scored by ``backend``) and save it with the model folder."""
     names = model.config.model.label_names
-    scores, _ = score_texts(validation["text"].tolist(), model, workers, use_gpu, batch_size, "calibrate")
+    scores, _ = score_texts(validation["text"].tolist(), model, workers, use_gpu, batch_size, "calibrate", backend)
     temperature = fit_temperature(scores[[logit_column(n) for n in names]].to_numpy(), validation["label"].to_numpy())
     save_temperature(model, temperature, len(validation))
     print(f"evaluate: temperature {temperature:.4f} fitted on {len(validation)} validation reviews, saved with the checkpoint")
@@ -254,14 +258,16 @@ def run(args: EvaluateConfig) -> dict[str, Any]:
     quiet_ray_data()
     use_gpu = cluster_has_gpus()
     workers = args.workers or default_workers(use_gpu)
-    print(f"evaluate: {len(split)} {args.split} reviews, {model.location}, {workers} {'GPU' if use_gpu else 'CPU'} worker(s)", flush=True)
+    backend = choose_backend(args.backend, model, "cuda" if use_gpu else "cpu")
+    print(f"evaluate: {len(split)} {args.split} reviews, {model.location} ({backend}), {workers} "
+          f"{'GPU' if use_gpu else 'CPU'} worker(s)", flush=True)
     predictor = Predictor.load(model)  # in-process: the seed's examples and the word attributions
     try:
         temperature = saved_temperature(predictor)
         if args.calibrate:
-            temperature = calibrate(validation, model, workers, use_gpu, args.batch_size)
-        scores, rate = score_texts(split["text"].tolist(), model, workers, use_gpu, args.batch_size, "evaluate")
-        meta = {"workers": workers, "device": "GPU" if use_gpu else "CPU", "reviews_per_s": rate}
+            temperature = calibrate(validation, model, workers, use_gpu, args.batch_size, backend)
+        scores, rate = score_texts(split["text"].tolist(), model, workers, use_gpu, args.batch_size, "evaluate", backend)
+        meta = {"workers": workers, "device": "GPU" if use_gpu else "CPU", "backend": backend, "reviews_per_s": rate}
         metrics = write_evaluation(args, model, cfg, predictor, split, scores, temperature, meta, out)
     finally:
         predictor.close()

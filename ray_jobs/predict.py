@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray_jobs.batch_inference import PREDICTED, cluster_has_gpus, default_workers, quiet_ray_data, score_texts
 from ray_jobs.local_ray import init_ray
 from sentiment import layout
+from sentiment.backends import BACKENDS, choose_backend
 from sentiment.layout import CheckpointError
 
 FORMATS = (".parquet", ".csv", ".jsonl")
@@ -51,6 +52,7 @@ class PredictConfig(BaseModel):
     workers: int | None = Field(None, ge=1, description="Model actors (default: one per GPU, else per CPU).")
     batch_size: int = Field(64, ge=1, description="Reviews per forward pass.")
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field("auto", description="Inference backend of the actors.")
 
 
 def file_format(path: str, role: str) -> str:
@@ -147,6 +149,8 @@ def parse_args(argv: list[str] | None) -> PredictConfig:
     ap.add_argument("--workers", type=int, default=None, help="model actors (default: one per GPU, else per CPU)")
     ap.add_argument("--batch-size", type=int, default=64, help="reviews per forward pass")
     ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    ap.add_argument("--backend", choices=BACKENDS, default="auto",
+                    help="auto: torch bf16 on GPUs; on CPUs the verified int8 export, else fp32 ONNX, else torch")
     args = ap.parse_args(argv)
     for name in ("workers", "batch_size"):
         value = getattr(args, name)
@@ -183,10 +187,11 @@ def run(args: PredictConfig) -> pd.DataFrame:
     init_ray()
     quiet_ray_data()
     use_gpu = resolve_device(args.device)
+    backend = choose_backend(args.backend, model, "cuda" if use_gpu else "cpu")
     workers = args.workers or default_workers(use_gpu)
-    print(f"predict: {len(texts)} reviews from {args.input} with {model.location} on {workers} "
+    print(f"predict: {len(texts)} reviews from {args.input} with {model.location} ({backend}) on {workers} "
           f"{'GPU' if use_gpu else 'CPU'} worker(s)", flush=True)
-    predictions, _ = score_texts(texts, model, workers, use_gpu, args.batch_size)
+    predictions, _ = score_texts(texts, model, workers, use_gpu, args.batch_size, backend=backend)
     out = with_predictions(df, mask, predictions)
     write_table(out, args.output)
     skipped = int((~mask).sum())

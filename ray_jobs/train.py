@@ -21,6 +21,8 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from ray_jobs.export import ExportConfig
+from ray_jobs.export import run as export_checkpoint
 from ray_jobs.local_ray import init_ray
 from ray_jobs.train_loop import train_loop_per_worker
 from sentiment import layout
@@ -228,14 +230,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"test accuracy: {test['test_accuracy']:.4f} on {test['test_count']} held-out reviews "
           f"(macro F1 {test['test_f1']:.4f}, best epoch {test['test_epoch']})")
     root = layout.storage_root(cfg)
-    print(f"checkpoint: {layout.location_of(root, layout.join(summary['best_checkpoint'], MODEL_DIR))}")
+    best_model = layout.location_of(root, layout.join(summary["best_checkpoint"], MODEL_DIR))
+    print(f"checkpoint: {best_model}")
     print(f"run folder: {layout.location_of(root, summary['run_dir'])}")
+    if cfg.train.export:
+        export_checkpoint(ExportConfig(checkpoint=best_model, int8="onnx-int8" in cfg.train.export))
     return summary
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, ValueError) as err:
+    except (ConfigError, ValueError) as err:  # ExportError and CheckpointError are ValueErrors too
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -59,6 +59,8 @@ def token_attributions(
     attribution is its share of moving the logit from "no content" to the review.
     """
     model, tok = predictor.model, predictor.tokenizer
+    if model is None:
+        raise ValueError(f"word attributions need gradients: load the predictor with backend='torch', not {predictor.backend.name!r}")
     device = next(model.parameters()).device
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ Everything lives on a pyarrow filesystem, so a local path and a URI (``s3://``, 
             train_config.json             the resolved project config (max length, truncation, labels ...)
             metrics.json                  the metrics of the epoch it was saved at
             calibration.json              optional: {"temperature": T, ...} from ``ray_jobs.evaluate --calibrate``
+            onnx/                         optional, from ``ray_jobs.export``: model.onnx, model-int8.onnx and
+                                          export.json (each verified variant: file, sha256, its check's figures)
         deepspeed/                        engine, optimizer and scheduler state per rank (resuming)
         train_state.json                  epoch, step, best so far, history
 
@@ -53,6 +55,9 @@ STATE_FILE = "train_state.json"
 RESULT_FILE = "result.json"
 TEST_METRICS_FILE = "test_metrics.json"
 BEST_FILE = "best.json"
+ONNX_DIR = "onnx"
+EXPORT_FILE = "export.json"
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
 REQUIRED_MODEL_FILES = (HF_CONFIG_FILE, WEIGHTS_FILE, CONFIG_FILE)
 EPOCH_CHECKPOINT_PARTS = (STATE_FILE, DEEPSPEED_DIR, MODEL_DIR)
 _CHUNK = 1 << 20
@@ -240,6 +245,8 @@ class ResolvedModel:
         size: its size in bytes.
         config: the resolved training config saved with it (tokenization, labels ...).
         metrics: the validation metrics saved with it.
+        exports: the verified ONNX exports in ``onnx/export.json``, by backend name
+            (``{"onnx-int8": {"file": ..., "sha256": ..., "check": {...}}}``).
     """
 
     reference: str
@@ -249,6 +256,7 @@ class ResolvedModel:
     size: int
     config: Config
     metrics: dict[str, Any] = field(default_factory=dict)
+    exports: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def is_remote(self) -> bool:
@@ -309,6 +317,7 @@ def resolve(reference: str | os.PathLike[str], which: str = "best", storage_path
     sha, size = _check_weights(fs, join(path, WEIGHTS_FILE), shown)
     return ResolvedModel(
         reference=str(reference), location=shown, sha256=sha, size=size, config=cfg, metrics=metrics,
+        exports=_read_exports(fs, path, shown),
         epoch_dir=location_of(base, epoch_dir) if epoch_dir else None,
     )
 
@@ -341,6 +350,18 @@ def _read_configs(fs: pafs.FileSystem, path: str, shown: str) -> tuple[Config, d
     if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
         raise CheckpointError(f"{shown} is not a sequence classifier (architectures: {architectures or 'none'})")
     return cfg, metrics
+
+
+def _read_exports(fs: pafs.FileSystem, path: str, shown: str) -> dict[str, dict[str, Any]]:
+    """The verified exports recorded in ``onnx/export.json`` whose files are there."""
+    record = join(path, ONNX_DIR, EXPORT_FILE)
+    if not is_file(fs, record):
+        return {}
+    try:
+        exports = read_json(fs, record)["exports"]
+    except (ValueError, KeyError, OSError) as err:
+        raise CheckpointError(f"{shown}/{ONNX_DIR}/{EXPORT_FILE} is corrupt: {err!r}") from None
+    return {name: e for name, e in exports.items() if is_file(fs, join(path, ONNX_DIR, e["file"]))}
 
 
 def _check_weights(fs: pafs.FileSystem, path: str, shown: str) -> tuple[str, int]:

@@ -1,4 +1,4 @@
-"""In-process predictions from a checkpoint, tokenized exactly as training did."""
+"""In-process predictions from a checkpoint, tokenized exactly as training did, on any backend."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from sentiment.backends import Backend, TorchBackend, choose_backend, onnx_backend
 from sentiment.batching import eval_batches, iterate, make_collator
-from sentiment.layout import CheckpointError, LocalModel, ResolvedModel, read_temperature, resolve
+from sentiment.layout import WEIGHTS_FILE, CheckpointError, LocalModel, ResolvedModel, read_temperature, resolve
 from sentiment.config import Config
 from sentiment.data import SpecialTokens, encode_texts, fit_to_length
 from sentiment.metrics import softmax
@@ -36,9 +37,10 @@ class Predictor:
     """
 
     def __init__(
-        self, model: torch.nn.Module, tokenizer: object, resolved: ResolvedModel, local: LocalModel, temperature: float = 1.0
+        self, backend: Backend, tokenizer: object, resolved: ResolvedModel, local: LocalModel, temperature: float = 1.0
     ) -> None:
-        self.model = model.eval()
+        self.backend = backend
+        self.model = backend.model if isinstance(backend, TorchBackend) else None  # gradients (attributions) need torch
         self.temperature = temperature  # probabilities are softmax(logits / temperature)
         self.tokenizer = tokenizer
         self.resolved = resolved
@@ -58,34 +60,51 @@ class Predictor:
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         storage_path: str | None = None,
+        backend: str = "torch",
     ) -> Predictor:
         """Load a checkpoint: a :class:`~sentiment.layout.ResolvedModel` (resolved once by the
         caller, never again here), or any reference :func:`sentiment.layout.resolve` takes (a
         model folder, an epoch checkpoint, a run folder's ``best`` or ``last``, a sweep folder,
         ``best`` under ``storage_path``, a URI). A remote model is loaded from this node's cached
         copy, held until :meth:`close`. A temperature saved with the model
-        (``calibration.json``) scales the probabilities it returns.
+        (``calibration.json``) scales the probabilities it returns. ``backend`` is ``torch``,
+        ``onnx``, ``onnx-int8`` or ``auto`` (see :mod:`sentiment.backends`); every backend gives the
+        same outputs within its verified tolerance, and the same errors.
 
         Raises:
-            CheckpointError: missing, incomplete or corrupt checkpoint, or not a sequence classifier.
+            CheckpointError: missing, incomplete or corrupt checkpoint, not a sequence classifier,
+                or a backend it has no verified export for.
         """
         resolved = checkpoint if isinstance(checkpoint, ResolvedModel) else resolve(checkpoint, which, storage_path)
+        kind = choose_backend(backend, resolved, device)
         local = resolved.open_local()
         try:
             temperature = read_temperature(local.path)
             tokenizer = AutoTokenizer.from_pretrained(local.path, use_fast=True)
-            model = AutoModelForSequenceClassification.from_pretrained(local.path, use_safetensors=True, dtype=dtype)
+            if kind == "torch":
+                model = AutoModelForSequenceClassification.from_pretrained(local.path, use_safetensors=True, dtype=dtype)
+                runner: Backend = TorchBackend(model.to(device))
+            else:
+                model, runner = None, onnx_backend(kind, resolved, local.path)
         except Exception as err:
             local.close()
             if isinstance(err, CheckpointError):
                 raise
             raise CheckpointError(f"checkpoint {resolved.location!r} cannot be loaded: {err}") from None
-        if model.config.num_labels != resolved.config.model.num_labels:
+        if model is not None and model.config.num_labels != resolved.config.model.num_labels:
             local.close()
             raise CheckpointError(
                 f"{resolved.location}: model has {model.config.num_labels} labels, config {resolved.config.model.num_labels}"
             )
-        return cls(model.to(device), tokenizer, resolved, local, temperature)
+        return cls(runner, tokenizer, resolved, local, temperature)
+
+    @property
+    def served_file(self) -> tuple[str, str]:
+        """The file this predictor runs and its sha256 (the weights, or the ONNX export)."""
+        if self.backend.name == "torch":
+            return WEIGHTS_FILE, self.resolved.sha256
+        export = self.resolved.exports[self.backend.name]
+        return export["file"], export["sha256"]
 
     def close(self) -> None:
         """Give up this node's cached copy of a remote checkpoint (nothing to do for a local one)."""
@@ -98,15 +117,12 @@ class Predictor:
         ids = [fit_to_length(c, self.specials, data.max_seq_length, data.truncation, data.head_fraction) for c in content]
         return ids, [len(c) + len(self.specials) for c in content]
 
-    @torch.inference_mode()
     def logits_for_ids(self, ids: list[list[int]], batch_size: int = 64) -> np.ndarray:
         """Raw logits (no temperature) for already-encoded inputs, batched by length, in input order."""
         out = np.zeros((len(ids), len(self.label_names)), dtype=np.float32)
-        device = next(self.model.parameters()).device
         batches = eval_batches([len(x) for x in ids], batch_size)
         for idx, batch in iterate(ids, None, batches, self.collate):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out[idx] = self.model(**batch).logits.float().cpu().numpy()
+            out[idx] = self.backend.logits(batch)
         return out
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:

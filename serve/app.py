@@ -28,6 +28,7 @@ from serve.deployment import SentimentModel
 from serve.http import make_api
 from serve.schemas import API_KEY_ENV, ServeArgs
 from sentiment import layout
+from sentiment.backends import choose_backend
 from sentiment.predict import Prediction
 
 
@@ -85,13 +86,14 @@ def build_app(args: ServeArgs) -> Application:
     if args.api_key is None and os.environ.get(API_KEY_ENV):
         args = args.model_copy(update={"api_key": SecretStr(os.environ[API_KEY_ENV])})
     model = layout.resolve(args.checkpoint, args.which, args.storage_path)
+    choose_backend(args.backend, model, "cuda" if args.num_gpus > 0 else "cpu")  # a missing export fails here
     record_served_model(model, args.wandb_mode, args.wandb_project, args.wandb_dir)
     replicas = SentimentModel.options(
         ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
         max_ongoing_requests=args.max_ongoing_requests,
         autoscaling_config=args.autoscaling_config(),
         user_config={"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s},
-    ).bind(model, args.num_gpus > 0)
+    ).bind(model, args.num_gpus > 0, args.backend)
     ingress = SentimentAPI.options(
         num_replicas=args.ingress_replicas,
         ray_actor_options={"num_cpus": 0},

@@ -36,7 +36,7 @@ class SentimentModel:
     so ``serve deploy`` can change them without reloading the model.
     """
 
-    def __init__(self, model: ResolvedModel, use_gpu: bool) -> None:
+    def __init__(self, model: ResolvedModel, use_gpu: bool, backend: str = "auto") -> None:
         """Load the resolved checkpoint ``model``.
 
         Raises:
@@ -46,12 +46,16 @@ class SentimentModel:
         if use_gpu and not torch.cuda.is_available():
             raise RuntimeError("num_gpus > 0 but this replica sees no CUDA device")
         device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", torch.float32)
-        self.predictor = Predictor.load(model, device=device, dtype=dtype)
+        self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend)
         cfg = model.config
+        served_file, served_sha = self.predictor.served_file
         self.model_info = {
             "checkpoint": model.reference,
             "path": model.location,
-            "sha256": model.sha256,
+            "backend": self.predictor.backend.name,
+            "file": served_file,
+            "sha256": served_sha,
+            "weights_sha256": model.sha256,
             "label_names": self.predictor.label_names,
             "metrics": self.predictor.metrics,
             "config": {
@@ -66,8 +70,8 @@ class SentimentModel:
             "dtype": str(dtype).removeprefix("torch."),
         }
         logger.info(
-            "serving checkpoint %s (model.safetensors sha256 %s) on %s/%s",
-            model.location, model.sha256, device, self.model_info["dtype"],
+            "serving checkpoint %s (%s sha256 %s) with %s on %s/%s",
+            model.location, served_file, served_sha, self.predictor.backend.name, device, self.model_info["dtype"],
         )
 
     def __del__(self) -> None:

@@ -27,6 +27,9 @@ class ServeArgs(BaseModel):
     storage_path: str | None = Field(None, description="Where 'best' is looked up (default ~/sentiment-runs).")
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per model replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per model replica (fractions share a GPU); > 0 runs bf16 on it.")
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto", description="Inference backend; auto: torch bf16 on a GPU, else the verified int8 export, else fp32 ONNX, else torch."
+    )
     max_batch_size: int = Field(32, ge=1, description="Texts per forward pass (@serve.batch).")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="Longest wait for a batch to fill.")
     max_ongoing_requests: int = Field(64, ge=1, description="Texts a model replica holds at once; caps its batches.")
@@ -131,7 +134,10 @@ class ModelInfo(BaseModel):
 
     checkpoint: str = Field(description="As given to build_app.")
     path: str = Field(description="The model folder it resolved to.")
-    sha256: str = Field(description="sha256 of model.safetensors.")
+    backend: str = Field(description="torch, onnx or onnx-int8.")
+    file: str = Field(description="The file served: model.safetensors or the ONNX export.")
+    sha256: str = Field(description="sha256 of the file served.")
+    weights_sha256: str = Field(description="sha256 of model.safetensors (the trained weights).")
     label_names: list[str]
     metrics: dict[str, Any] = Field(description="Validation metrics saved with the checkpoint.")
     config: dict[str, Any] = Field(description="Tokenization settings from the training config.")

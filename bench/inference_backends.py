@@ -1,0 +1,140 @@
+"""In-process inference per backend: reviews/s and test accuracy, torch fp32 as the baseline, one run.
+
+    python -m bench.inference_backends --checkpoint <fine-tuned model folder with onnx/>   # 1,000 reviews, 128 and 512
+    python -m bench.inference_backends --smoke                                             # CI-sized
+
+Every backend the checkpoint has a verified export for (``python -m ray_jobs.export --int8``) runs
+the same labelled IMDB test reviews (a seeded, stratified sample from ``$IMDB_DATA_DIR``) through
+``Predictor.logits_for_ids``: the same tokenization, length-sorted batches of ``--batch-size``, and
+this process's threads (all cores unless ``--threads``). Each backend is warmed up first. At 512
+tokens the checkpoint's own length is overridden (it may have been trained shorter). Printed last:
+each backend's reviews/s divided by torch fp32's, and its accuracy difference in points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sentiment.layout import resolve
+from sentiment.predict import Predictor
+
+DATA_DIR_ENV = "IMDB_DATA_DIR"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="fine-tuned model folder with verified exports (required unless --smoke)")
+    p.add_argument("--reviews", type=int, default=1000)
+    p.add_argument("--lengths", type=int, nargs="+", default=[128, 512])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all cores)")
+    p.add_argument("--smoke", action="store_true", help="CI-sized: a tiny exported model, 64 reviews at 64 tokens")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.reviews, args.lengths = 64, [64]
+    elif not args.checkpoint:
+        p.error("--checkpoint is required (a fine-tuned model folder exported with python -m ray_jobs.export --int8)")
+    return args
+
+
+def labelled_reviews(n: int) -> tuple[list[str], np.ndarray]:
+    """``n`` IMDB test reviews, half of each label (seeded), with their labels."""
+    folder = os.environ.get(DATA_DIR_ENV)
+    if not folder or not (Path(folder) / "test.parquet").is_file():
+        raise SystemExit(f"set {DATA_DIR_ENV} to a folder with IMDB test.parquet")
+    df = pd.read_parquet(Path(folder) / "test.parquet", columns=["text", "label"])
+    df = df.groupby("label").sample(n // 2, random_state=0).sample(frac=1, random_state=0)
+    return df["text"].tolist(), df["label"].to_numpy()
+
+
+def at_length(predictor: Predictor, length: int) -> Predictor:
+    """The predictor with its token budget set to ``length``."""
+    data = predictor.cfg.data.model_copy(update={"max_seq_length": length})
+    predictor.cfg = predictor.cfg.model_copy(update={"data": data})
+    return predictor
+
+
+def measure(predictor: Predictor, texts: list[str], labels: np.ndarray, batch_size: int) -> dict[str, float]:
+    """Reviews/s (tokenized beforehand, as every backend shares the tokenizer) and accuracy."""
+    ids, _ = predictor.encode(texts)
+    predictor.logits_for_ids(ids[:batch_size], batch_size)  # warm-up
+    start = time.perf_counter()
+    logits = predictor.logits_for_ids(ids, batch_size)
+    seconds = time.perf_counter() - start
+    return {"reviews_per_s": len(texts) / seconds, "accuracy": float((logits.argmax(1) == labels).mean()),
+            "mean_tokens": float(np.mean([len(x) for x in ids]))}
+
+
+def smoke_checkpoint(folder: Path) -> Path:
+    """A tiny BERT exported with both variants (its checks on 40 synthetic reviews)."""
+    from ray_jobs import export
+    from sentiment.config import PACKAGED_MODEL, load_config
+    from sentiment.layout import save_model_dir
+    from sentiment.model import build_model, load_tokenizer
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = load_tokenizer(PACKAGED_MODEL)
+    tiny = folder / "tiny"
+    BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=2, intermediate_size=64)).save_pretrained(tiny)
+    tokenizer.save_pretrained(tiny)
+    cfg = load_config(None, [f"model.name_or_path={tiny}", "data.max_seq_length=64"])
+    model = save_model_dir(build_model(cfg.model), tokenizer, cfg, {}, folder / "model")
+    words = {0: "dull awful boring", 1: "great brilliant fun"}
+    data = folder / "data"
+    data.mkdir()
+    rows = pd.DataFrame({"text": [f"{words[i % 2]} film {i}" for i in range(400)], "label": [i % 2 for i in range(400)]})
+    for split in ("train", "test"):
+        rows.to_parquet(data / f"{split}.parquet", index=False)
+    export.main(["--checkpoint", str(model), "--int8", "--data", str(data), "--check-reviews", "40"])
+    return model
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Measure every backend at every length; print the table, then the ratios last."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    texts, labels = labelled_reviews(args.reviews)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = smoke_checkpoint(Path(tmp)) if args.smoke else Path(args.checkpoint)
+        model = resolve(checkpoint)
+        backends = ["torch", *[b for b in ("onnx", "onnx-int8") if b in model.exports]]
+        for length in args.lengths:
+            for backend in backends:
+                predictor = at_length(Predictor.load(model, backend=backend), length)
+                rows.append({"length": length, "backend": backend, **measure(predictor, texts, labels, args.batch_size)})
+                predictor.close()
+    table = pd.DataFrame(rows)
+    base = table[table.backend == "torch"].set_index("length")
+    table["speedup"] = [r.reviews_per_s / base.loc[r.length, "reviews_per_s"] for r in table.itertuples()]
+    table["accuracy_points"] = [100 * (r.accuracy - base.loc[r.length, "accuracy"]) for r in table.itertuples()]
+    print(f"\n{len(texts)} IMDB test reviews, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} cores, {dt.date.today()}, commit {commit()}, checkpoint {checkpoint if not args.smoke else 'tiny (smoke)'}")
+    print(table.to_markdown(index=False, floatfmt=".3f"))
+    for r in table[table.backend != "torch"].itertuples():
+        print(f"{r.backend} / torch fp32 at {r.length} tokens: {r.speedup:.3g}x, accuracy {r.accuracy_points:+.1f} points")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""ray_jobs.export and sentiment.export: ONNX exports verified before they are kept, on a tiny model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ray_jobs import export
+import sentiment.export
+from sentiment.config import load_config
+from sentiment.export import INT8_RECIPES, ExportError
+from sentiment.layout import CheckpointError, resolve, save_model_dir
+from sentiment.model import build_model, load_tokenizer
+from sentiment.predict import Predictor
+from tests.test_serve import make_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTS = ["A fun brain candy movie...good dialog.", "What a waste of time. " * 40, "bad", "superb acting"]
+
+
+def plain_checkpoint(tiny_model_dir: Path, folder: Path) -> Path:
+    """The tiny BERT at its default initialisation: near-constant outputs, which int8 keeps."""
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "data.max_seq_length=64"])
+    return save_model_dir(build_model(cfg.model), load_tokenizer(str(tiny_model_dir)), cfg, {}, folder)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, small_imdb, tmp_path_factory):
+    """A tiny checkpoint whose outputs vary text to text, exported under a bar no int8 can pass
+    (any accuracy drop refused, even none): fp32 is kept, int8 refused with every recipe."""
+    model = make_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("export") / "model")
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(ExportError) as refused:
+        patch.setattr(sentiment.export, "INT8_MAX_DROP", -1.0)
+        export.main(["--checkpoint", str(model), "--int8", "--data", str(small_imdb), "--check-reviews", "40"])
+    return model, str(refused.value)
+
+
+@pytest.fixture(scope="module")
+def exported_int8(tiny_model_dir, small_imdb, tmp_path_factory):
+    model = plain_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("export-int8") / "model")
+    return model, export.main(["--checkpoint", str(model), "--int8", "--data", str(small_imdb), "--check-reviews", "40"])
+
+
+def test_fp32_is_kept_and_an_int8_that_loses_accuracy_is_not(exported):
+    model, message = exported
+    assert {p.name for p in (model / "onnx").iterdir()} == {"model.onnx", "export.json"}
+    record = json.loads((model / "onnx" / "export.json").read_text())
+    assert record["exports"]["onnx"]["check"]["max_probability_diff_vs_torch"] <= 1e-4
+    assert [r["recipe"] for r in record["rejected"]["onnx-int8"]] == [name for name, _ in INT8_RECIPES]
+    assert all(0 <= r["accuracy"] <= 1 and r["fp32_accuracy"] == record["exports"]["onnx"]["check"]["accuracy"]
+               for r in record["rejected"]["onnx-int8"])
+    assert message.startswith("onnx-int8 not written: accuracy fell more than 0.5 point below fp32 with every recipe")
+    assert resolve(model).exports.keys() == {"onnx"}
+
+
+def test_both_variants_are_written_with_their_checks(exported_int8):
+    model, record = exported_int8
+    assert {p.name for p in (model / "onnx").iterdir()} == {"model.onnx", "model-int8.onnx", "export.json"}
+    assert json.loads((model / "onnx" / "export.json").read_text()) == record
+    fp32, int8 = record["exports"]["onnx"], record["exports"]["onnx-int8"]
+    assert fp32["check"]["max_probability_diff_vs_torch"] <= 1e-4 and record["check_reviews"] == 40
+    assert int8["check"]["drop"] <= 0.005 and int8["bytes"] < fp32["bytes"]
+    assert int8["sha256"] == hashlib.sha256((model / "onnx" / "model-int8.onnx").read_bytes()).hexdigest()
+    assert Predictor.load(model, backend="auto").backend.name == "onnx-int8"  # the CPU's fastest verified one
+
+
+@pytest.mark.parametrize("which, backend, tolerance", [("exported", "onnx", 1e-4), ("exported_int8", "onnx-int8", 0.02)])
+def test_every_backend_gives_the_same_outputs(which, backend, tolerance, request):
+    model = request.getfixturevalue(which)[0]
+    reference = Predictor.load(model).predict_details(TEXTS)
+    other = Predictor.load(model, backend=backend)
+    got = other.predict_details(TEXTS)
+    np.testing.assert_allclose([g.probabilities["positive"] for g in got],
+                               [r.probabilities["positive"] for r in reference], atol=tolerance)
+    assert [(g.num_tokens, g.truncated) for g in got] == [(r.num_tokens, r.truncated) for r in reference]
+    assert other.served_file[1] == resolve(model).exports[backend]["sha256"]
+
+
+def test_a_backend_without_an_export_or_a_corrupt_one_fails_clearly(exported, exported_int8, tiny_model_dir, tmp_path):
+    bare = make_checkpoint(tiny_model_dir, tmp_path / "bare")
+    with pytest.raises(CheckpointError, match="no verified onnx-int8 export; make it with python -m ray_jobs.export"):
+        Predictor.load(bare, backend="onnx-int8")
+    assert Predictor.load(bare, backend="auto").backend.name == "torch"
+    model, _ = exported_int8
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    (broken / "onnx" / "model-int8.onnx").write_bytes(b"not a graph")
+    with pytest.raises(CheckpointError, match="model-int8.onnx cannot be loaded by ONNX Runtime"):
+        Predictor.load(broken, backend="onnx-int8")
+    with pytest.raises(CheckpointError, match="backend 'tensorrt' is not one of"):
+        Predictor.load(model, backend="tensorrt")
+
+
+def test_too_few_check_reviews_writes_nothing(tiny_model_dir, small_imdb, tmp_path):
+    model = make_checkpoint(tiny_model_dir, tmp_path / "model")
+    with pytest.raises(ExportError, match="needs >= 1000 reviews of the validation split, got"):
+        export.main(["--checkpoint", str(model), "--data", str(small_imdb)])
+    assert not (model / "onnx").exists() and not list(tmp_path.glob("**/.tmp-*"))
+
+
+def test_exporting_what_is_not_a_classifier_says_so_and_exits_2(tiny_model_dir, small_imdb, tmp_path):
+    model = make_checkpoint(tiny_model_dir, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | {"architectures": ["BertForMaskedLM"]}))
+    out = subprocess.run([sys.executable, "-m", "ray_jobs.export", "--checkpoint", str(model), "--data", str(small_imdb)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [line] = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and line.startswith("error: ") and "is not a sequence classifier" in line
+    assert not (model / "onnx").exists()
