@@ -14,7 +14,8 @@ import pandas as pd
 import ray
 import torch
 
-from sentiment.layout import ResolvedModel, prune_cache
+from sentiment.layout import ResolvedModel
+from sentiment.node_cache import prune_cache
 from sentiment.predict import Predictor
 from sentiment.progress import Progress
 

@@ -11,7 +11,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sentiment.backends import Backend, TorchBackend, choose_backend, onnx_backend
 from sentiment.batching import eval_batches, iterate, make_collator
-from sentiment.layout import WEIGHTS_FILE, CheckpointError, LocalModel, ResolvedModel, read_temperature, resolve
+from sentiment.layout import WEIGHTS_FILE, CheckpointError, ResolvedModel, read_temperature, resolve
+from sentiment.node_cache import LocalModel
 from sentiment.config import Config
 from sentiment.data import SpecialTokens, encode_texts, fit_to_length
 from sentiment.metrics import softmax

@@ -114,3 +114,39 @@ def test_exporting_what_is_not_a_classifier_says_so_and_exits_2(tiny_model_dir, 
     [line] = out.stderr.strip().splitlines()
     assert out.returncode == 2 and line.startswith("error: ") and "is not a sequence classifier" in line
     assert not (model / "onnx").exists()
+
+
+@pytest.mark.ray
+def test_a_replica_serves_the_verified_int8_export_and_says_so(exported_int8, tiny_model_dir, tmp_path, monkeypatch):
+    import requests
+
+    from tests.test_serve import start_serve, stop_serve
+
+    model, record = exported_int8
+    monkeypatch.delenv("SENTIMENT_API_KEY", raising=False)
+    try:
+        url = start_serve({"checkpoint": str(model), "num_cpus": 1, "max_replicas": 1})  # backend auto on a CPU
+        info = requests.get(f"{url}/v1/model", timeout=30).json()
+        assert (info["backend"], info["file"]) == ("onnx-int8", "model-int8.onnx")
+        assert info["sha256"] == record["exports"]["onnx-int8"]["sha256"] and info["weights_sha256"] == resolve(model).sha256
+        served = requests.post(f"{url}/v1/predict", json={"texts": TEXTS}, timeout=60).json()["predictions"]
+        local = Predictor.load(model, backend="onnx-int8").predict_details(TEXTS)
+        assert [s["probabilities"]["positive"] for s in served] == pytest.approx([p.probabilities["positive"] for p in local], abs=1e-6)
+    finally:
+        stop_serve()
+    from serve.app import build_app
+
+    with pytest.raises(CheckpointError, match="no verified onnx-int8 export"):  # before anything is deployed
+        build_app({"checkpoint": str(make_checkpoint(tiny_model_dir, tmp_path / "bare")), "backend": "onnx-int8"})
+
+
+@pytest.mark.bench
+def test_backends_benchmark_smoke_run_prints_the_ratios_last(small_imdb):
+    import os
+
+    out = subprocess.run([sys.executable, "-m", "bench.inference_backends", "--smoke"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "IMDB_DATA_DIR": os.environ.get("IMDB_DATA_DIR", str(small_imdb))})
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-2:]
+    assert [line.split(" / ")[0] for line in last] == ["onnx", "onnx-int8"]
+    assert all(float(line.split(": ")[1].split("x")[0]) > 0 for line in last)

@@ -73,6 +73,7 @@ def test_training_writes_every_checkpoint_to_s3(s3, trained_on_s3):
 def test_serve_and_evaluate_read_the_run_from_s3(s3, trained_on_s3, small_imdb, monkeypatch):
     from ray_jobs import evaluate
     from sentiment import layout
+    from sentiment.node_cache import cache_root
     from sentiment.predict import Predictor
 
     import ray
@@ -90,9 +91,9 @@ def test_serve_and_evaluate_read_the_run_from_s3(s3, trained_on_s3, small_imdb, 
     assert model.location == f"s3://{best}/model"
     predictor = Predictor.load(model)  # this node's cached copy, removed once closed
     assert predictor.predict(["a fine film"]) in (["negative"], ["positive"])
-    assert predictor.path == str(layout.cache_root() / model.sha256 / "model")
+    assert predictor.path == str(cache_root() / model.sha256 / "model")
     predictor.close()
-    assert not (layout.cache_root() / model.sha256).exists()
+    assert not (cache_root() / model.sha256).exists()
 
     metrics = evaluate.main(["--checkpoint", "s3://bucket/runs/s3run", "--data", str(small_imdb),
                              "--attribution-samples", "4", "--ig-steps", "2"])
