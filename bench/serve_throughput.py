@@ -1,7 +1,14 @@
-"""HTTP throughput and latency of the Serve deployment against the in-process Predictor, one run.
+"""HTTP throughput and latency of the Serve deployment against a peer, one run.
 
-    python -m bench.serve_throughput                      # packaged MiniLM-L6 at 128 tokens
-    python -m bench.serve_throughput --smoke --checkpoint <model folder>   # CI-sized
+    python -m bench.serve_throughput                      # packaged MiniLM-L6 at 128 tokens vs in-process
+    python -m bench.serve_throughput --peer plain --checkpoint <model folder> --backends torch auto
+    python -m bench.serve_throughput --smoke --checkpoint <model folder> [--peer plain]   # CI-sized
+
+``--peer plain`` compares with the server a user would write by hand (``bench/plain_server.py``:
+FastAPI + uvicorn, one process, torch fp32, one text per request), started as its own process on
+the same cores, with the same client and the same reviews; then the project's endpoint with each
+of ``--backends``. The CPU set and nice level of both servers and of the client are printed.
+Printed last: project req/s divided by plain req/s, and the p50 latency ratio, per concurrency.
 
 Reviews are real IMDB test reviews from $IMDB_DATA_DIR. One model replica (fixed, holding every
 core, as the in-process baseline does) serves single-review requests from an aiohttp client at each
@@ -15,17 +22,21 @@ import ray_jobs  # noqa: F401  (before Ray: a Ray started here stays on loopback
 
 import argparse
 import asyncio
+import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import pandas as pd
+import psutil
 import ray
 from ray import serve
 
@@ -46,6 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-seq-length", type=int, default=128, help="for the packaged model (default 128)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests", type=int, default=400, help="timed requests per concurrency")
+    p.add_argument("--peer", choices=("inprocess", "plain"), default="inprocess",
+                   help="inprocess: Predictor in this process; plain: a hand-written FastAPI server (bench/plain_server.py)")
+    p.add_argument("--backends", nargs="+", default=["auto"], help="the endpoint's backends to measure (--peer plain)")
+    p.add_argument("--batch-wait-timeout-s", type=float, default=None, help="the endpoint's batch wait (default: build_app's)")
     p.add_argument("--smoke", action="store_true", help="CI-sized: 24 requests at concurrency 1 and 4")
     args = p.parse_args(argv)
     if args.smoke:
@@ -104,18 +119,105 @@ async def http_load(url: str, reviews: list[str], concurrency: int) -> dict[str,
     return {"reviews_per_s": len(reviews) / wall, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
-def deploy(checkpoint: Path) -> str:
-    """One fixed replica holding every core, on a loopback Serve; returns the predict URL."""
-    init_ray()
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def start_loopback_serve() -> int:
+    """A local Ray and Serve with HTTP on 127.0.0.1; returns the port."""
+    init_ray()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
+def deploy(checkpoint: Path, backend: str = "auto", port: int | None = None, batch_wait_s: float | None = None) -> str:
+    """One fixed replica holding every core, on a loopback Serve (started unless ``port`` is given);
+    returns the predict URL."""
+    port = port or start_loopback_serve()
     cores = float(os.cpu_count() or 1)
     app = build_app({"checkpoint": str(checkpoint), "num_cpus": cores, "min_replicas": 1, "max_replicas": 1,
-                     "wandb_mode": "disabled"})
+                     "wandb_mode": "disabled", "backend": backend,
+                     **({"batch_wait_timeout_s": batch_wait_s} if batch_wait_s is not None else {})})
     serve.run(app, name="bench", route_prefix="/", logging_config={"enable_access_log": False})
     return f"http://127.0.0.1:{port}/v1/predict"
+
+
+def start_plain_server(checkpoint: Path) -> tuple[subprocess.Popen, str]:
+    """``bench/plain_server.py`` in its own process on 127.0.0.1; waits until it answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.plain_server", "--checkpoint", str(checkpoint), "--port", str(port)])
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return proc, f"http://127.0.0.1:{port}/v1/predict"
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"the plain server exited with {proc.returncode}")
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("the plain server did not answer within 180 s")
+
+
+def conditions(pid: int) -> str:
+    """CPU set and nice level of a process."""
+    proc = psutil.Process(pid)
+    return f"CPUs {sorted(proc.cpu_affinity())}, nice {proc.nice()}"
+
+
+def replica_pid() -> int:
+    """The process of the Serve model replica (its name holds the deployment's)."""
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("SentimentModel" in part for part in proc.info["cmdline"] or []):
+            return proc.pid
+    raise RuntimeError("no SentimentModel replica process found")
+
+
+def against_plain(args: argparse.Namespace, checkpoint: Path, reviews: list[str]) -> list[dict[str, Any]]:
+    """The plain server, then the endpoint with each backend, each at every concurrency."""
+    rows: list[dict[str, Any]] = []
+    proc, url = start_plain_server(checkpoint)
+    try:
+        where = conditions(proc.pid)
+        rows += [{"server": "plain", "where": where, "concurrency": c, **asyncio.run(http_load(url, reviews, c))}
+                 for c in args.concurrency]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    try:
+        port = start_loopback_serve()
+        for backend in args.backends:
+            url = deploy(checkpoint, backend, port, args.batch_wait_timeout_s)
+            where = conditions(replica_pid())
+            info = json.loads(urllib.request.urlopen(url.replace("/predict", "/model"), timeout=30).read())
+            name = f"project {info['backend']}" + (f" ({backend})" if backend != info["backend"] else "")
+            rows += [{"server": name, "where": where, "concurrency": c, **asyncio.run(http_load(url, reviews, c))}
+                     for c in args.concurrency]
+            serve.delete("bench")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return rows
+
+
+def report_against_plain(rows: list[dict[str, Any]], reviews: list[str], max_len: int) -> None:
+    """The table, the conditions, then each project server's ratios to the plain one (last)."""
+    table = pd.DataFrame(rows)
+    print(f"\n{len(reviews)} IMDB test reviews, single-review POSTs, {max_len} tokens max, {os.cpu_count()} cores; "
+          f"client: this process ({conditions(os.getpid())})")
+    for server, where in table.groupby("server", sort=False)["where"].first().items():
+        print(f"{server}: {where}")
+    print(table.drop(columns="where").to_markdown(index=False, floatfmt=".1f"))
+    plain = table[table.server == "plain"].set_index("concurrency")
+    for server, part in table[table.server != "plain"].groupby("server", sort=False):
+        print(f"{server} / plain: " + ", ".join(
+            f"{r.reviews_per_s / plain.loc[r.concurrency, 'reviews_per_s']:.2f}x req/s and "
+            f"{r.p50_ms / plain.loc[r.concurrency, 'p50_ms']:.2f}x p50 at concurrency {r.concurrency}"
+            for r in part.itertuples()))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -129,6 +231,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(args.checkpoint) if args.checkpoint else packaged_checkpoint(args.max_seq_length, Path(tmp) / "m")
+        if args.peer == "plain":
+            measured = against_plain(args, checkpoint, reviews)
+            report_against_plain(measured, reviews, Predictor.load(checkpoint).cfg.data.max_seq_length)
+            return {"rows": measured}
         predictor = Predictor.load(checkpoint)
         predictor.predict_details(reviews[:BATCH], batch_size=BATCH)  # warm-up
         url = deploy(checkpoint)

@@ -80,19 +80,24 @@ def build_app(args: ServeArgs) -> Application:
 
     Raises:
         pydantic.ValidationError: unknown or invalid args.
-        CheckpointError: missing, incomplete or corrupt checkpoint.
+        CheckpointError: missing, incomplete or corrupt checkpoint, or a backend it has no verified export for.
+        ValueError: ``max_batch_tokens`` below the checkpoint's ``max_seq_length``.
     """
     args = ServeArgs.model_validate(args)
     if args.api_key is None and os.environ.get(API_KEY_ENV):
         args = args.model_copy(update={"api_key": SecretStr(os.environ[API_KEY_ENV])})
     model = layout.resolve(args.checkpoint, args.which, args.storage_path)
     choose_backend(args.backend, model, "cuda" if args.num_gpus > 0 else "cpu")  # a missing export fails here
+    if args.max_batch_tokens < model.config.data.max_seq_length:
+        raise ValueError(f"max_batch_tokens={args.max_batch_tokens} is below the checkpoint's max_seq_length "
+                         f"({model.config.data.max_seq_length}): one long review would never fit a batch")
     record_served_model(model, args.wandb_mode, args.wandb_project, args.wandb_dir)
     replicas = SentimentModel.options(
         ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
         max_ongoing_requests=args.max_ongoing_requests,
         autoscaling_config=args.autoscaling_config(),
-        user_config={"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s},
+        user_config={"max_batch_size": args.max_batch_size, "max_batch_tokens": args.max_batch_tokens,
+                     "batch_wait_timeout_s": args.batch_wait_timeout_s},
     ).bind(model, args.num_gpus > 0, args.backend)
     ingress = SentimentAPI.options(
         num_replicas=args.ingress_replicas,

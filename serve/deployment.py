@@ -11,7 +11,10 @@ checkpoint's ``train_config.json``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +27,35 @@ logger = logging.getLogger("ray.serve")
 
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.01
+DEFAULT_MAX_BATCH_TOKENS = 4096
+
+
+class TokenBudget:
+    """``@serve.batch``'s size of a batch, so that it closes at ``max_texts`` texts or at
+    ``max_tokens`` padded tokens (texts x the longest one's tokens), whichever comes first.
+
+    Serve closes a batch when this size would pass ``max_batch_size`` (= ``max_texts``), so the
+    token count is scaled into those units. One 512-token review then shares a batch with few
+    others instead of making 31 short ones pay for its padding (the approach of Hugging Face's
+    text-embeddings-inference). Token counts are the model's own (truncation included), cached.
+    """
+
+    def __init__(self, max_texts: int = DEFAULT_MAX_BATCH_SIZE, max_tokens: int | None = None) -> None:
+        self.max_texts, self.max_tokens = max_texts, max_tokens
+        self.tokens: Callable[[str], int] = lambda text: 1
+
+    def count_with(self, predictor: Predictor) -> None:
+        """Count tokens as ``predictor`` encodes (cached for the texts most recently seen)."""
+        self.tokens = functools.lru_cache(maxsize=4096)(lambda text: len(predictor.encode([text])[0][0]))
+
+    def __call__(self, texts: list[str]) -> int:
+        if self.max_tokens is None:
+            return len(texts)
+        padded = len(texts) * max(self.tokens(t) for t in texts)
+        return max(len(texts), math.ceil(padded * self.max_texts / self.max_tokens))
+
+
+BUDGET = TokenBudget()  # one replica per process: the batch decorator below consults this one
 
 
 @serve.deployment
@@ -47,6 +79,7 @@ class SentimentModel:
             raise RuntimeError("num_gpus > 0 but this replica sees no CUDA device")
         device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", torch.float32)
         self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend)
+        BUDGET.count_with(self.predictor)
         cfg = model.config
         served_file, served_sha = self.predictor.served_file
         self.model_info = {
@@ -80,11 +113,15 @@ class SentimentModel:
             self.predictor.close()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """Apply ``{"max_batch_size": int, "batch_wait_timeout_s": float}`` from ``user_config``."""
-        self.predict.set_max_batch_size(config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
+        """Apply ``{"max_batch_size": int, "max_batch_tokens": int | None, "batch_wait_timeout_s": float}``
+        from ``user_config``."""
+        BUDGET.max_texts = config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)
+        BUDGET.max_tokens = config.get("max_batch_tokens")
+        self.predict.set_max_batch_size(BUDGET.max_texts)
         self.predict.set_batch_wait_timeout_s(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S))
 
-    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S,
+                 batch_size_fn=BUDGET)
     async def predict(self, texts: list[str]) -> list[Prediction]:
         """Predict one batch of texts (callers pass one text; Serve assembles the batch).
 

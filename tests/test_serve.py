@@ -58,6 +58,7 @@ FAST_METRICS_ENV = {
 # the ingress enough that the measured load dips): shorter, the autoscaler flaps 2 -> 1 -> 2.
 TEST_ARGS = {
     "num_cpus": 0.5, "max_batch_size": 8, "batch_wait_timeout_s": 0.005, "max_ongoing_requests": 16,
+    "max_batch_tokens": 128,  # with max_seq_length 64: two long reviews fill a batch (the token budget at work)
     "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 0.5,
     "downscale_delay_s": 15.0, "look_back_period_s": 2.0, "max_text_chars": 2000, "max_texts": 8,
 }
@@ -189,6 +190,8 @@ def test_args_are_validated_naming_the_field(checkpoint: Path) -> None:
                        ({"max_batch_size": 64, "max_ongoing_requests": 8}, "max_ongoing_requests")]:
         with pytest.raises(ValidationError, match=field):
             build_app({"checkpoint": str(checkpoint), **bad})
+    with pytest.raises(ValueError, match=r"max_batch_tokens=32 is below the checkpoint's max_seq_length \(64\)"):
+        build_app({"checkpoint": str(checkpoint), "max_batch_tokens": 32})
     assert ServeArgs.model_validate({"checkpoint": "x", "max_replicas": "4"}).max_replicas == 4  # CLI strings
 
 
