@@ -1,0 +1,31 @@
+"""sentiment.model: the packaged MiniLM resolves offline; built classifiers carry the label names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sentiment.config import PACKAGED_MODEL, ConfigError, load_config
+from sentiment.model import build_model, load_model_config, load_tokenizer, resolve_model_path
+
+
+def test_the_packaged_model_is_a_folder_in_site_packages():
+    path = Path(resolve_model_path(PACKAGED_MODEL))
+    assert (path / "config.json").is_file() and "site-packages" in str(path)
+    assert resolve_model_path("some/hub-id") == "some/hub-id"  # anything else passes through
+    assert load_model_config(PACKAGED_MODEL).hidden_size == 384
+
+
+def test_a_built_classifier_carries_labels_dropout_and_a_fresh_head(tiny_model_dir):
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "model.label_names=[bad, meh, good]",
+                             "model.num_labels=3", "model.dropout=0.3"])
+    model = build_model(cfg.model)
+    assert model.config.id2label == {0: "bad", 1: "meh", 2: "good"} and model.config.label2id["good"] == 2
+    assert model.classifier.out_features == 3 and model.config.classifier_dropout == 0.3
+    assert load_tokenizer(str(tiny_model_dir)).is_fast
+
+
+def test_a_model_that_cannot_be_loaded_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.name_or_path='.*empty' cannot be loaded"):
+        load_model_config(str(tmp_path / "empty"))

@@ -1,0 +1,56 @@
+"""ray_jobs.train_loop's pure parts: the best-epoch rule, optimizer groups, schedules, class weights.
+(The loop itself runs on a real Ray in tests/test_train_ray.py and tests/test_faults.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ray_jobs.train_loop import TrainState, build_optimizer, build_scheduler, class_weight_tensor
+from sentiment.config import load_config
+from sentiment.model import build_model
+
+
+def test_a_tie_moves_the_best_to_the_later_epoch_but_does_not_reset_patience():
+    state = TrainState()
+    for epoch, value in enumerate([0.80, 0.82, 0.82, 0.81], start=1):
+        state.epoch = epoch
+        state.update(value, "max", f"epoch_{epoch:03d}")
+    assert (state.best_epoch, state.best_checkpoint, state.best_metric) == (3, "epoch_003", 0.82)
+    assert state.bad_epochs == 2  # the tie and the drop: only a strict gain resets patience
+    loss = TrainState()
+    for epoch, value in enumerate([0.5, 0.4], start=1):
+        loss.epoch = epoch
+        loss.update(value, "min", f"e{epoch}")
+    assert loss.best_epoch == 2 and loss.bad_epochs == 0
+
+
+def test_no_weight_decay_on_biases_and_layernorm(tiny_model_dir):
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "train.weight_decay=0.05"])
+    model = build_model(cfg.model)
+    decay, no_decay = build_optimizer(model, cfg, torch.device("cpu")).param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"]) and any(p.ndim == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("schedule, last_lr", [("linear", 0.0), ("constant", 1e-3)])
+def test_warmup_then_the_schedule(tiny_model_dir, schedule, last_lr):
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "train.lr=1e-3", "train.warmup_ratio=0.1",
+                             f"train.schedule={schedule}"])
+    optimizer = build_optimizer(build_model(cfg.model), cfg, torch.device("cpu"))
+    scheduler = build_scheduler(optimizer, cfg, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == 0.0 and lrs[10] == pytest.approx(1e-3) and scheduler.get_last_lr()[0] == pytest.approx(last_lr)
+
+
+def test_balanced_class_weights_are_inverse_frequencies():
+    cfg = load_config(None, ["train.class_weights=balanced"])
+    weights = class_weight_tensor(cfg, np.array([0, 0, 0, 1]), torch.device("cpu"))
+    assert weights.tolist() == pytest.approx([4 / 6, 2.0])
+    assert class_weight_tensor(load_config(None, []), np.array([0, 1]), torch.device("cpu")) is None
