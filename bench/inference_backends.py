@@ -78,25 +78,16 @@ def measure(predictor: Predictor, texts: list[str], labels: np.ndarray, batch_si
 
 def smoke_checkpoint(folder: Path) -> Path:
     """A tiny BERT exported with both variants (its checks on 40 synthetic reviews)."""
+    from bench.smoke import synthetic_imdb, tiny_bert
     from ray_jobs import export
-    from sentiment.config import PACKAGED_MODEL, load_config
+    from sentiment.config import load_config
     from sentiment.layout import save_model_dir
     from sentiment.model import build_model, load_tokenizer
-    from transformers import BertConfig, BertForSequenceClassification
 
-    tokenizer = load_tokenizer(PACKAGED_MODEL)
-    tiny = folder / "tiny"
-    BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                             num_attention_heads=2, intermediate_size=64)).save_pretrained(tiny)
-    tokenizer.save_pretrained(tiny)
+    tiny = tiny_bert(folder / "tiny")
     cfg = load_config(None, [f"model.name_or_path={tiny}", "data.max_seq_length=64"])
-    model = save_model_dir(build_model(cfg.model), tokenizer, cfg, {}, folder / "model")
-    words = {0: "dull awful boring", 1: "great brilliant fun"}
-    data = folder / "data"
-    data.mkdir()
-    rows = pd.DataFrame({"text": [f"{words[i % 2]} film {i}" for i in range(400)], "label": [i % 2 for i in range(400)]})
-    for split in ("train", "test"):
-        rows.to_parquet(data / f"{split}.parquet", index=False)
+    model = save_model_dir(build_model(cfg.model), load_tokenizer(str(tiny)), cfg, {}, folder / "model")
+    data = synthetic_imdb(folder / "data")
     export.main(["--checkpoint", str(model), "--int8", "--data", str(data), "--check-reviews", "40"])
     return model
 

@@ -291,10 +291,7 @@ def resolve(reference: str | os.PathLike[str], which: str = "best", storage_path
     location = str(reference)
     if location == "best" and not Path("best").exists():
         location = join(storage_path or RunConfig().storage_path, BEST_FILE)
-    try:
-        fs, path = filesystem(location)
-    except ConfigError as err:
-        raise CheckpointError(str(err)) from None
+    fs, path = _checkpoint_filesystem(location)
     base = location
     for _ in range(8):  # best.json -> run folder -> epoch checkpoint: a few hops at most
         if path.endswith("/" + BEST_FILE) and is_file(fs, path):
@@ -305,7 +302,7 @@ def resolve(reference: str | os.PathLike[str], which: str = "best", storage_path
         if pointer is None:
             break
         if is_uri(pointer):
-            base, (fs, path) = pointer, filesystem(pointer)
+            base, (fs, path) = pointer, _checkpoint_filesystem(pointer)
         else:
             path = pointer
     epoch_dir = None
@@ -322,6 +319,14 @@ def resolve(reference: str | os.PathLike[str], which: str = "best", storage_path
         exports=_read_exports(fs, path, shown),
         epoch_dir=location_of(base, epoch_dir) if epoch_dir else None,
     )
+
+
+def _checkpoint_filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """:func:`filesystem`, failing as a checkpoint error."""
+    try:
+        return filesystem(location)
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def _follow(fs: pafs.FileSystem, path: str, which: str) -> str | None:

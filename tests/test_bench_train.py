@@ -36,3 +36,13 @@ def test_time_to_accuracy_smoke_reports_accuracy_and_time_last(tiny_model_dir, s
     assert m, lines[-1]
     assert 0 <= float(m.group(1)) <= 1 and 0 < float(m.group(2)) <= float(m.group(3))
     assert any(line.startswith("| CPU") and "| 32 |" in line for line in lines)  # the table row: 32 test reviews
+
+
+def test_quickstart_vs_trainer_smoke_prints_both_sides_and_the_ratios_last(small_imdb):
+    lines = _run("bench.quickstart_vs_trainer", "--smoke", data=small_imdb)
+    trainer = re.fullmatch(r"transformers\.Trainer: test accuracy (\d\.\d{4}), training \+ test (\d+) s", lines[-3])
+    ours = re.fullmatch(r"quickstart \(Ray Train \+ DeepSpeed, 2 workers\): test accuracy (\d\.\d{4}), "
+                        r"Ray start \+ training \+ test (\d+) s", lines[-2])
+    assert trainer and ours, lines[-4:]
+    assert lines[-4].startswith("64 training and 32 test reviews, 32 tokens")
+    assert re.fullmatch(r"quickstart / Trainer: accuracy [+-]\d+\.\d points, time \d+\.\d\dx", lines[-1])
