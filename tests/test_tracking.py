@@ -40,12 +40,3 @@ def test_deploying_records_the_served_model_by_its_sha256(tiny_model_dir, tmp_pa
     assert len(list(tmp_path.glob("wandb/offline-run-*"))) == 1
     record_served_model(model, "auto", "bert-imdb", str(tmp_path))  # auto without a key: offline, as training
     assert len(list(tmp_path.glob("wandb/offline-run-*"))) == 2
-
-
-def test_a_tracked_run_writes_its_metrics_offline(tmp_path):
-    tracker = start_tracking(load_config(None, ["tracking.mode=offline"]), "unit-run", str(tmp_path))
-    tracker.log({"train/loss": 0.5}, step=1)
-    tracker.summary({"test_accuracy": 0.9})
-    tracker.finish()
-    [run_file] = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    assert any(r.WhichOneof("record_type") == "history" for r in records(run_file))
