@@ -87,23 +87,24 @@ def export_model(
         record["exports"]["onnx"] = _entry(fp32, {"max_probability_diff_vs_torch": diff, "accuracy": fp32_accuracy,
                                                   "torch_accuracy": _accuracy(reference, check.labels)})
         if int8:
-            _add_int8(record, fp32, fp32_accuracy, check, collate, Path(scratch))
+            _add_int8(record, fp32, fp32_logits, check, collate, Path(scratch))
         for entry in record["exports"].values():
             shutil.copy(Path(scratch) / entry["file"], out / entry["file"])
         write_local_json(out / EXPORT_FILE, record)
     return record
 
 
-def _add_int8(record: dict[str, Any], fp32: Path, fp32_accuracy: float, check: CheckData, collate: Any, scratch: Path) -> None:
+def _add_int8(record: dict[str, Any], fp32: Path, fp32_logits: np.ndarray, check: CheckData, collate: Any, scratch: Path) -> None:
     """Quantize with each recipe until one is within INT8_MAX_DROP of fp32; record it or the failures."""
     tried = []
+    fp32_accuracy, fp32_labels = _accuracy(fp32_logits, check.labels), fp32_logits.argmax(1)
     for name, settings in INT8_RECIPES:
         out = scratch / ONNX_FILES["onnx-int8"]
         _quantize(fp32, out, settings)
         logits = _onnx_logits(out, check, collate)
         accuracy = _accuracy(logits, check.labels)
         figures = {"recipe": name, "accuracy": accuracy, "fp32_accuracy": fp32_accuracy, "drop": fp32_accuracy - accuracy,
-                   "label_agreement_vs_fp32": float((logits.argmax(1) == _onnx_logits(fp32, check, collate).argmax(1)).mean())}
+                   "label_agreement_vs_fp32": float((logits.argmax(1) == fp32_labels).mean())}
         if fp32_accuracy - accuracy <= INT8_MAX_DROP:
             record["exports"]["onnx-int8"] = _entry(out, figures)
             return
