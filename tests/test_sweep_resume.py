@@ -28,7 +28,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tiny_model_
     overrides = [
         "train.epochs=1", "sweep.scheduler=fifo", "sweep.max_concurrent_trials=1",
         # 4096 makes no full step of 96 reviews: that trial raises and must be recorded as errored.
-        "sweep.space={train.batch_size: {type: grid, values: [16, 4096, 8]}}",
+        "sweep.space={train.batch_size: {type: grid, values: [16, 4096]}}",
     ]
     cfg = sweep_config(tiny_model_dir, small_imdb, storage, "resumable", *overrides)
     child = subprocess.Popen(
@@ -37,14 +37,16 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tiny_model_
     )
     finished = _wait_for_first_finished_trial(storage / "resumable", child, timeout_s=300)
     ray_processes = psutil.Process(child.pid).children(recursive=True)  # the Ray it started in-process
-    child.send_signal(signal.SIGKILL)  # no chance to save anything: Tune's last saved state must do
-    child.wait(timeout=60)
-    _, alive = psutil.wait_procs(ray_processes, timeout=60)
     # Ray's core (GCS, raylet, workers) shares the driver's fate; its dashboard and runtime-env
     # agents outlive it (seen with Ray 2.60) and are stopped here so that one Ray runs below.
-    assert all(p.name() in ("ray::DashboardAgent", "ray::RuntimeEnvAgent") for p in alive), alive
-    for proc in alive:
+    agents = [p for p in ray_processes if p.name() in ("ray::DashboardAgent", "ray::RuntimeEnvAgent")]
+    child.send_signal(signal.SIGKILL)  # no chance to save anything: Tune's last saved state must do
+    child.wait(timeout=60)
+    _, alive = psutil.wait_procs([p for p in ray_processes if p not in agents], timeout=60)
+    assert not alive, alive
+    for proc in agents:
         proc.kill()
+    psutil.wait_procs(agents, timeout=30)
     before = {p: p.stat().st_mtime for p in finished}
 
     init_ray(num_cpus=2)  # only now: two Rays on one machine confuse Train's placement-group cleaner
@@ -53,9 +55,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tiny_model_
     finally:
         ray.shutdown()
     table = pd.read_csv(storage / "resumable" / "results.csv")
-    assert len(table) == 3 and sorted(table["train.batch_size"]) == [8, 16, 4096]
-    assert table.set_index("train.batch_size").loc[4096, "status"] == "errored"
-    assert (table["status"] == "ok").sum() == 2
+    assert len(table) == 2 and sorted(table["train.batch_size"]) == [16, 4096]
+    assert table.set_index("train.batch_size")["status"].to_dict() == {16: "ok", 4096: "errored"}
     assert {p: p.stat().st_mtime for p in finished} == before  # finished trials were not rerun
     assert {p.parent.name.rsplit("-", 1)[-1] for p in finished} <= set(table["trial_id"])
 
