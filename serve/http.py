@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import AfterValidator, SecretStr
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -107,20 +108,21 @@ class BodySizeLimit:
 
 
 def make_api(backend: Backend, args: ServeArgs) -> FastAPI:
-    """The HTTP API: ``/v1`` predictions and model info, ``/healthz``, the page at ``/``.
+    """The HTTP API: ``/v1`` predictions and model info, ``/healthz``, the page at ``/``, and the
+    API docs (Swagger UI at ``/docs``, ReDoc at ``/redoc``, ``/openapi.json``).
 
     Bodies over ``args.max_body_bytes`` get a JSON 413 (by their Content-Length before they are
-    read, or as soon as a streamed body passes the cap). Swagger UI and ReDoc are off: they load
-    their JavaScript from a CDN, which fails offline and puts third-party code in front of the
-    key; ``/openapi.json`` stays.
+    read, or as soon as a streamed body passes the cap). The docs' JavaScript and CSS come from
+    the ``fastapi-offline`` package under ``/static-offline-docs``, never from a CDN: they work
+    offline and put no third-party code in front of the key. Like the page, the docs are open;
+    their "Try it out" needs the key as any client does.
     """
-    app = FastAPI(
+    app = FastAPIOffline(
         title="Sentiment",
         version="1",
-        description="Text classification from a fine-tuned checkpoint.",
+        description="Text classification from a fine-tuned checkpoint. `/v1` needs the API key when the "
+        "deployment has one (`Authorization: Bearer <key>`, or basic auth with the key as user).",
         exception_handlers={RequestValidationError: validation_error},
-        docs_url=None,
-        redoc_url=None,
     )
     app.add_middleware(BodySizeLimit, max_bytes=args.max_body_bytes)
     auth = [Depends(api_key_check(args.api_key))] if args.api_key else []
@@ -133,13 +135,19 @@ def make_api(backend: Backend, args: ServeArgs) -> FastAPI:
             predictions=[TextPrediction(**vars(p), uncertain=p.score < args.uncertain_below) for p in predictions]
         )
 
-    @v1.post("/predict", dependencies=[Depends(require_json)],
+    body_limit = f"in a body of at most {args.max_body_bytes} bytes"
+
+    @v1.post("/predict", dependencies=[Depends(require_json)], description=f'`{{"text": ...}}` or '
+             f'`{{"texts": [...]}}`, labels in the same order. At most {args.max_texts} texts of at most '
+             f'{args.max_text_chars} characters each, {body_limit}.',
              responses={**BODY_ERRORS, **errors(e415="The body is not application/json.")})
     async def predict(body: PredictRequest) -> PredictResponse:  # type: ignore[valid-type]
         """Predict ``{"text": ...}`` or ``{"texts": [...]}``."""
         return await respond(body.all_texts())
 
-    @v1.post("/predict/form", responses=BODY_ERRORS)
+    @v1.post("/predict/form", responses=BODY_ERRORS,
+             description=f"One form field `review` (`curl -F review=...`) of at most {args.max_text_chars} "
+             f"characters, {body_limit}.")
     async def predict_form(
         review: Annotated[str, Form(max_length=args.max_text_chars), AfterValidator(not_blank)],
     ) -> PredictResponse:

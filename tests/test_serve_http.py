@@ -7,6 +7,7 @@ app on Ray Serve with a real checkpoint.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -102,3 +103,19 @@ def test_form_posts_go_to_their_own_route(api):
     url, _ = api
     reply = requests.post(f"{url}/v1/predict/form", data={"review": "good"}, headers=AUTH, timeout=10)
     assert reply.status_code == 200 and reply.json()["predictions"][0]["label"] == "positive"
+
+
+@pytest.mark.parametrize("path, script", [("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")])
+def test_api_docs_are_open_and_load_nothing_from_outside(api, path, script):
+    url, _ = api
+    page = requests.get(url + path, timeout=10)
+    assert page.status_code == 200  # open, like the page; predictions still need the key
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert f"/static-offline-docs/{script}" in assets
+    for asset in assets:
+        assert asset.startswith("/"), asset  # served by the endpoint itself, never a CDN
+        fetched = requests.get(url + asset, timeout=10)
+        assert fetched.status_code == 200 and len(fetched.content) > 1000, asset
+    spec = requests.get(f"{url}/openapi.json", timeout=10).json()["paths"]["/v1/predict"]["post"]
+    assert "At most 3 texts of at most 50 characters each, in a body of at most 2000 bytes" in spec["description"]
+    assert {"401", "413", "415", "422"} <= set(spec["responses"])
