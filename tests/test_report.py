@@ -7,13 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import sync_playwright
 
 from sentiment.attribution import WordScore
 from sentiment.evaluation import evaluate_predictions
 from sentiment.metrics import softmax
 from sentiment.report import SCENARIOS, TITLES, Example, write_report
-from tests.test_serve_page import CHROMIUM, CHROMIUM_ARGS
 
 NAMES = ["negative", "positive"]
 SECTIONS = ("summary", "curves", "confusion", "confidence", "reliability", "length", "words", "examples", "mistakes")
@@ -69,22 +67,19 @@ def test_report_numbers_equal_the_metrics(report):
 
 
 @pytest.mark.browser
-def test_report_opens_in_chromium_with_every_section(report, artifacts):
+def test_report_opens_in_chromium_with_every_section(browser, report, artifacts):
     files, metrics = report
     errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: errors.append(f"fetched {r.url}") if not r.url.startswith(("file:", "data:")) else None)
-        page.goto(files["report"].as_uri())
-        for section in SECTIONS:
-            assert page.locator(f"section#{section}").is_visible(), section
-        widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
-        assert len(widths) == len(TITLES) and all(w > 0 for w in widths)
-        assert page.locator("#m-accuracy").inner_text() == f"{metrics['accuracy']:.4f}"
-        assert page.locator("section#examples tr").count() == 1 + len(SCENARIOS)
-        page.screenshot(path=str(artifacts / "evaluation_report.png"), full_page=True)
-        browser.close()
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: errors.append(f"fetched {r.url}") if not r.url.startswith(("file:", "data:")) else None)
+    page.goto(files["report"].as_uri())
+    for section in SECTIONS:
+        assert page.locator(f"section#{section}").is_visible(), section
+    widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+    assert len(widths) == len(TITLES) and all(w > 0 for w in widths)
+    assert page.locator("#m-accuracy").inner_text() == f"{metrics['accuracy']:.4f}"
+    assert page.locator("section#examples tr").count() == 1 + len(SCENARIOS)
+    page.screenshot(path=str(artifacts / "evaluation_report.png"), full_page=True)
     assert errors == []

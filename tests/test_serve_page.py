@@ -11,18 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from sentiment.predict import Predictor
 from tests.test_serve import make_checkpoint, start_serve, stop_serve
 
 pytestmark = [pytest.mark.ray, pytest.mark.browser]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 KEY = "page-test-key"
 REVIEW = "A fun brain candy movie...good dialog."
 NEGATIVE_SAMPLE = "What a waste of time. The plot was confusing, acting was terrible, and I couldn't wait for it to end."
@@ -40,16 +35,6 @@ def server(checkpoint: Path) -> Iterator[str]:
         yield url
     finally:
         stop_serve()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup-browser.sh (apt-get install chromium)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def expect_prediction(page: Page, predictor: Predictor, text: str) -> None:
@@ -91,3 +76,20 @@ def test_page_predicts_with_the_key_and_draws_probability_bars(
     expect(page.locator("#model")).to_contain_text("negative / positive")
     page.screenshot(path=str(artifacts / "serve_page.png"), full_page=True)
     assert js_errors == []
+
+
+def test_the_footer_link_opens_the_api_docs_served_offline(server: str, browser: Browser) -> None:
+    """The page's /docs link: Swagger UI from the endpoint's own assets, /v1/predict with its limits."""
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    elsewhere: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(server) else elsewhere.append(r.url))
+    page.goto(server + "/")
+    page.click("a[href='/docs']")
+    page.wait_for_url(server + "/docs")
+    operation = page.locator("#operations-default-predict_v1_predict_post")
+    expect(operation).to_contain_text("/v1/predict")
+    operation.locator(".opblock-summary-control").click()
+    expect(operation).to_contain_text("At most 64 texts of at most 20000 characters each")
+    codes = operation.locator("tr.response").evaluate_all("rows => rows.map(r => r.dataset.code)")
+    assert {"200", "401", "413", "415", "422"} <= set(codes)
+    assert elsewhere == []  # no CDN: every script and style came from the endpoint
