@@ -1,20 +1,45 @@
 #!/usr/bin/env bash
 # Create .venv and install the project with its test extras; safe to run again (skips when done).
-# CPU machines get the pinned CPU wheel of torch. On a GPU machine, install the CUDA build of torch
-# into .venv first (see README, "One GPU") and set TORCH_SPEC= (empty) so it is kept.
+#
+# What it does, in order:
+#  1. checks what DeepSpeed needs to build: a C++ compiler (DeepSpeed installs from source and
+#     JIT-compiles its CPU shared-memory op) and the Python headers (Python.h); one line names
+#     what is missing;
+#  2. installs torch ($TORCH_SPEC, default torch==2.13.0) from pip's configured indexes, or from
+#     $TORCH_INDEX when set (PyTorch's CPU wheel index gives the CPU build on any machine:
+#     TORCH_INDEX=https://download.pytorch.org/whl/cpu); plain PyPI serves the CUDA build on Linux;
+#  3. installs the project and its test extras with the versions in constraints.txt (the ones the
+#     suite was written against), then JIT-compiles DeepSpeed's op and says which torch it got.
+# On a GPU machine, install the CUDA build of torch into .venv first and set TORCH_SPEC= (empty)
+# so it is kept (README, "One GPU").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+CXX=${CXX:-c++}
 TORCH_SPEC=${TORCH_SPEC-torch==2.13.0}
+TORCH_INDEX=${TORCH_INDEX:-}
+
+fail() { echo "setup: $*" >&2; exit 1; }
+command -v "$PYTHON" >/dev/null || fail "no Python: $PYTHON not found (Python >= 3.11; set PYTHON=...)"
+command -v "$CXX" >/dev/null \
+  || fail "no C++ compiler ($CXX): DeepSpeed compiles its CPU op at install; Debian/Ubuntu: apt-get install g++"
+headers=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+[ -f "$headers/Python.h" ] \
+  || fail "no Python headers ($headers/Python.h): DeepSpeed compiles against them; Debian/Ubuntu: apt-get install python3-dev"
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-stamp=".venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+stamp=".venv/.installed-$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing the project into .venv (a few minutes the first time)"
-  .venv/bin/pip install --quiet --disable-pip-version-check $TORCH_SPEC -e ".[test]"
+  pip=(.venv/bin/pip install --quiet --disable-pip-version-check)
+  if [ -n "$TORCH_SPEC" ]; then
+    "${pip[@]}" -c constraints.txt ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_SPEC"
+  fi
+  "${pip[@]}" -c constraints.txt -e ".[test]"
   # DeepSpeed's CPU all-reduce JIT-compiles a shared-memory op on first use (~35 s): do it now,
   # into this venv's torch extensions cache, which the workers read (ray_jobs/train_loop.py).
   TORCH_EXTENSIONS_DIR="$PWD/.venv/torch_extensions" DS_ACCELERATOR=cpu .venv/bin/python -c \
     "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()" >/dev/null
   touch "$stamp"
+  .venv/bin/python -c "import torch; print(f'setup: torch {torch.__version__}, ' + (f'CUDA {torch.version.cuda} build' if torch.version.cuda else 'CPU build'))"
 fi
