@@ -33,7 +33,7 @@ from sentiment.layout import DEEPSPEED_DIR, MODEL_DIR, STATE_FILE, TEST_METRICS_
 from sentiment.config import Config, config_from_dict
 from sentiment.data import EncodedSplit, SpecialTokens, model_inputs
 from sentiment.metrics import compute_metrics, scalar_metrics
-from sentiment.model import build_model, load_tokenizer
+from sentiment.model import build_model, freeze_bottom, load_tokenizer
 
 DS_TAG = "state"
 
@@ -324,6 +324,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     splits = _prepare_splits(config, cfg, tokenizer)
     model = build_model(cfg.model).to(device)
+    freeze_bottom(model, cfg.train.freeze_embeddings, cfg.train.freeze_layers)
     # train_batches plans full global batches, cropped to a multiple of the accumulation steps.
     steps_per_epoch = len(splits["train"]) // (cfg.train.batch_size * world) // cfg.train.grad_accum_steps
     if steps_per_epoch == 0:

@@ -96,6 +96,14 @@ class TrainConfig(_Section):
         description="After training, export the best model to ONNX (onnx) and int8 (onnx-int8), each verified on "
         ">= 1,000 validation reviews (python -m ray_jobs.export).",
     )
+    freeze_embeddings: bool = Field(
+        False,
+        description="Keep the embedding layer (word, position, type) at its pretrained weights: no gradient or "
+        "optimizer state for the vocabulary matrix (half of MiniLM's weights), ~1.3x faster steps on CPU.",
+    )
+    freeze_layers: int = Field(
+        0, ge=0, description="Also keep the first N encoder layers at their pretrained weights (needs freeze_embeddings)."
+    )
     weight_decay: float = Field(0.01, ge=0.0)
     adam_epsilon: float = Field(1e-8, gt=0.0)
     max_grad_norm: float = Field(1.0, ge=0.0, description="0 disables clipping.")
@@ -104,6 +112,15 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(None, ge=1)
     log_every_steps: int = Field(20, ge=1)
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _frozen_layers_need_frozen_embeddings(self) -> TrainConfig:
+        if self.freeze_layers and not self.freeze_embeddings:
+            raise ValueError(
+                "train.freeze_layers needs train.freeze_embeddings=true (gradients would still flow through the "
+                "frozen layers to the embeddings, saving nothing)"
+            )
+        return self
 
 
 class DeepSpeedConfig(_Section):

@@ -44,21 +44,50 @@ def load_model_config(name_or_path: str) -> Any:
 
 
 def check_against_model(cfg: Config) -> None:
-    """Check the config against the model's own limits (position embeddings).
+    """Check the config against the model's own limits (position embeddings, number of layers).
 
     Raises:
-        ConfigError: ``data.max_seq_length`` above the model's position limit, or a bad model.
+        ConfigError: ``data.max_seq_length`` above the model's position limit, ``train.freeze_layers``
+            not below its number of layers, or a bad model.
     """
-    limit = getattr(load_model_config(cfg.model.name_or_path), "max_position_embeddings", None)
+    model_config = load_model_config(cfg.model.name_or_path)
+    limit = getattr(model_config, "max_position_embeddings", None)
     if limit is not None and cfg.data.max_seq_length > limit:
         raise ConfigError(
             f"data.max_seq_length={cfg.data.max_seq_length} exceeds the model's position limit {limit}"
         )
+    layers = getattr(model_config, "num_hidden_layers", None)
+    if layers is not None and cfg.train.freeze_layers >= layers:
+        raise ConfigError(f"train.freeze_layers={cfg.train.freeze_layers} must be below the model's {layers} layers")
 
 
 def load_tokenizer(name_or_path: str) -> Any:
     """The model's fast tokenizer."""
     return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), use_fast=True)
+
+
+def freeze_bottom(model: PreTrainedModel, embeddings: bool, layers: int) -> int:
+    """Keep the embeddings (and then the first ``layers`` encoder layers) at their current weights.
+
+    Frozen parameters get no gradient and no optimizer state, and backward stops above them.
+
+    Returns:
+        How many parameters were frozen.
+
+    Raises:
+        ConfigError: the model has no embeddings module or layer list where BERT-family models keep them.
+    """
+    if not embeddings:
+        return 0
+    base = model.base_model
+    encoder = getattr(base, "encoder", None) or getattr(base, "transformer", None)  # BERT/RoBERTa; DistilBERT
+    blocks = getattr(encoder, "layer", None)
+    if getattr(base, "embeddings", None) is None or blocks is None:
+        raise ConfigError(f"train.freeze_embeddings: {type(model).__name__} has no BERT-style embeddings and layers")
+    frozen = [*base.embeddings.parameters(), *(p for block in blocks[:layers] for p in block.parameters())]
+    for p in frozen:
+        p.requires_grad_(False)
+    return sum(p.numel() for p in frozen)
 
 
 def build_model(cfg: ModelConfig) -> PreTrainedModel:

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from sentiment.config import PACKAGED_MODEL, ConfigError, load_config
-from sentiment.model import build_model, load_model_config, load_tokenizer, resolve_model_path
+from sentiment.model import (
+    build_model, check_against_model, freeze_bottom, load_model_config, load_tokenizer, resolve_model_path,
+)
 
 
 def test_the_packaged_model_is_a_folder_in_site_packages():
@@ -29,3 +31,25 @@ def test_a_built_classifier_carries_labels_dropout_and_a_fresh_head(tiny_model_d
 def test_a_model_that_cannot_be_loaded_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"model.name_or_path='.*empty' cannot be loaded"):
         load_model_config(str(tmp_path / "empty"))
+
+
+def test_freezing_keeps_the_bottom_at_its_weights_and_trains_the_rest(tiny_model_dir):
+    import torch
+
+    model = build_model(load_config(None, [f"model.name_or_path={tiny_model_dir}"]).model)
+    frozen = freeze_bottom(model, embeddings=True, layers=1)
+    ids = torch.randint(1000, 2000, (4, 16))
+    model(input_ids=ids, labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+    params = dict(model.named_parameters())
+    bottom = {n for n in params if ".embeddings." in n or ".layer.0." in n}
+    assert bottom and frozen == sum(params[n].numel() for n in bottom)
+    assert all(params[n].grad is None and not params[n].requires_grad for n in bottom)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in params.items() if n not in bottom)
+
+
+def test_freezing_is_checked_against_the_model_and_the_embeddings(tiny_model_dir):
+    with pytest.raises(ConfigError, match="freeze_layers needs train.freeze_embeddings"):
+        load_config(None, ["train.freeze_layers=1"])
+    with pytest.raises(ConfigError, match=r"train.freeze_layers=2 must be below the model's 2 layers"):
+        check_against_model(load_config(None, [f"model.name_or_path={tiny_model_dir}", "train.freeze_embeddings=true", "data.max_seq_length=64",
+                                                "train.freeze_layers=2"]))
