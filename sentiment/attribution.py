@@ -1,5 +1,6 @@
 """Which words drive the predictions: integrated gradients (Captum) over the token embeddings,
-summed into words and averaged over many reviews.
+summed into words, averaged over many reviews (:func:`top_words`) or per text toward its own
+predicted label (:func:`explain`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from captum.attr import LayerIntegratedGradients
 
-from sentiment.predict import Predictor
+from sentiment.predict import KeyToken, Prediction, Predictor
 
 # Markers a subword tokenizer uses: WordPiece continues a word with "##"; SentencePiece ("▁") and
 # byte-level BPE ("Ġ") start one with a marker.
@@ -50,17 +51,28 @@ def words_of(tokens: list[str], scores: np.ndarray, special: np.ndarray) -> list
     return [(w.strip(string.punctuation).lower(), s) for w, s in words if any(c.isalnum() for c in w)]
 
 
+class ExplainUnavailable(ValueError):
+    """Attributions were asked of a predictor whose backend gives no gradients (ONNX)."""
+
+
 def token_attributions(
-    predictor: Predictor, ids: list[list[int]], target: int, n_steps: int = 16, batch_size: int = 8
+    predictor: Predictor, ids: list[list[int]], target: int | list[int], n_steps: int = 16, batch_size: int = 8
 ) -> list[np.ndarray]:
-    """Integrated-gradients attribution of every token toward class ``target``, per review.
+    """Integrated-gradients attribution of every token toward class ``target``, per review
+    (``target`` is one class for all, or one per review).
 
     The baseline keeps the special tokens and replaces every other token by padding, so a token's
     attribution is its share of moving the logit from "no content" to the review.
+
+    Raises:
+        ExplainUnavailable: the predictor's backend is not torch.
     """
     model, tok = predictor.model, predictor.tokenizer
     if model is None:
-        raise ValueError(f"word attributions need gradients: load the predictor with backend='torch', not {predictor.backend.name!r}")
+        raise ExplainUnavailable(
+            f"word attributions need gradients, which backend {predictor.backend.name!r} cannot give: use backend 'torch'"
+        )
+    targets = [target] * len(ids) if isinstance(target, int) else list(target)
     device = next(model.parameters()).device
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -76,8 +88,8 @@ def token_attributions(
         input_ids = batch["input_ids"].to(device)
         mask = batch["attention_mask"].to(device)
         baseline = torch.where(torch.isin(input_ids, special_ids), input_ids, tok.pad_token_id)
-        attr = ig.attribute(input_ids, baselines=baseline, additional_forward_args=(mask,), target=target,
-                            n_steps=n_steps, internal_batch_size=len(chunk) * n_steps)
+        attr = ig.attribute(input_ids, baselines=baseline, additional_forward_args=(mask,),
+                            target=[targets[i] for i in chunk], n_steps=n_steps, internal_batch_size=len(chunk) * n_steps)
         scores = attr.sum(dim=-1).detach().float().cpu().numpy()
         for row, i in enumerate(chunk):
             out[i] = scores[row, : len(ids[i])]
@@ -105,3 +117,28 @@ def top_words(
         key=lambda ws: ws.score,
     )
     return {"positive": ranked[::-1][:top_k], "negative": ranked[:top_k]}
+
+
+def explain(predictor: Predictor, texts: list[str], top_k: int = 5, n_steps: int = 16) -> list[Prediction]:
+    """Predictions for ``texts``, each with its ``key_tokens``: the ``top_k`` words that push it
+    most toward its own predicted label (positive attribution only, strongest first).
+
+    A word's score is the sum over its subword tokens and its occurrences in the text; words are
+    lowercased, with punctuation at their ends stripped (as :func:`words_of` merges them). The
+    cost is ``n_steps`` forward and backward passes per text.
+
+    Raises:
+        ExplainUnavailable: the predictor's backend is not torch.
+    """
+    predictions = predictor.predict_details(texts)
+    ids, _ = predictor.encode(texts)
+    targets = [predictor.label_names.index(p.label) for p in predictions]
+    special = set(predictor.tokenizer.all_special_ids)
+    for prediction, review_ids, scores in zip(predictions, ids, token_attributions(predictor, ids, targets, n_steps)):
+        tokens = predictor.tokenizer.convert_ids_to_tokens(review_ids)
+        per_word: dict[str, float] = defaultdict(float)
+        for word, score in words_of(tokens, scores, np.array([t in special for t in review_ids])):
+            per_word[word] += score
+        ranked = sorted(((w, s) for w, s in per_word.items() if s > 0), key=lambda ws: -ws[1])[:top_k]
+        prediction.key_tokens = [KeyToken(w, round(s, 4)) for w, s in ranked]
+    return predictions

@@ -19,14 +19,24 @@ from sentiment.metrics import softmax
 
 
 @dataclass
+class KeyToken:
+    """A word of one text and its integrated-gradients attribution toward the predicted label
+    (summed over its subword tokens and its occurrences in the text)."""
+
+    word: str
+    score: float
+
+
+@dataclass
 class Prediction:
-    """One text's prediction."""
+    """One text's prediction; ``key_tokens`` only when explained (``sentiment.attribution.explain``)."""
 
     label: str
     score: float
     probabilities: dict[str, float]
     num_tokens: int
     truncated: bool
+    key_tokens: list[KeyToken] | None = None
 
 
 class Predictor:

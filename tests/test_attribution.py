@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sentiment.attribution import token_attributions, top_words, words_of
+from sentiment.attribution import explain, token_attributions, top_words, words_of
+from sentiment.report import SCENARIOS
 from sentiment.predict import Predictor
 from tests.test_serve import TEXTS, make_checkpoint
 
@@ -53,3 +54,22 @@ def test_top_words_are_ranked_and_counted(predictor):
     assert [w.score for w in pos] == sorted((w.score for w in pos), reverse=True)
     assert [w.score for w in neg] == sorted(w.score for w in neg)
     assert all(w.count >= 3 for w in pos + neg)
+
+
+def test_one_target_per_review_equals_attributing_each_review_alone(predictor):
+    ids, _ = predictor.encode(TEXTS[:3])
+    together = token_attributions(predictor, ids, target=[1, 0, 1], n_steps=8)
+    for review, target, scores in zip(ids, [1, 0, 1], together):
+        (alone,) = token_attributions(predictor, [review], target=target, n_steps=8)
+        np.testing.assert_allclose(scores, alone, atol=1e-5)
+
+
+def test_each_seed_scenario_is_explained_by_words_of_its_own_text(predictor):
+    texts = [text for text, _ in SCENARIOS]
+    explained = explain(predictor, texts, top_k=3, n_steps=8)
+    assert [p.label for p in explained] == predictor.predict(texts)  # the same predictions, plus key tokens
+    for text, prediction in zip(texts, explained):
+        words = {w.strip(".,!").lower() for w in text.split()}
+        assert 0 < len(prediction.key_tokens) <= 3
+        assert all(k.word in words and k.score > 0 for k in prediction.key_tokens), prediction.key_tokens
+        assert [k.score for k in prediction.key_tokens] == sorted((k.score for k in prediction.key_tokens), reverse=True)

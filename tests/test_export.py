@@ -14,6 +14,7 @@ import pytest
 
 from ray_jobs import export
 import sentiment.export
+from sentiment.attribution import ExplainUnavailable, explain
 from sentiment.config import load_config
 from sentiment.export import INT8_RECIPES, ExportError
 from sentiment.layout import CheckpointError, resolve, save_model_dir
@@ -96,6 +97,12 @@ def test_a_backend_without_an_export_or_a_corrupt_one_fails_clearly(exported, ex
         Predictor.load(broken, backend="onnx-int8")
     with pytest.raises(CheckpointError, match="backend 'tensorrt' is not one of"):
         Predictor.load(model, backend="tensorrt")
+
+
+def test_explaining_on_an_onnx_backend_names_the_backend(exported_int8):
+    predictor = Predictor.load(exported_int8[0], backend="onnx-int8")
+    with pytest.raises(ExplainUnavailable, match="need gradients, which backend 'onnx-int8' cannot give: use backend 'torch'"):
+        explain(predictor, ["a fine film"])
 
 
 def test_too_few_check_reviews_writes_nothing(tiny_model_dir, small_imdb, tmp_path):
