@@ -7,6 +7,7 @@ the finished blocks (showing reviews/s and ETA) and reassembles them.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -25,6 +26,7 @@ PREDICTED = "predicted_label"
 SCORE = "score"
 NUM_TOKENS = "num_tokens"
 TRUNCATED = "truncated"
+KEY_TOKENS = "key_tokens"
 
 
 def probability_column(label: str) -> str:
@@ -41,16 +43,22 @@ class ReviewScorer:
     """A Ray Data actor: loads the resolved model once (this node's copy of a remote one), then
     scores blocks of reviews.
 
-    Returns only the row position and the predictions (the texts stay where they are).
+    Returns only the row position and the predictions (the texts stay where they are); with
+    ``explain`` (``{"top_k": ..., "n_steps": ...}``, torch only) also each review's key tokens, as
+    JSON (``[{"word": ..., "score": ...}, ...]``, see :func:`sentiment.attribution.explain`).
     """
 
-    def __init__(self, model: ResolvedModel, use_gpu: bool, batch_size: int, backend: str = "auto") -> None:
+    def __init__(
+        self, model: ResolvedModel, use_gpu: bool, batch_size: int, backend: str = "auto",
+        explain: dict[str, int] | None = None,
+    ) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise in job logs
         device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", torch.float32)
         self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend)
         self.batch_size = batch_size
+        self.explain = explain
 
     def __call__(self, block: pd.DataFrame) -> pd.DataFrame:
         """Score one block: ``_row`` and ``_text`` in, ``_row`` and the prediction columns out."""
@@ -64,6 +72,11 @@ class ReviewScorer:
         out.update({logit_column(n): logits[:, i] for i, n in enumerate(p.label_names)})
         out[NUM_TOKENS] = np.asarray(full_lengths)
         out[TRUNCATED] = np.asarray([full > len(used) for full, used in zip(full_lengths, ids)])
+        if self.explain is not None:
+            from sentiment.attribution import explain
+
+            explained = explain(p, block[TEXT].tolist(), **self.explain)
+            out[KEY_TOKENS] = [json.dumps([vars(k) for k in e.key_tokens or []]) for e in explained]
         return pd.DataFrame(out)
 
     def __del__(self) -> None:
@@ -89,6 +102,7 @@ def score_texts(
     batch_size: int = 64,
     label: str = "predict",
     backend: str = "auto",
+    explain: dict[str, int] | None = None,
 ) -> tuple[pd.DataFrame, float]:
     """Predict every text with ``workers`` model actors on the current Ray.
 
@@ -100,6 +114,7 @@ def score_texts(
         batch_size: reviews per forward pass inside an actor.
         label: prefix of the progress lines.
         backend: inference backend of the actors (see :mod:`sentiment.backends`).
+        explain: ``{"top_k": ..., "n_steps": ...}`` to add a ``key_tokens`` column (torch backend only).
 
     Returns:
         The prediction columns, one row per text in input order, and the reviews/s achieved.
@@ -110,7 +125,8 @@ def score_texts(
     blocks = [rows.iloc[s:s + block].reset_index(drop=True) for s in range(0, len(rows), block)]
     resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
     ds = ray.data.from_pandas(blocks).map_batches(
-        ReviewScorer, fn_constructor_kwargs={"model": model, "use_gpu": use_gpu, "batch_size": batch_size, "backend": backend},
+        ReviewScorer, fn_constructor_kwargs={"model": model, "use_gpu": use_gpu, "batch_size": batch_size, "backend": backend,
+                               "explain": explain},
         batch_size=block, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), **resources,
     )
     progress = Progress(len(texts), label)

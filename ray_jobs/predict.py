@@ -6,7 +6,10 @@
 Input: ``.parquet``, ``.csv`` or ``.jsonl`` with a text column (``--text-column``, default
 ``text``). Output (``.parquet``, ``.csv`` or ``.jsonl``): every input column, in input order, plus
 ``predicted_label``, ``score``, ``prob_<label>`` (temperature-scaled if the checkpoint has one),
-``logit_<label>``, ``num_tokens`` (the review's full length) and ``truncated``. Empty or missing
+``logit_<label>``, ``num_tokens`` (the review's full length) and ``truncated``; with ``--explain``
+also ``key_tokens``, each review's top words toward its predicted label as JSON
+(``[{"word": ..., "score": ...}]``, integrated gradients: ``--explain-steps`` forward and backward
+passes per review, on the torch backend). Empty or missing
 texts are not scored: their rows stay, with empty prediction columns, and are counted. An
 existing output is refused without ``--overwrite``; the output appears only when complete.
 """
@@ -53,6 +56,9 @@ class PredictConfig(BaseModel):
     batch_size: int = Field(64, ge=1, description="Reviews per forward pass.")
     device: Literal["auto", "cpu", "gpu"] = "auto"
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field("auto", description="Inference backend of the actors.")
+    explain: bool = Field(False, description="Add key_tokens per review (torch backend; auto picks torch).")
+    explain_steps: int = Field(16, ge=2, le=256, description="Integrated-gradients steps per explained review.")
+    explain_top_k: int = Field(5, ge=1, le=50, description="Key tokens per review.")
 
 
 def file_format(path: str, role: str) -> str:
@@ -151,6 +157,9 @@ def parse_args(argv: list[str] | None) -> PredictConfig:
     ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     ap.add_argument("--backend", choices=BACKENDS, default="auto",
                     help="auto: torch bf16 on GPUs; on CPUs the verified int8 export, else fp32 ONNX, else torch")
+    ap.add_argument("--explain", action="store_true", help="add key_tokens per review (torch backend)")
+    ap.add_argument("--explain-steps", type=int, default=16, help="integrated-gradients steps per review (2-256)")
+    ap.add_argument("--explain-top-k", type=int, default=5, help="key tokens per review (1-50)")
     args = ap.parse_args(argv)
     for name in ("workers", "batch_size"):
         value = getattr(args, name)
@@ -178,6 +187,8 @@ def run(args: PredictConfig) -> pd.DataFrame:
         InputError: an unusable input or output file.
         CheckpointError: a missing, incomplete or corrupt checkpoint.
     """
+    if args.explain and args.backend not in ("auto", "torch"):
+        raise InputError(f"--explain needs gradients, which backend {args.backend!r} cannot give: use --backend torch")
     check_output(args.output, args.overwrite)
     df = read_table(args.input, args.text_column)
     model = layout.resolve(args.checkpoint, args.which, args.storage_path)
@@ -187,11 +198,13 @@ def run(args: PredictConfig) -> pd.DataFrame:
     init_ray()
     quiet_ray_data()
     use_gpu = resolve_device(args.device)
-    backend = choose_backend(args.backend, model, "cuda" if use_gpu else "cpu")
+    requested = "torch" if args.explain else args.backend  # gradients need torch
+    backend = choose_backend(requested, model, "cuda" if use_gpu else "cpu")
+    explain = {"top_k": args.explain_top_k, "n_steps": args.explain_steps} if args.explain else None
     workers = args.workers or default_workers(use_gpu)
     print(f"predict: {len(texts)} reviews from {args.input} with {model.location} ({backend}) on {workers} "
           f"{'GPU' if use_gpu else 'CPU'} worker(s)", flush=True)
-    predictions, _ = score_texts(texts, model, workers, use_gpu, args.batch_size, backend=backend)
+    predictions, _ = score_texts(texts, model, workers, use_gpu, args.batch_size, backend=backend, explain=explain)
     out = with_predictions(df, mask, predictions)
     write_table(out, args.output)
     skipped = int((~mask).sum())

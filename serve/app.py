@@ -29,7 +29,7 @@ from serve.http import make_api
 from serve.schemas import API_KEY_ENV, ServeArgs
 from sentiment import layout
 from sentiment.backends import choose_backend
-from sentiment.predict import Prediction
+from sentiment.predict import ExplainUnavailable, Prediction
 
 
 @serve.deployment
@@ -37,26 +37,38 @@ from sentiment.predict import Prediction
 class SentimentAPI:
     """HTTP ingress: validates requests and fans their texts out to the model deployment."""
 
-    def __init__(self, model: DeploymentHandle, args: ServeArgs) -> None:
+    def __init__(self, model: DeploymentHandle, args: ServeArgs, backend: str) -> None:
         self.model = model
         self.args = args
+        self.backend = backend
+        self.explains = backend == "torch"
 
-    async def predict(self, texts: list[str]) -> list[Prediction]:
-        """One model call per text; the model replicas batch them across requests."""
-        return list(await asyncio.gather(*(self._predict_one(t) for t in texts)))
+    async def predict(self, texts: list[str], explain: bool = False) -> list[Prediction]:
+        """One model call per text, which the model replicas batch across requests; or, to
+        explain, one unbatched call for all the texts (bounded by ``explain_max_texts``).
 
-    async def _predict_one(self, text: str) -> Prediction:
-        """Predict one text, once more on another replica if the first one died mid-request.
+        Raises:
+            ExplainUnavailable: ``explain`` on a deployment whose backend gives no gradients.
+        """
+        if not explain:
+            return list(await asyncio.gather(*(self._call("predict", t) for t in texts)))
+        if not self.explains:
+            raise ExplainUnavailable(f"explain needs gradients, which backend {self.backend!r} cannot give: "
+                                     "deploy with backend=torch")
+        return await self._call("explain", texts, self.args.explain_top_k, self.args.explain_steps)
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        """Call the model deployment, once more on another replica if the first one died mid-request.
 
         A prediction has no side effects, so repeating it is safe. Serve's router drops the dead
         replica when the first call fails, so the retry goes to a live one; if that fails too, the
         client gets 503 with ``Retry-After`` rather than a 500.
         """
         try:
-            return await self.model.predict.remote(text)
+            return await getattr(self.model, method).remote(*args)
         except RayActorError:
             try:
-                return await self.model.predict.remote(text)
+                return await getattr(self.model, method).remote(*args)
             except RayActorError:
                 raise HTTPException(503, "model replica unavailable; retry shortly", headers={"Retry-After": "1"}) from None
 
@@ -87,7 +99,7 @@ def build_app(args: ServeArgs) -> Application:
     if args.api_key is None and os.environ.get(API_KEY_ENV):
         args = args.model_copy(update={"api_key": SecretStr(os.environ[API_KEY_ENV])})
     model = layout.resolve(args.checkpoint, args.which, args.storage_path)
-    choose_backend(args.backend, model, "cuda" if args.num_gpus > 0 else "cpu")  # a missing export fails here
+    backend = choose_backend(args.backend, model, "cuda" if args.num_gpus > 0 else "cpu")  # a missing export fails here
     if args.max_batch_tokens < model.config.data.max_seq_length:
         raise ValueError(f"max_batch_tokens={args.max_batch_tokens} is below the checkpoint's max_seq_length "
                          f"({model.config.data.max_seq_length}): one long review would never fit a batch")
@@ -104,4 +116,4 @@ def build_app(args: ServeArgs) -> Application:
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=args.max_ongoing_requests * args.max_replicas,
     )
-    return ingress.bind(replicas, args)
+    return ingress.bind(replicas, args, backend)

@@ -79,6 +79,9 @@ class SentimentModel:
             raise RuntimeError("num_gpus > 0 but this replica sees no CUDA device")
         device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", torch.float32)
         self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend)
+        self.explainer: Predictor | None = None  # loaded by the first explained request
+        self.explain_lock = asyncio.Lock()
+        self.load_args = {"checkpoint": model, "device": device, "dtype": dtype, "backend": "torch"}
         BUDGET.count_with(self.predictor)
         cfg = model.config
         served_file, served_sha = self.predictor.served_file
@@ -109,8 +112,9 @@ class SentimentModel:
 
     def __del__(self) -> None:
         """Serve calls this when the replica stops: give up this node's copy of a remote checkpoint."""
-        if hasattr(self, "predictor"):
-            self.predictor.close()
+        for predictor in (getattr(self, "predictor", None), getattr(self, "explainer", None)):
+            if predictor is not None:
+                predictor.close()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply ``{"max_batch_size": int, "max_batch_tokens": int | None, "batch_wait_timeout_s": float}``
@@ -128,6 +132,20 @@ class SentimentModel:
         The forward pass runs in a thread, so the next batch gathers while this one computes.
         """
         return await asyncio.to_thread(self.predictor.predict_details, texts, len(texts))
+
+    async def explain(self, texts: list[str], top_k: int, n_steps: int) -> list[Prediction]:
+        """Predictions with key tokens (:func:`sentiment.attribution.explain`), outside the batches.
+
+        They run on a second torch copy of the model, one request at a time: Captum hooks the
+        embedding layer while it attributes, which must not touch the batched predictions that go
+        on meanwhile in another thread.
+        """
+        from sentiment.attribution import explain  # Captum: imported by the first explained request only
+
+        async with self.explain_lock:
+            if self.explainer is None:
+                self.explainer = await asyncio.to_thread(Predictor.load, **self.load_args)
+            return await asyncio.to_thread(explain, self.explainer, texts, top_k, n_steps)
 
     def info(self) -> dict[str, Any]:
         """What this replica serves: checkpoint, path, sha256, labels, metrics, config summary."""

@@ -23,15 +23,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve.schemas import (
     BODY_ERRORS, Health, ModelInfo, PredictResponse, ServeArgs, TextPrediction, errors, not_blank, request_model,
 )
-from sentiment.predict import Prediction
+from sentiment.predict import ExplainUnavailable, Prediction
 
 STATIC = Path(__file__).parent / "static"
 
 
 class Backend(Protocol):
-    """What the HTTP routes need from the model."""
+    """What the HTTP routes need from the model.
 
-    async def predict(self, texts: list[str]) -> list[Prediction]: ...
+    ``explains`` says whether ``predict(..., explain=True)`` can attribute (a torch model); when it
+    cannot, that call raises :class:`~sentiment.predict.ExplainUnavailable`.
+    """
+
+    explains: bool
+
+    async def predict(self, texts: list[str], explain: bool = False) -> list[Prediction]: ...
 
     async def info(self) -> dict[str, Any]: ...
 
@@ -127,27 +133,34 @@ def make_api(backend: Backend, args: ServeArgs) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=args.max_body_bytes)
     auth = [Depends(api_key_check(args.api_key))] if args.api_key else []
     v1 = APIRouter(prefix="/v1", dependencies=auth, responses=errors(e401="Missing or wrong API key.") if auth else {})
-    PredictRequest = request_model(args.max_text_chars, args.max_texts)
+    PredictRequest = request_model(args.max_text_chars, args.max_texts, args.explain_max_texts)
 
-    async def respond(texts: list[str]) -> PredictResponse:
-        predictions = await backend.predict(texts)
-        return PredictResponse(
-            predictions=[TextPrediction(**vars(p), uncertain=p.score < args.uncertain_below) for p in predictions]
-        )
+    async def respond(texts: list[str], explain: bool = False) -> PredictResponse:
+        try:
+            predictions = await backend.predict(texts, explain)
+        except ExplainUnavailable as err:
+            raise HTTPException(422, str(err)) from None
+        return PredictResponse(predictions=[
+            TextPrediction(**{**vars(p), "key_tokens": p.key_tokens and [vars(k) for k in p.key_tokens]},
+                           uncertain=p.score < args.uncertain_below)
+            for p in predictions
+        ])
 
     body_limit = f"in a body of at most {args.max_body_bytes} bytes"
 
     @v1.post("/predict", dependencies=[Depends(require_json)], description=f'`{{"text": ...}}` or '
              f'`{{"texts": [...]}}`, labels in the same order. At most {args.max_texts} texts of at most '
-             f'{args.max_text_chars} characters each, {body_limit}.',
-             responses={**BODY_ERRORS, **errors(e415="The body is not application/json.")})
+             f'{args.max_text_chars} characters each, {body_limit}. With `"explain": true` (at most '
+             f'{args.explain_max_texts} texts), each prediction also has its `key_tokens`.',
+             responses={**BODY_ERRORS, **errors(e415="The body is not application/json.")},
+             response_model_exclude_none=True)
     async def predict(body: PredictRequest) -> PredictResponse:  # type: ignore[valid-type]
         """Predict ``{"text": ...}`` or ``{"texts": [...]}``."""
-        return await respond(body.all_texts())
+        return await respond(body.all_texts(), body.explain)
 
     @v1.post("/predict/form", responses=BODY_ERRORS,
              description=f"One form field `review` (`curl -F review=...`) of at most {args.max_text_chars} "
-             f"characters, {body_limit}.")
+             f"characters, {body_limit}.", response_model_exclude_none=True)
     async def predict_form(
         review: Annotated[str, Form(max_length=args.max_text_chars), AfterValidator(not_blank)],
     ) -> PredictResponse:
@@ -162,7 +175,7 @@ def make_api(backend: Backend, args: ServeArgs) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> Health:
         """Liveness; open without a key. Says whether ``/v1`` needs one."""
-        return Health(auth_required=args.api_key is not None)
+        return Health(auth_required=args.api_key is not None, explain=args.explain_max_texts > 0 and backend.explains)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

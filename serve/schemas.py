@@ -53,6 +53,12 @@ class ServeArgs(BaseModel):
         "fits max_texts texts of max_text_chars 4-byte characters at the defaults.",
     )
     uncertain_below: float = Field(0.8, gt=0, le=1, description="Top probability under this marks 'uncertain'.")
+    explain_max_texts: int = Field(
+        4, ge=0, description="Most texts in one request with explain=true (0 turns explain off). Explaining costs "
+        "explain_steps forward and backward passes per text, outside the prediction batches.",
+    )
+    explain_steps: int = Field(16, ge=2, le=256, description="Integrated-gradients steps per explained text.")
+    explain_top_k: int = Field(5, ge=1, le=50, description="Key tokens returned per explained text.")
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = Field(
         "auto", description="Lineage run at deploy time; 'auto': online with WANDB_API_KEY, else offline (as training)."
     )
@@ -89,7 +95,7 @@ def not_blank(text: str) -> str:
     return text
 
 
-def request_model(max_text_chars: int, max_texts: int) -> type[BaseModel]:
+def request_model(max_text_chars: int, max_texts: int, explain_max_texts: int) -> type[BaseModel]:
     """The ``POST /v1/predict`` body, with this deployment's limits in its schema."""
     Text = Annotated[str, Field(strict=True, max_length=max_text_chars), AfterValidator(not_blank)]
 
@@ -102,11 +108,20 @@ def request_model(max_text_chars: int, max_texts: int) -> type[BaseModel]:
         )
         text: Text | None = None
         texts: list[Text] | None = Field(None, min_length=1, max_length=max_texts)
+        explain: bool = Field(
+            False, strict=True, description=f"Also return each text's key tokens (at most {explain_max_texts} texts "
+            "per explained request; slower: integrated gradients).",
+        )
 
         @model_validator(mode="after")
         def _one_of(self) -> "PredictRequest":
             if (self.text is None) == (self.texts is None):
                 raise ValueError("send exactly one of 'text' (a string) or 'texts' (a list of strings)")
+            if self.explain and not explain_max_texts:
+                raise ValueError("explain is off on this deployment (explain_max_texts=0)")
+            if self.explain and len(self.all_texts()) > explain_max_texts:
+                raise ValueError(f"explain: at most {explain_max_texts} texts per explained request, "
+                                 f"got {len(self.all_texts())}")
             return self
 
         def all_texts(self) -> list[str]:
@@ -114,6 +129,13 @@ def request_model(max_text_chars: int, max_texts: int) -> type[BaseModel]:
             return [self.text] if self.text is not None else list(self.texts or [])
 
     return PredictRequest
+
+
+class KeyTokenScore(BaseModel):
+    """A word of the text and its integrated-gradients attribution toward the predicted label."""
+
+    word: str
+    score: float
 
 
 class TextPrediction(BaseModel):
@@ -125,6 +147,9 @@ class TextPrediction(BaseModel):
     num_tokens: int = Field(description="Tokens the model saw (special tokens included).")
     truncated: bool = Field(description="The text was longer than the checkpoint's max_seq_length.")
     uncertain: bool = Field(description="score is under the deployment's uncertain_below.")
+    key_tokens: list[KeyTokenScore] | None = Field(
+        None, description="Only with explain: the words pushing most toward the label, strongest first."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -154,6 +179,7 @@ class Health(BaseModel):
 
     status: Literal["ok"] = "ok"
     auth_required: bool
+    explain: bool = Field(description="Whether requests may ask for key tokens (explain=true).")
 
 
 class ErrorMessage(BaseModel):

@@ -78,6 +78,33 @@ def test_ray_data_predictions_equal_the_predictor_in_input_order(local_ray, tiny
     assert scored["truncated"].any() and (scored["num_tokens"] > 0).all()
 
 
+def test_explained_batch_predictions_carry_each_reviews_key_tokens(local_ray, tiny_model_dir, reviews, tmp_path):
+    from sentiment.attribution import explain
+
+    model = make_checkpoint(tiny_model_dir, tmp_path / "model")
+    source = pd.read_csv(reviews).dropna(subset=["text"])
+    source = source[source["text"].str.strip() != ""].head(12)
+    source.to_csv(tmp_path / "few.csv", index=False)
+    out = tmp_path / "explained.jsonl"
+    got = predict.main(["--checkpoint", str(model), "--input", str(tmp_path / "few.csv"), "--output", str(out),
+                        "--explain", "--explain-steps", "4", "--explain-top-k", "3"])
+    expected = explain(Predictor.load(model), source["text"].tolist(), top_k=3, n_steps=4)
+    written = pd.read_json(out, lines=True)
+    for row, want in zip(written["key_tokens"], expected):
+        tokens = json.loads(row)
+        assert [t["word"] for t in tokens] == [k.word for k in want.key_tokens]
+        assert [t["score"] for t in tokens] == pytest.approx([k.score for k in want.key_tokens], abs=1e-3)
+    assert (got["key_tokens"].str.len() > 2).any()  # some review has key tokens (not all "[]")
+
+
+def test_explain_on_a_backend_without_gradients_is_refused_before_anything_runs(tiny_model_dir, reviews, tmp_path):
+    out = tmp_path / "out.parquet"
+    with pytest.raises(predict.InputError, match="--explain needs gradients, which backend 'onnx' cannot give"):
+        predict.main(["--checkpoint", str(tmp_path / "any"), "--input", str(reviews), "--output", str(out),
+                      "--explain", "--backend", "onnx"])
+    assert not out.exists()
+
+
 def _no_temp_files(folder: Path) -> bool:
     return not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
 

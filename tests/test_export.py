@@ -14,12 +14,12 @@ import pytest
 
 from ray_jobs import export
 import sentiment.export
-from sentiment.attribution import ExplainUnavailable, explain
+from sentiment.attribution import explain
 from sentiment.config import load_config
 from sentiment.export import INT8_RECIPES, ExportError
 from sentiment.layout import CheckpointError, resolve, save_model_dir
 from sentiment.model import build_model, load_tokenizer
-from sentiment.predict import Predictor
+from sentiment.predict import ExplainUnavailable, Predictor
 from tests.test_serve import make_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,6 +139,9 @@ def test_a_replica_serves_the_verified_int8_export_and_says_so(exported_int8, ti
         served = requests.post(f"{url}/v1/predict", json={"texts": TEXTS}, timeout=60).json()["predictions"]
         local = Predictor.load(model, backend="onnx-int8").predict_details(TEXTS)
         assert [s["probabilities"]["positive"] for s in served] == pytest.approx([p.probabilities["positive"] for p in local], abs=1e-6)
+        refused = requests.post(f"{url}/v1/predict", json={"text": TEXTS[0], "explain": True}, timeout=60)
+        assert refused.status_code == 422 and "backend 'onnx-int8' cannot give" in refused.json()["detail"]
+        assert requests.get(f"{url}/healthz", timeout=30).json()["explain"] is False  # the page hides the option
     finally:
         stop_serve()
     from serve.app import build_app

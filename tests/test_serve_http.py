@@ -20,23 +20,29 @@ from pydantic import SecretStr
 
 from serve.http import make_api
 from serve.schemas import ServeArgs
-from sentiment.predict import Prediction
+from sentiment.predict import ExplainUnavailable, KeyToken, Prediction
 from tests.test_serve import free_port
 
 KEY = "test-key-123"
 
 
 class StandIn:
-    """A model that calls a text positive when it holds 'good'; records what it was asked."""
+    """A model that calls a text positive when it holds 'good' (its key token when explained);
+    records what it was asked."""
 
     def __init__(self) -> None:
         self.seen: list[list[str]] = []
+        self.explains = True
 
-    async def predict(self, texts: list[str]) -> list[Prediction]:
+    async def predict(self, texts: list[str], explain: bool = False) -> list[Prediction]:
+        if explain and not self.explains:
+            raise ExplainUnavailable("explain needs gradients, which backend 'onnx-int8' cannot give")
         self.seen.append(texts)
         return [Prediction("positive" if "good" in t else "negative", 0.9 if "good" in t else 0.6,
                            {"negative": 0.1, "positive": 0.9} if "good" in t else {"negative": 0.6, "positive": 0.4},
-                           num_tokens=len(t.split()) + 2, truncated=False) for t in texts]
+                           num_tokens=len(t.split()) + 2, truncated=False,
+                           key_tokens=[KeyToken("good", 0.5)] if explain and "good" in t else [] if explain else None)
+                for t in texts]
 
     async def info(self) -> dict[str, Any]:
         return {"checkpoint": "c", "path": "/p", "sha256": "0" * 64, "label_names": ["negative", "positive"],
@@ -46,7 +52,8 @@ class StandIn:
 @pytest.fixture(scope="module")
 def api() -> Iterator[tuple[str, StandIn]]:
     backend = StandIn()
-    args = ServeArgs(checkpoint="c", api_key=SecretStr(KEY), max_text_chars=50, max_texts=3, max_body_bytes=2000)
+    args = ServeArgs(checkpoint="c", api_key=SecretStr(KEY), max_text_chars=50, max_texts=3, max_body_bytes=2000,
+                     explain_max_texts=2)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(make_api(backend, args), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -77,7 +84,7 @@ def test_the_key_is_required_by_bearer_or_basic_auth_and_never_echoed(api):
     assert denied.status_code == 401 and denied.headers["WWW-Authenticate"] == "Bearer" and "nope" not in denied.text
     assert requests.post(f"{url}/v1/predict", json={"text": "good"}, auth=(KEY, ""), timeout=10).status_code == 200
     assert requests.get(f"{url}/v1/model", timeout=10).status_code == 401
-    assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok", "auth_required": True}
+    assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok", "auth_required": True, "explain": True}
     assert "<html" in requests.get(f"{url}/", timeout=10).text.lower()  # the page is open; it asks for the key
 
 
@@ -119,3 +126,29 @@ def test_api_docs_are_open_and_load_nothing_from_outside(api, path, script):
     spec = requests.get(f"{url}/openapi.json", timeout=10).json()["paths"]["/v1/predict"]["post"]
     assert "At most 3 texts of at most 50 characters each, in a body of at most 2000 bytes" in spec["description"]
     assert {"401", "413", "415", "422"} <= set(spec["responses"])
+
+
+def test_explain_adds_key_tokens_and_only_when_asked(api):
+    url, _ = api
+    plain = requests.post(f"{url}/v1/predict", json={"texts": ["good film", "dull"]}, headers=AUTH, timeout=10)
+    assert all("key_tokens" not in p for p in plain.json()["predictions"])
+    explained = requests.post(f"{url}/v1/predict", json={"texts": ["good film", "dull"], "explain": True},
+                              headers=AUTH, timeout=10)
+    assert explained.status_code == 200
+    assert [p["key_tokens"] for p in explained.json()["predictions"]] == [[{"word": "good", "score": 0.5}], []]
+
+
+@pytest.mark.parametrize("body, explains, message", [
+    ({"texts": ["a", "b", "c"], "explain": True}, True, "explain: at most 2 texts per explained request, got 3"),
+    ({"text": "good", "explain": "yes"}, True, "valid boolean"),
+    ({"text": "good", "explain": True}, False, "backend 'onnx-int8' cannot give"),
+])
+def test_explain_beyond_its_limits_or_backend_gets_a_422_naming_it(api, body, explains, message):
+    url, backend = api
+    backend.explains = explains
+    try:
+        reply = requests.post(f"{url}/v1/predict", json=body, headers=AUTH, timeout=10)
+        assert reply.status_code == 422 and message in reply.text, reply.text
+        assert requests.get(f"{url}/healthz", timeout=10).json()["explain"] is explains
+    finally:
+        backend.explains = True

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from sentiment.attribution import explain
 from sentiment.predict import Predictor
+from sentiment.report import SCENARIOS
 from tests.test_serve import make_checkpoint, start_serve, stop_serve
 
 pytestmark = [pytest.mark.ray, pytest.mark.browser]
@@ -93,3 +95,23 @@ def test_the_footer_link_opens_the_api_docs_served_offline(server: str, browser:
     codes = operation.locator("tr.response").evaluate_all("rows => rows.map(r => r.dataset.code)")
     assert {"200", "401", "413", "415", "422"} <= set(codes)
     assert elsewhere == []  # no CDN: every script and style came from the endpoint
+
+
+def test_the_page_highlights_each_sample_reviews_key_words(
+    server: str, browser: Browser, checkpoint: Path, artifacts: Path
+) -> None:
+    """The key words the endpoint returns (explain) are the in-process explanation's, marked in the review."""
+    predictor = Predictor.load(checkpoint)
+    page = browser.new_page(viewport={"width": 900, "height": 900})
+    page.goto(server + "/")
+    page.fill("#key", KEY)
+    expect(page.locator("#explain-row")).to_be_visible()  # /healthz says this deployment can explain
+    expect(page.locator("#explain")).to_be_checked()
+    for kind, (text, _) in zip(("positive", "negative", "mixed"), SCENARIOS):
+        (expected,) = explain(predictor, [text], top_k=5, n_steps=16)  # the deployment's defaults
+        words = [k.word for k in expected.key_tokens]
+        page.click(f'.sample[data-kind="{kind}"]')
+        expect(page.locator("#key-tokens")).to_have_text(", ".join(words))
+        marked = page.locator("#review mark").evaluate_all("marks => marks.map(m => m.dataset.word)")
+        assert set(marked) == set(words) and all(w.lower() in text.lower() for w in words)
+    page.screenshot(path=str(artifacts / "serve_page_key_words.png"), full_page=True)

@@ -27,9 +27,13 @@ def test_cli_strings_are_converted_and_autoscaling_follows():
 
 
 def test_request_model_takes_one_text_or_several_within_the_limits():
-    Request = request_model(max_text_chars=10, max_texts=2)
+    Request = request_model(max_text_chars=10, max_texts=2, explain_max_texts=1)
     assert Request.model_validate({"text": "fine"}).all_texts() == ["fine"]
     assert Request.model_validate({"texts": ["a", "b"]}).all_texts() == ["a", "b"]
-    for bad in ({"text": "x" * 11}, {"texts": ["a", "b", "c"]}, {"texts": []}, {}, {"text": 3}, {"text": "<br />"}):
+    assert Request.model_validate({"texts": ["a"], "explain": True}).explain
+    for bad in ({"text": "x" * 11}, {"texts": ["a", "b", "c"]}, {"texts": []}, {}, {"text": 3}, {"text": "<br />"},
+                {"texts": ["a", "b"], "explain": True}, {"text": "a", "explain": 1}):
         with pytest.raises(ValidationError):
             Request.model_validate(bad)
+    with pytest.raises(ValidationError, match=r"explain is off on this deployment \(explain_max_texts=0\)"):
+        request_model(max_text_chars=10, max_texts=2, explain_max_texts=0).model_validate({"text": "a", "explain": True})

@@ -1,4 +1,5 @@
-// The try-it page: POST /v1/predict and draw one probability bar per class.
+// The try-it page: POST /v1/predict, draw one probability bar per class and, when asked, highlight
+// the review's key words (the endpoint's integrated-gradients attributions).
 "use strict";
 
 const SAMPLES = {
@@ -39,7 +40,37 @@ function bar(name, p) {
   return row;
 }
 
-function showPrediction(pred) {
+// Accents off and lowercase, as the uncased tokenizer compares words.
+const norm = (word) => word.normalize("NFD").replace(/\p{M}/gu, "").toLowerCase();
+
+function highlighted(text, keyTokens) {
+  const scores = new Map(keyTokens.map((k) => [k.word, k.score]));
+  const out = document.createDocumentFragment();
+  let last = 0;
+  for (const m of text.matchAll(/[\p{L}\p{N}]+(?:'[\p{L}\p{N}]+)*/gu)) {
+    const word = norm(m[0]);
+    if (!scores.has(word)) continue;
+    out.append(text.slice(last, m.index));
+    const mark = document.createElement("mark");
+    mark.textContent = m[0];
+    mark.dataset.word = word;
+    mark.title = `attribution ${scores.get(word).toFixed(3)}`;
+    out.append(mark);
+    last = m.index + m[0].length;
+  }
+  out.append(text.slice(last));
+  return out;
+}
+
+function showKeyTokens(pred, text) {
+  $("explained").hidden = !pred.key_tokens;
+  if (!pred.key_tokens) return;
+  $("explained-label").textContent = pred.label;
+  $("key-tokens").textContent = pred.key_tokens.map((k) => k.word).join(", ") || "none";
+  $("review").replaceChildren(highlighted(text, pred.key_tokens));
+}
+
+function showPrediction(pred, text) {
   $("error").hidden = true;
   $("label").textContent = pred.label;
   $("label").className = pred.label;
@@ -47,6 +78,7 @@ function showPrediction(pred) {
   $("uncertain").hidden = !pred.uncertain;
   $("bars").replaceChildren(...Object.entries(pred.probabilities).map(([n, p]) => bar(n, p)));
   $("tokens").textContent = `${pred.num_tokens} tokens` + (pred.truncated ? " (truncated to the model's limit)" : "");
+  showKeyTokens(pred, text);
   $("result").hidden = false;
 }
 
@@ -55,11 +87,12 @@ async function predict() {
   if (!text.trim()) return showError("Type a review first.");
   $("predict").disabled = true;
   try {
-    const r = await fetch("/v1/predict", { method: "POST", headers: headers(), body: JSON.stringify({ text }) });
+    const explain = !$("explain-row").hidden && $("explain").checked;
+    const r = await fetch("/v1/predict", { method: "POST", headers: headers(), body: JSON.stringify({ text, explain }) });
     const body = await r.json();
     if (r.status === 401) return showError("API key needed or wrong: enter it above.");
     if (!r.ok) return showError(detailText(body));
-    showPrediction(body.predictions[0]);
+    showPrediction(body.predictions[0], text);
   } catch (err) {
     showError("The server could not be reached: " + err);
   } finally {
@@ -76,6 +109,7 @@ async function init() {
   }
   const health = await (await fetch("/healthz")).json();
   $("key-row").hidden = !health.auth_required;
+  $("explain-row").hidden = !health.explain;
   const info = await fetch("/v1/model", { headers: headers() });
   if (info.ok) {
     const m = await info.json();
