@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from captum.attr import LayerIntegratedGradients
 
-from sentiment.predict import KeyToken, Prediction, Predictor
+from sentiment.predict import ExplainUnavailable, KeyToken, Prediction, Predictor
 
 # Markers a subword tokenizer uses: WordPiece continues a word with "##"; SentencePiece ("▁") and
 # byte-level BPE ("Ġ") start one with a marker.
@@ -49,10 +49,6 @@ def words_of(tokens: list[str], scores: np.ndarray, special: np.ndarray) -> list
         else:
             words.append((piece, float(score)))
     return [(w.strip(string.punctuation).lower(), s) for w, s in words if any(c.isalnum() for c in w)]
-
-
-class ExplainUnavailable(ValueError):
-    """Attributions were asked of a predictor whose backend gives no gradients (ONNX)."""
 
 
 def token_attributions(

@@ -18,6 +18,10 @@ from sentiment.data import SpecialTokens, encode_texts, fit_to_length
 from sentiment.metrics import softmax
 
 
+class ExplainUnavailable(ValueError):
+    """Attributions were asked of a predictor whose backend gives no gradients (ONNX)."""
+
+
 @dataclass
 class KeyToken:
     """A word of one text and its integrated-gradients attribution toward the predicted label
