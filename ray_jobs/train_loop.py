@@ -120,9 +120,16 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: int) -> Any:
-    """Linear, cosine or constant schedule with warmup (steps, or a ratio of ``total_steps``)."""
+    """Linear, cosine or constant schedule with warmup (steps, or a ratio of ``total_steps``), or one cycle
+    whose rise takes the warmup."""
     t = cfg.train
     warmup = t.warmup_steps if t.warmup_steps is not None else math.ceil(t.warmup_ratio * total_steps)
+    if t.schedule == "one_cycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total_steps,
+            pct_start=min(max(warmup, 1) / total_steps, 0.99), anneal_strategy="cos", div_factor=25.0,
+            final_div_factor=1e4,
+        )
     name = "constant_with_warmup" if t.schedule == "constant" else t.schedule
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 

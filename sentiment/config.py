@@ -90,7 +90,12 @@ class TrainConfig(_Section):
     grad_accum_steps: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
     warmup_steps: int | None = Field(None, ge=0, description="Overrides warmup_ratio when set.")
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    schedule: Literal["linear", "cosine", "constant", "one_cycle"] = Field(
+        "linear",
+        description="After the warmup: linear or cosine decay to 0, or constant. one_cycle is Smith's 1cycle (torch "
+        "OneCycleLR): lr/25 rising to lr over the warmup, then cosine down to lr/25e4, Adam's beta1 cycling "
+        "0.95-0.85-0.95; pair it with python -m ray_jobs.lr_find's suggestion.",
+    )
     export: list[Literal["onnx", "onnx-int8"]] = Field(
         default_factory=list,
         description="After training, export the best model to ONNX (onnx) and int8 (onnx-int8), each verified on "

@@ -54,3 +54,19 @@ def test_balanced_class_weights_are_inverse_frequencies():
     weights = class_weight_tensor(cfg, np.array([0, 0, 0, 1]), torch.device("cpu"))
     assert weights.tolist() == pytest.approx([4 / 6, 2.0])
     assert class_weight_tensor(load_config(None, []), np.array([0, 1]), torch.device("cpu")) is None
+
+
+def test_one_cycle_rises_to_the_lr_over_the_warmup_then_anneals_and_cycles_momentum(tiny_model_dir):
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "train.lr=1e-3", "train.warmup_ratio=0.3",
+                             "train.schedule=one_cycle"])
+    optimizer = build_optimizer(build_model(cfg.model), cfg, torch.device("cpu"))
+    scheduler = build_scheduler(optimizer, cfg, total_steps=100)
+    lrs, betas = [], []
+    for _ in range(100):
+        lrs.append(scheduler.get_last_lr()[0])
+        betas.append(optimizer.param_groups[0]["betas"][0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(1e-3 / 25) and max(lrs) == pytest.approx(1e-3) and lrs.index(max(lrs)) == 29
+    assert lrs[-1] < 1e-3 / 25 / 1000 and lrs[29:] == sorted(lrs[29:], reverse=True)
+    assert betas[0] == pytest.approx(0.95) and min(betas) == pytest.approx(0.85) and betas[-1] > 0.94
