@@ -309,6 +309,19 @@ def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ct
     return metrics
 
 
+def use_the_prebuilt_deepspeed_op() -> None:
+    """Point DeepSpeed's JIT build of its CPU all-reduce op at the one scripts/setup.sh made.
+
+    The op is cached per virtualenv (a shared cache makes two venvs rebuild it in turn, and a build
+    killed midway leaves a lock file that makes every later start wait forever). The build runs
+    ``ninja`` from PATH, so this venv's own (pip's, the one setup.sh built with) goes first:
+    another version on PATH (Debian's 1.11 against pip's 1.13) reads the build log as stale and
+    rebuilds the op, about a minute on 2 cores, each time the two alternate.
+    """
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train, validate and checkpoint every epoch, then test the best epoch's model.
 
@@ -316,10 +329,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         config: ``{"cfg": <Config as dict>, "data": <ObjectRef or dict of EncodedSplit>,
             "run_name": str, "wandb_dir": str}``.
     """
-    # DeepSpeed JIT-compiles its CPU all-reduce op into the torch extensions cache. One cache per
-    # virtualenv: shared, two venvs rebuild it in turn, and a build killed midway leaves a lock
-    # file that makes every later start wait forever. scripts/setup.sh prebuilds it here.
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+    use_the_prebuilt_deepspeed_op()
     import deepspeed
 
     cfg = config_from_dict(config["cfg"], "train_loop_config")

@@ -37,8 +37,9 @@ if [ ! -f "$stamp" ]; then
   fi
   "${pip[@]}" -c constraints.txt -e ".[test]"
   # DeepSpeed's CPU all-reduce JIT-compiles a shared-memory op on first use (~35 s): do it now,
-  # into this venv's torch extensions cache, which the workers read (ray_jobs/train_loop.py).
-  TORCH_EXTENSIONS_DIR="$PWD/.venv/torch_extensions" DS_ACCELERATOR=cpu .venv/bin/python -c \
+  # into this venv's torch extensions cache, with this venv's ninja, as the workers will
+  # (ray_jobs/train_loop.py: use_the_prebuilt_deepspeed_op).
+  PATH="$PWD/.venv/bin:$PATH" TORCH_EXTENSIONS_DIR="$PWD/.venv/torch_extensions" DS_ACCELERATOR=cpu .venv/bin/python -c \
     "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()" >/dev/null
   touch "$stamp"
   .venv/bin/python -c "import torch; print(f'setup: torch {torch.__version__}, ' + (f'CUDA {torch.version.cuda} build' if torch.version.cuda else 'CPU build'))"

@@ -70,3 +70,17 @@ def test_one_cycle_rises_to_the_lr_over_the_warmup_then_anneals_and_cycles_momen
     assert lrs[0] == pytest.approx(1e-3 / 25) and max(lrs) == pytest.approx(1e-3) and lrs.index(max(lrs)) == 29
     assert lrs[-1] < 1e-3 / 25 / 1000 and lrs[29:] == sorted(lrs[29:], reverse=True)
     assert betas[0] == pytest.approx(0.95) and min(betas) == pytest.approx(0.85) and betas[-1] > 0.94
+
+
+def test_deepspeeds_op_is_built_with_this_venvs_ninja_into_its_cache(monkeypatch):
+    import os
+    import shutil
+    import sys
+
+    from ray_jobs.train_loop import use_the_prebuilt_deepspeed_op
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # as a shell that did not activate the venv (Debian has a ninja)
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    use_the_prebuilt_deepspeed_op()
+    assert shutil.which("ninja") == os.path.join(os.path.dirname(sys.executable), "ninja")  # pip's, setup.sh's
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == os.path.join(sys.prefix, "torch_extensions")
