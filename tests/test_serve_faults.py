@@ -163,7 +163,7 @@ class FakeResponse:
             raise self.errors.pop(0)
         return "prediction"
 
-    def remote(self, text: str):  # noqa: ANN201 (an awaitable, like a DeploymentResponse)
+    def remote(self, *args: object):  # noqa: ANN201 (an awaitable, like a DeploymentResponse)
         return self._call()
 
 
@@ -176,14 +176,14 @@ def test_ingress_retries_once_on_a_dead_replica_then_answers_503() -> None:
 
     from serve.app import SentimentAPI
 
-    predict_one = SentimentAPI.func_or_class._predict_one
+    call = SentimentAPI.func_or_class._call  # predictions and explanations both go through it
     once = SimpleNamespace(model=SimpleNamespace(predict=FakeResponse([ActorDiedError()])))
-    assert asyncio.run(predict_one(once, "good")) == "prediction" and once.model.predict.calls == 2
-    twice = SimpleNamespace(model=SimpleNamespace(predict=FakeResponse([ActorDiedError(), ActorDiedError()])))
+    assert asyncio.run(call(once, "predict", "good")) == "prediction" and once.model.predict.calls == 2
+    twice = SimpleNamespace(model=SimpleNamespace(explain=FakeResponse([ActorDiedError(), ActorDiedError()])))
     with pytest.raises(HTTPException) as error:
-        asyncio.run(predict_one(twice, "good"))
+        asyncio.run(call(twice, "explain", ["good"], 5, 16))
     assert error.value.status_code == 503 and error.value.headers == {"Retry-After": "1"}
     other = SimpleNamespace(model=SimpleNamespace(predict=FakeResponse([ValueError("a bug")])))
     with pytest.raises(ValueError):  # only a dead replica is retried
-        asyncio.run(predict_one(other, "good"))
+        asyncio.run(call(other, "predict", "good"))
     assert other.model.predict.calls == 1
