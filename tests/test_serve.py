@@ -319,11 +319,9 @@ def test_api_key_by_bearer_and_basic_auth(server: str) -> None:
     review = {"review": (None, "A fun brain candy movie...good dialog.")}  # curl -F "review=..." -u "<key>:"
     form = requests.post(f"{server}/v1/predict/form", files=review, auth=(KEY, ""))
     assert form.status_code == 200 and form.json()["predictions"][0]["label"] in ("negative", "positive")
-    for open_path in ("/healthz", "/", "/openapi.json"):
+    for open_path in ("/healthz", "/", "/openapi.json", "/docs", "/redoc"):  # the docs' assets are local
         assert requests.get(server + open_path).status_code == 200, open_path
-    for cdn_page in ("/docs", "/redoc"):  # off: their JavaScript would come from a CDN
-        assert requests.get(server + cdn_page).status_code == 404, cdn_page
-    assert requests.get(f"{server}/healthz").json() == {"status": "ok", "auth_required": True}
+    assert requests.get(f"{server}/healthz").json() == {"status": "ok", "auth_required": True, "explain": True}
 
 
 def test_openapi_documents_the_versioned_api_and_its_limits(server: str) -> None:
