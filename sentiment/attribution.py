@@ -126,8 +126,8 @@ def explain(predictor: Predictor, texts: list[str], top_k: int = 5, n_steps: int
     Raises:
         ExplainUnavailable: the predictor's backend is not torch.
     """
-    predictions = predictor.predict_details(texts)
-    ids, _ = predictor.encode(texts)
+    ids, full_lengths = predictor.encode(texts)  # once, for the predictions and the attributions
+    predictions = predictor.details_for_ids(ids, full_lengths)
     targets = [predictor.label_names.index(p.label) for p in predictions]
     special = set(predictor.tokenizer.all_special_ids)
     for prediction, review_ids, scores in zip(predictions, ids, token_attributions(predictor, ids, targets, n_steps)):

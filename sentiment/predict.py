@@ -154,7 +154,10 @@ class Predictor:
 
     def predict_details(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
         """Label, score, all probabilities, tokens used and truncation for each text."""
-        ids, full_lengths = self.encode(texts)
+        return self.details_for_ids(*self.encode(texts), batch_size=batch_size)
+
+    def details_for_ids(self, ids: list[list[int]], full_lengths: list[int], batch_size: int = 64) -> list[Prediction]:
+        """:meth:`predict_details` for texts already encoded (``ids`` and full lengths from :meth:`encode`)."""
         proba = self.probabilities(self.logits_for_ids(ids, batch_size))
         results = []
         for p, used, full in zip(proba, ids, full_lengths):
