@@ -28,18 +28,31 @@ from ray_jobs.train_loop import train_loop_per_worker
 from sentiment import layout
 from sentiment.config import Config, ConfigError, load_config
 from sentiment.layout import EPOCH_CHECKPOINT_PARTS, MODEL_DIR, RESULT_FILE, STATE_FILE, TEST_METRICS_FILE
-from sentiment.data import EncodedSplit, encode_splits, load_splits
+from sentiment.data import EncodedSplit, check_folds, cross_validation_fold, encode_splits, load_splits
 from sentiment.model import check_against_model, load_tokenizer
 
 
-def prepare_data(cfg: Config) -> dict[str, EncodedSplit]:
-    """Load, clean, split and tokenize the data once, on the driver."""
+def tokenized_splits(cfg: Config) -> dict[str, EncodedSplit]:
+    """Load, clean, split and tokenize the data once, on the driver (in cross-validation, the pool)."""
     t0 = time.perf_counter()
     splits = load_splits(cfg.data, cfg.model.label_names)
     encoded = encode_splits(load_tokenizer(cfg.model.name_or_path), splits)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in encoded.items())
     print(f"data: {sizes} reviews, tokenized in {time.perf_counter() - t0:.1f}s", flush=True)
     return encoded
+
+
+def prepare_data(cfg: Config) -> dict[str, EncodedSplit]:
+    """The splits a run trains on: train/validation/test, or with ``data.cv_folds`` its fold's two.
+
+    Raises:
+        ConfigError: more folds than the pool's smallest class has reviews.
+    """
+    encoded = tokenized_splits(cfg)
+    if cfg.data.cv_folds is None:
+        return encoded
+    check_folds(encoded["train"].labels, cfg.data.cv_folds, cfg.model.label_names)
+    return cross_validation_fold(encoded["train"], cfg.data)
 
 
 def check_resume_from(cfg: Config) -> None:
@@ -163,17 +176,24 @@ def build_trainer(
 
 
 def summarize(cfg: Config, result: Any, run_name: str, storage_path: str) -> dict[str, Any]:
-    """Write ``result.json`` in the run folder (best/last checkpoint, metrics) and return it."""
+    """Write ``result.json`` in the run folder (best/last checkpoint, metrics) and return it.
+
+    A cross-validation fold has no test metrics (``None``); its best epoch is the one training
+    reported last as best.
+    """
     fs, root = layout.filesystem(storage_path)
     run_dir = layout.join(root, run_name)
-    test = layout.read_json(fs, layout.join(run_dir, TEST_METRICS_FILE))
-    best = test["test_checkpoint"]  # the epoch tested; in the run resumed from, if it was better
+    if cfg.data.cv_folds is None:
+        test = layout.read_json(fs, layout.join(run_dir, TEST_METRICS_FILE))
+        best, epoch = test["test_checkpoint"], test["test_epoch"]  # in the run resumed from, if it was better
+    else:
+        test, best, epoch = None, result.metrics["best_checkpoint"], result.metrics["best_epoch"]
     summary = {
         "run_name": run_name,
         "run_dir": run_dir,
         "best_checkpoint": best,
         "last_checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "best_metrics": layout.read_json(fs, layout.join(best, STATE_FILE))["history"][test["test_epoch"] - 1],
+        "best_metrics": layout.read_json(fs, layout.join(best, STATE_FILE))["history"][epoch - 1],
         "test_metrics": test,
         "metric": cfg.run.metric,
         "config": cfg.model_dump(mode="json"),
@@ -206,6 +226,17 @@ def launch(
     return summarize(cfg, result, run_name, storage_path)
 
 
+def outcome_line(cfg: Config, summary: dict[str, Any]) -> str:
+    """The run's result in one line: test accuracy, or a cross-validation fold's validation metric."""
+    test = summary["test_metrics"]
+    if test is None:
+        best = summary["best_metrics"]
+        return (f"cross-validation fold {cfg.data.cv_fold + 1}/{cfg.data.cv_folds}: {cfg.run.metric} "
+                f"{best[cfg.run.metric]:.4f} at epoch {best['epoch']} (the test split is not used)")
+    return (f"test accuracy: {test['test_accuracy']:.4f} on {test['test_count']} held-out reviews "
+            f"(macro F1 {test['test_f1']:.4f}, best epoch {test['test_epoch']})")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ray_jobs.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="YAML config file (defaults apply when omitted)")
@@ -225,10 +256,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     check_resources(cfg)
     t0 = time.perf_counter()
     summary = launch(cfg, data)
-    test = summary["test_metrics"]
     print(f"\ntraining + test took {time.perf_counter() - t0:.0f}s")
-    print(f"test accuracy: {test['test_accuracy']:.4f} on {test['test_count']} held-out reviews "
-          f"(macro F1 {test['test_f1']:.4f}, best epoch {test['test_epoch']})")
+    print(outcome_line(cfg, summary))
     root = layout.storage_root(cfg)
     best_model = layout.location_of(root, layout.join(summary["best_checkpoint"], MODEL_DIR))
     print(f"checkpoint: {best_model}")

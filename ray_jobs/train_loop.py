@@ -323,7 +323,7 @@ def use_the_prebuilt_deepspeed_op() -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Train, validate and checkpoint every epoch, then test the best epoch's model.
+    """Train, validate and checkpoint every epoch, then test the best epoch's model (if a test split came).
 
     Args:
         config: ``{"cfg": <Config as dict>, "data": <ObjectRef or dict of EncodedSplit>,
@@ -398,5 +398,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                              checkpoint_dir_name=epoch_dir_name(state.epoch))
     del engine, optimizer, model
     dist.barrier()  # rank 0 may still be uploading the last epoch's model folder
-    test_best_model(cfg, splits, state, ctx, tracker)
+    if "test" in splits:  # a cross-validation fold has none
+        test_best_model(cfg, splits, state, ctx, tracker)
     tracker.finish()

@@ -78,7 +78,19 @@ class DataConfig(_Section):
     max_test_samples: int | None = Field(None, ge=2)
     pad_to_multiple_of: int = Field(8, ge=1, description="Bounds the number of padded shapes.")
     length_grouping: bool = Field(True, description="Batch reviews of similar length together.")
+    cv_folds: int | None = Field(
+        None, ge=2,
+        description="k-fold cross-validation (tune.cv sets it): the training pool (max_train_samples "
+        "of the train split) is cut into this many stratified, seeded folds; the test split is not used.",
+    )
+    cv_fold: int = Field(0, ge=0, description="Which fold validates when cv_folds is set (0-based).")
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _fold_within_folds(self) -> DataConfig:
+        if self.cv_folds is not None and self.cv_fold >= self.cv_folds:
+            raise ValueError(f"data.cv_fold={self.cv_fold} must be below data.cv_folds={self.cv_folds}")
+        return self
 
 
 class TrainConfig(_Section):

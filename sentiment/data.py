@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from sklearn.model_selection import StratifiedKFold
 
-from sentiment.config import DATA_DIR_ENV, DataConfig
+from sentiment.config import DATA_DIR_ENV, ConfigError, DataConfig
 
 BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
 SPLITS = ("train", "test")
@@ -185,9 +186,14 @@ def load_splits(cfg: DataConfig, label_names: list[str]) -> DatasetDict:
 
     The validation split is a stratified, seeded share of train; the test split is kept apart
     for the final evaluation. ``max_*_samples`` caps apply after splitting (stratified, seeded).
+    With ``cv_folds`` set, only ``train`` comes back: the cross-validation pool (``max_train_samples``
+    of the whole train split), which :func:`cross_validation_fold` cuts after tokenizing; the
+    test split is not read.
     """
     raw = load_raw(cfg)
     train = standardize(raw["train"], cfg, label_names, "train")
+    if cfg.cv_folds is not None:
+        return DatasetDict(train=stratified_subset(train, cfg.max_train_samples, cfg.seed))
     test = standardize(raw["test"], cfg, label_names, "test")
     parts = train.train_test_split(
         test_size=cfg.validation_fraction, stratify_by_column="label", seed=cfg.seed
@@ -208,6 +214,39 @@ class EncodedSplit:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def take(self, rows: np.ndarray) -> EncodedSplit:
+        """The rows at these positions, in this order."""
+        return EncodedSplit([self.ids[i] for i in rows], self.labels[rows])
+
+
+def check_folds(labels: np.ndarray, folds: int, label_names: list[str]) -> None:
+    """Refuse a fold count that stratified k-fold cannot honour on these labels.
+
+    Raises:
+        ConfigError: fewer than 2 folds, or more folds than the smallest class has reviews.
+    """
+    if folds < 2:
+        raise ConfigError(f"--folds {folds}: cross-validation needs at least 2 folds")
+    counts = np.bincount(labels, minlength=len(label_names))
+    smallest = int(counts.argmin())
+    if folds > counts[smallest]:
+        raise ConfigError(
+            f"--folds {folds} is more than the smallest class of the training pool has reviews "
+            f"({label_names[smallest]!r}: {counts[smallest]}); every fold needs each class"
+        )
+
+
+def cross_validation_fold(pool: EncodedSplit, cfg: DataConfig) -> dict[str, EncodedSplit]:
+    """Fold ``cfg.cv_fold`` of ``cfg.cv_folds``: ``train`` and ``validation`` cut from the pool.
+
+    Stratified and seeded (scikit-learn's ``StratifiedKFold``, shuffled with ``cfg.seed``), so the
+    folds partition the pool: each review validates in exactly one fold. The validation part is
+    the whole fold (``max_val_samples`` does not apply).
+    """
+    folds = StratifiedKFold(n_splits=cfg.cv_folds, shuffle=True, random_state=cfg.seed)
+    train_rows, val_rows = list(folds.split(np.zeros(len(pool)), pool.labels))[cfg.cv_fold]
+    return {"train": pool.take(train_rows), "validation": pool.take(val_rows)}
 
 
 def encode_texts(tokenizer: Any, texts: list[str]) -> list[np.ndarray]:

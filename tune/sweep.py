@@ -233,11 +233,15 @@ def record_best(table: pd.DataFrame, cfg: Config, sweep_name: str, sweep_dir: st
     return best
 
 
-def write_results(table: pd.DataFrame, sweep_dir: str, storage_path: str) -> None:
-    """The results table as CSV and Markdown in the sweep folder (local or on a URI's filesystem)."""
+def write_results(
+    table: pd.DataFrame, sweep_dir: str, storage_path: str, names: tuple[str, str] = (RESULTS_CSV, RESULTS_MD),
+    md_footer: str = "",
+) -> None:
+    """The results table as CSV and Markdown (``names``) in the sweep folder (local or on a URI's filesystem)."""
     fs, _ = layout.filesystem(storage_path)
     fs.create_dir(sweep_dir, recursive=True)
-    for name, text in ((RESULTS_CSV, table.to_csv(index=False)), (RESULTS_MD, table.to_markdown(index=False) + "\n")):
+    csv_name, md_name = names
+    for name, text in ((csv_name, table.to_csv(index=False)), (md_name, table.to_markdown(index=False) + "\n" + md_footer)):
         with fs.open_output_stream(layout.join(sweep_dir, name)) as out:
             out.write(text.encode())
 
