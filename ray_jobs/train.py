@@ -15,7 +15,7 @@ import datetime as dt
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -129,11 +129,13 @@ def wandb_dir(storage_path: str, run_name: str) -> str:
 def build_trainer(
     cfg: Config, data: Any, run_name: str, storage_path: str,
     callbacks: list[Any] | None = None, worker_env: dict[str, str] | None = None,
+    loop: Callable[[dict[str, Any]], None] = train_loop_per_worker, loop_config: dict[str, Any] | None = None,
 ) -> TorchTrainer:
     """The ``TorchTrainer`` for this config (scaling, storage, checkpoints, fault tolerance).
 
     ``callbacks`` are Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` in a sweep trial;
-    ``worker_env`` adds environment variables for the workers.
+    ``worker_env`` adds environment variables for the workers; ``loop`` is the worker function
+    (``ray_jobs.lr_find`` runs its own) and ``loop_config`` adds to what it receives.
     """
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **s.resources_per_worker}
@@ -150,12 +152,13 @@ def build_trainer(
     fs, fs_path = layout.filesystem(storage_path)
     remote = layout.is_uri(storage_path)
     return TorchTrainer(
-        train_loop_per_worker,
+        loop,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"),
             "data": data,
             "run_name": run_name,
             "wandb_dir": cfg.tracking.dir or wandb_dir(storage_path, run_name),
+            **(loop_config or {}),
         },
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
