@@ -118,7 +118,7 @@ def lr_find_loop_per_worker(config: dict[str, Any]) -> None:
 def write_outputs(curve: pd.DataFrame, suggestion: Suggestion, rng: LrRange, stop: str, folder: Path) -> dict[str, Any]:
     """``lr_find.csv``, ``lr_find.png`` and ``lr_find.json`` into the local ``folder``; returns the JSON."""
     curve.to_csv(folder / "lr_find.csv", index=False)
-    plot(list(curve["lr"]), list(curve["loss"]), list(curve["smoothed_loss"]), suggestion, folder / "lr_find.png")
+    plot(list(curve["lr"]), list(curve["loss"]), suggestion, folder / "lr_find.png")
     found = {
         "suggested_lr": suggestion.lr, "rule": suggestion.rule, "min_loss_lr": suggestion.min_loss_lr,
         "min_loss_over_10": suggestion.min_loss_over_10, "steps_run": len(curve), "stopped_because": stop,
@@ -156,7 +156,7 @@ def find_lr(cfg: Config, rng: LrRange, run_name: str, data: Any = None) -> dict[
     fs, root = layout.filesystem(storage_path)
     m = layout.read_json(fs, layout.join(root, run_name, CURVE_FILE))
     curve = pd.DataFrame({"step": range(1, len(m["lrs"]) + 1), "lr": m["lrs"], "loss": m["losses"], "smoothed_loss": m["smoothed"]})
-    suggestion = suggest(m["lrs"], m["smoothed"])
+    suggestion = suggest(m["lrs"], m["losses"])
     location = layout.child(storage_path, run_name, OUT_DIR)
     with tempfile.TemporaryDirectory(prefix="lr-find-") as tmp:
         found = write_outputs(curve, suggestion, rng, m["stop"], Path(tmp))

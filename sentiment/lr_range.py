@@ -4,9 +4,12 @@ The rate grows exponentially from ``min_lr`` to ``max_lr`` over ``steps`` optimi
 loss is smoothed with a bias-corrected exponential moving average; the test stops once the
 smoothed loss exceeds ``diverge_factor`` times its lowest value (or is not finite).
 
-The suggestion is the rate of steepest descent: where the smoothed loss falls fastest against
-log10(lr), searched between the first tenth of the steps (the EMA's warm-up) and the lowest
-smoothed loss. Also given, for reference, the rate of the lowest smoothed loss divided by ten
+The suggestion is the rate of steepest descent of the loss against log10(lr), before its
+minimum, read from a *centered* moving average of the raw losses (a window of about a tenth of
+the steps, at least 7): the online average lags by tens of steps, which put its steepest point
+where single batches already blew up on the quickstart's curve, and fastai's "valley" rule (the
+longest decreasing stretch) was dragged into the flat start by noise there (bench/RESULTS.md,
+"LR range test"). Also given, for reference, the rate of the lowest averaged loss divided by ten
 (fastai's older rule). For ``train.schedule=one_cycle`` the suggestion is the cycle's peak rate.
 """
 
@@ -17,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from sentiment.config import ConfigError
 
-RULE = "steepest descent of the smoothed loss against log10(lr), before its minimum"
+RULE = "steepest descent of the centered moving average of the loss against log10(lr), before its minimum"
 
 
 @dataclass(frozen=True)
@@ -82,27 +86,34 @@ class Suggestion:
     min_loss_over_10: float
 
 
-def suggest(lrs: list[float], smoothed: list[float]) -> Suggestion:
-    """The steepest-descent rate of a recorded curve (see the module docstring).
+def centered_average(losses: list[float]) -> np.ndarray:
+    """The losses averaged over a centered window of about a tenth of them (odd, at least 7)."""
+    window = max(7, round(len(losses) / 10)) | 1
+    return pd.Series(losses, dtype=float).rolling(window, center=True, min_periods=1).mean().to_numpy()
+
+
+def suggest(lrs: list[float], losses: list[float]) -> Suggestion:
+    """The suggested rate of a recorded curve of raw losses (see the module docstring).
 
     Raises:
         ValueError: too few finite points to tell a slope.
     """
-    lr, loss = np.asarray(lrs, dtype=float), np.asarray(smoothed, dtype=float)
+    lr, loss = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     finite = np.isfinite(loss)
     lr, loss = lr[finite], loss[finite]
     if len(loss) < 5:
         raise ValueError(f"the range test recorded {len(loss)} finite losses; it needs at least 5 to suggest a rate")
-    lowest = int(loss.argmin())
-    start = min(len(loss) // 10, max(lowest - 2, 0))
-    window = slice(start, max(lowest, start + 2) + 1)
-    slopes = np.gradient(loss[window], np.log10(lr[window]))
-    steepest = start + int(slopes.argmin())
-    return Suggestion(lr=float(lr[steepest]), rule=RULE, min_loss_lr=float(lr[lowest]), min_loss_over_10=float(lr[lowest] / 10))
+    average = centered_average(list(loss))
+    lowest = int(average.argmin())
+    slopes = np.gradient(average, np.log10(lr))
+    edge = max(7, round(len(loss) / 10)) // 2  # the first points average fewer losses
+    steepest = edge + int(slopes[edge:lowest].argmin()) if lowest > edge else lowest
+    return Suggestion(lr=float(lr[steepest]), rule=RULE, min_loss_lr=float(lr[lowest]),
+                      min_loss_over_10=float(lr[lowest] / 10))
 
 
-def plot(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: Suggestion, path: str | Path) -> None:
-    """The loss against the rate (log scale): raw, smoothed, and the suggestion marked; a PNG."""
+def plot(lrs: list[float], losses: list[float], suggestion: Suggestion, path: str | Path) -> None:
+    """The loss against the rate (log scale): raw, averaged, and the suggestion marked; a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +121,8 @@ def plot(lrs: list[float], losses: list[float], smoothed: list[float], suggestio
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(lrs, losses, color="#bbb", linewidth=1, label="loss")
-    ax.plot(lrs, smoothed, color="#1f77b4", linewidth=2, label="smoothed loss")
+    smoothed = list(centered_average(losses))
+    ax.plot(lrs, smoothed, color="#1f77b4", linewidth=2, label="loss, centered moving average")
     ax.axvline(suggestion.lr, color="#d62728", linestyle="--", label=f"suggested {suggestion.lr:.2e} (steepest)")
     ax.axvline(suggestion.min_loss_over_10, color="#2ca02c", linestyle=":", label=f"min loss / 10: {suggestion.min_loss_over_10:.2e}")
     finite = [v for v in smoothed if math.isfinite(v)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sentiment.config import ConfigError
-from sentiment.lr_range import LossTracker, LrRange, plot, suggest
+from sentiment.lr_range import LossTracker, LrRange, centered_average, plot, suggest
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -42,16 +42,25 @@ def test_smoothing_is_bias_corrected_and_divergence_stops_the_test():
     assert LossTracker(LrRange()).update(math.nan)
 
 
-def test_the_suggestion_is_the_steepest_descent_before_the_minimum():
-    lrs = list(np.logspace(-7, 0, 71))
+def curve(noise: float) -> tuple[list[float], list[float]]:
+    """Flat at 0.7 to 1e-5, falling fastest around 1e-4, lowest near 1e-3, then climbing; noisy batches."""
+    lrs = np.logspace(-7, 0, 71)
     x = np.log10(lrs)
-    # flat at 0.7, falls fastest around 1e-4, bottoms near 1e-3, then climbs
-    smoothed = list(0.7 - 0.4 / (1 + np.exp(-(x + 4) * 3)) + np.where(x > -3, (x + 3) ** 2, 0))
-    found = suggest(lrs, smoothed)
+    loss = 0.7 - 0.4 / (1 + np.exp(-(x + 4) * 3)) + np.where(x > -3, (x + 3) ** 2, 0)
+    return list(lrs), list(loss + np.random.default_rng(0).normal(0, noise, len(lrs)))
+
+
+def test_the_suggestion_is_the_steepest_descent_before_the_minimum():
+    lrs, clean = curve(0.0)
+    found = suggest(lrs, clean)
     assert 10 ** -4.2 < found.lr < 10 ** -3.8
-    lowest = lrs[int(np.argmin(smoothed))]
-    assert found.min_loss_lr == lowest and found.min_loss_over_10 == pytest.approx(lowest / 10)
-    assert found.lr < found.min_loss_lr
+    assert 10 ** -3.3 < found.min_loss_lr < 10 ** -2.7 and found.min_loss_over_10 == pytest.approx(found.min_loss_lr / 10)
+
+
+def test_noisy_batches_do_not_move_the_suggestion_far():
+    lrs, noisy = curve(0.08)  # single batches swing by +/- 0.08 around the curve
+    assert 10 ** -4.5 < suggest(lrs, noisy).lr < 10 ** -3.5
+    assert centered_average(noisy).std() < np.std(noisy)
 
 
 def test_a_curve_too_short_to_read_is_refused():
@@ -62,5 +71,5 @@ def test_a_curve_too_short_to_read_is_refused():
 def test_the_plot_is_a_png(tmp_path):
     lrs = list(np.logspace(-6, -1, 30))
     smoothed = list(np.linspace(0.7, 0.3, 30))
-    plot(lrs, smoothed, smoothed, suggest(lrs, smoothed), tmp_path / "curve.png")
+    plot(lrs, smoothed, suggest(lrs, smoothed), tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
