@@ -33,7 +33,7 @@ from sentiment.layout import DEEPSPEED_DIR, MODEL_DIR, STATE_FILE, TEST_METRICS_
 from sentiment.config import Config, config_from_dict
 from sentiment.data import EncodedSplit, SpecialTokens, model_inputs
 from sentiment.metrics import compute_metrics, scalar_metrics
-from sentiment.model import build_model, freeze_bottom, load_tokenizer
+from sentiment.model import build_model, freeze_bottom, layer_lr_scales, load_tokenizer
 
 DS_TAG = "state"
 
@@ -105,15 +105,16 @@ def _device(cfg: Config) -> torch.device:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with no weight decay on biases and LayerNorm weights (fused kernel on CUDA)."""
-    decay, no_decay = [], []
+    """AdamW with no weight decay on biases and LayerNorm weights (fused kernel on CUDA), one param
+    group per (lr factor, decay) pair under ``train.layer_lr_decay``."""
+    scales = layer_lr_scales(model, cfg.train.layer_lr_decay)
+    grouped: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+            wd = 0.0 if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else cfg.train.weight_decay
+            grouped.setdefault((scales[name], wd), []).append(p)
+    groups = [{"params": ps, "lr": cfg.train.lr * scale, "weight_decay": wd}
+              for (scale, wd), ps in sorted(grouped.items(), key=lambda kv: kv[0], reverse=True)]
     return torch.optim.AdamW(
         groups, lr=cfg.train.lr, eps=cfg.train.adam_epsilon, fused=device.type == "cuda"
     )
@@ -342,6 +343,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     splits = _prepare_splits(config, cfg, tokenizer)
     model = build_model(cfg.model).to(device)
     freeze_bottom(model, cfg.train.freeze_embeddings, cfg.train.freeze_layers)
+    if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen embeddings (inputs needing no grad)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     # train_batches plans full global batches, cropped to a multiple of the accumulation steps.
     steps_per_epoch = len(splits["train"]) // (cfg.train.batch_size * world) // cfg.train.grad_accum_steps
     if steps_per_epoch == 0:

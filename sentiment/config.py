@@ -113,6 +113,14 @@ class TrainConfig(_Section):
         description="After training, export the best model to ONNX (onnx) and int8 (onnx-int8), each verified on "
         ">= 1,000 validation reviews (python -m ray_jobs.export).",
     )
+    layer_lr_decay: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description="Layer-wise lr decay (Sun et al. 2019: 0.95): the top encoder layer, the pooler and the head "
+        "train at lr, each layer below at this factor times the one above, the embeddings below the first layer.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each encoder layer's activations in backward: less memory, ~30% more compute.",
+    )
     freeze_embeddings: bool = Field(
         False,
         description="Keep the embedding layer (word, position, type) at its pretrained weights: no gradient or "

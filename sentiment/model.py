@@ -80,14 +80,49 @@ def freeze_bottom(model: PreTrainedModel, embeddings: bool, layers: int) -> int:
     if not embeddings:
         return 0
     base = model.base_model
-    encoder = getattr(base, "encoder", None) or getattr(base, "transformer", None)  # BERT/RoBERTa; DistilBERT
-    blocks = getattr(encoder, "layer", None)
+    blocks = encoder_layers(model)
     if getattr(base, "embeddings", None) is None or blocks is None:
         raise ConfigError(f"train.freeze_embeddings: {type(model).__name__} has no BERT-style embeddings and layers")
     frozen = [*base.embeddings.parameters(), *(p for block in blocks[:layers] for p in block.parameters())]
     for p in frozen:
         p.requires_grad_(False)
     return sum(p.numel() for p in frozen)
+
+
+def encoder_layers(model: PreTrainedModel) -> Any:
+    """The encoder's list of layers (BERT/RoBERTa ``encoder.layer``, DistilBERT ``transformer.layer``), or None."""
+    base = model.base_model
+    encoder = getattr(base, "encoder", None) or getattr(base, "transformer", None)
+    return getattr(encoder, "layer", None)
+
+
+def layer_lr_scales(model: PreTrainedModel, decay: float) -> dict[str, float]:
+    """Each parameter's lr factor under layer-wise decay (Sun et al. 2019).
+
+    The top encoder layer, and everything above it (pooler, head), get 1; layer ``i`` of ``n`` gets
+    ``decay ** (n - 1 - i)``; the embeddings (and anything else below the layers) ``decay ** n``.
+
+    Raises:
+        ConfigError: a decay below 1 on a model without a BERT-style layer list.
+    """
+    blocks = encoder_layers(model)
+    if blocks is None:
+        if decay < 1.0:
+            raise ConfigError(f"train.layer_lr_decay: {type(model).__name__} has no BERT-style encoder layers")
+        return {name: 1.0 for name, _ in model.named_parameters()}
+    n = len(blocks)
+    depth = {id(p): i for i, block in enumerate(blocks) for p in block.parameters()}
+    base_params = {id(p) for p in model.base_model.parameters()}
+    below = {id(p) for p in getattr(model.base_model, "embeddings", model.base_model).parameters()}
+    scales = {}
+    for name, p in model.named_parameters():
+        if id(p) in depth:
+            scales[name] = decay ** (n - 1 - depth[id(p)])
+        elif id(p) in below or (id(p) in base_params and "pooler" not in name):
+            scales[name] = decay ** n
+        else:
+            scales[name] = 1.0
+    return scales
 
 
 def build_model(cfg: ModelConfig) -> PreTrainedModel:

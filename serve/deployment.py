@@ -13,59 +13,27 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from ray import serve
 
+from serve.batcher import DEFAULT_MAX_TEXTS, ContinuousBatcher
 from sentiment.layout import ResolvedModel
 from sentiment.predict import Prediction, Predictor
 
 logger = logging.getLogger("ray.serve")
-
-DEFAULT_MAX_BATCH_SIZE = 32
-DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.01
-DEFAULT_MAX_BATCH_TOKENS = 4096
-
-
-class TokenBudget:
-    """``@serve.batch``'s size of a batch, so that it closes at ``max_texts`` texts or at
-    ``max_tokens`` padded tokens (texts x the longest one's tokens), whichever comes first.
-
-    Serve closes a batch when this size would pass ``max_batch_size`` (= ``max_texts``), so the
-    token count is scaled into those units. One 512-token review then shares a batch with few
-    others instead of making 31 short ones pay for its padding (the approach of Hugging Face's
-    text-embeddings-inference). Token counts are the model's own (truncation included), cached.
-    """
-
-    def __init__(self, max_texts: int = DEFAULT_MAX_BATCH_SIZE, max_tokens: int | None = None) -> None:
-        self.max_texts, self.max_tokens = max_texts, max_tokens
-        self.tokens: Callable[[str], int] = lambda text: 1
-
-    def count_with(self, predictor: Predictor) -> None:
-        """Count tokens as ``predictor`` encodes (cached for the texts most recently seen)."""
-        self.tokens = functools.lru_cache(maxsize=4096)(lambda text: len(predictor.encode([text])[0][0]))
-
-    def __call__(self, texts: list[str]) -> int:
-        if self.max_tokens is None:
-            return len(texts)
-        padded = len(texts) * max(self.tokens(t) for t in texts)
-        return max(len(texts), math.ceil(padded * self.max_texts / self.max_tokens))
-
-
-BUDGET = TokenBudget()  # one replica per process: the batch decorator below consults this one
 
 
 @serve.deployment
 class SentimentModel:
     """One replica of the model: bf16 on a GPU when the replica has one, fp32 on CPU.
 
-    ``@serve.batch`` gathers single texts from concurrent requests into one batch, which
+    A :class:`~serve.batcher.ContinuousBatcher` gathers single texts from concurrent requests into
+    batches that start when the model is free (by texts and padded tokens), which
     :class:`Predictor` tokenizes at once, sorts by length and pads to the longest (a multiple of
-    ``pad_to_multiple_of``). Batch size and wait come from ``user_config`` (see :meth:`reconfigure`),
-    so ``serve deploy`` can change them without reloading the model.
+    ``pad_to_multiple_of``). Batch limits and wait come from ``user_config`` (see
+    :meth:`reconfigure`), so ``serve deploy`` can change them without reloading the model.
     """
 
     def __init__(self, model: ResolvedModel, use_gpu: bool, backend: str = "auto") -> None:
@@ -82,7 +50,8 @@ class SentimentModel:
         self.explainer: Predictor | None = None  # loaded by the first explained request
         self.explain_lock = asyncio.Lock()
         self.load_args = {"checkpoint": model, "device": device, "dtype": dtype, "backend": "torch"}
-        BUDGET.count_with(self.predictor)
+        count = functools.lru_cache(maxsize=4096)(lambda text: len(self.predictor.encode([text])[0][0]))
+        self.batcher = ContinuousBatcher(lambda texts: self.predictor.predict_details(texts, len(texts)), tokens=count)
         cfg = model.config
         served_file, served_sha = self.predictor.served_file
         self.model_info = {
@@ -119,19 +88,14 @@ class SentimentModel:
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply ``{"max_batch_size": int, "max_batch_tokens": int | None, "batch_wait_timeout_s": float}``
         from ``user_config``."""
-        BUDGET.max_texts = config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)
-        BUDGET.max_tokens = config.get("max_batch_tokens")
-        self.predict.set_max_batch_size(BUDGET.max_texts)
-        self.predict.set_batch_wait_timeout_s(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S))
+        self.batcher.max_texts = config.get("max_batch_size", DEFAULT_MAX_TEXTS)
+        self.batcher.max_tokens = config.get("max_batch_tokens")
+        self.batcher.wait_s = config.get("batch_wait_timeout_s", 0.0)
 
-    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S,
-                 batch_size_fn=BUDGET)
-    async def predict(self, texts: list[str]) -> list[Prediction]:
-        """Predict one batch of texts (callers pass one text; Serve assembles the batch).
-
-        The forward pass runs in a thread, so the next batch gathers while this one computes.
-        """
-        return await asyncio.to_thread(self.predictor.predict_details, texts, len(texts))
+    async def predict(self, text: str) -> Prediction:
+        """Predict one text, in a batch with the texts of other requests (the forward pass runs in a
+        thread, so texts keep arriving while a batch computes)."""
+        return await self.batcher(text)
 
     async def explain(self, texts: list[str], top_k: int, n_steps: int) -> list[Prediction]:
         """Predictions with key tokens (:func:`sentiment.attribution.explain`), outside the batches.

@@ -30,12 +30,15 @@ class ServeArgs(BaseModel):
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
         "auto", description="Inference backend; auto: torch bf16 on a GPU, else the verified int8 export, else fp32 ONNX, else torch."
     )
-    max_batch_size: int = Field(32, ge=1, description="Texts per forward pass (@serve.batch).")
+    max_batch_size: int = Field(32, ge=1, description="Most texts per forward pass.")
     max_batch_tokens: int = Field(
         4096, ge=1, description="Padded tokens per forward pass (texts x the longest): a batch closes at "
         "max_batch_size texts or this many tokens, whichever comes first. At least the checkpoint's max_seq_length.",
     )
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="Longest wait for a batch to fill.")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="How long a batch that is not full waits for more texts once the model is free "
+        "(0: none; batches fill while the previous one computes).",
+    )
     max_ongoing_requests: int = Field(64, ge=1, description="Texts a model replica holds at once; caps its batches.")
     min_replicas: int = Field(1, ge=0, description="0 allows scale-to-zero (cold starts).")
     initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time (default min_replicas).")

@@ -138,7 +138,10 @@ def test_a_replica_serves_the_verified_int8_export_and_says_so(exported_int8, ti
         assert info["sha256"] == record["exports"]["onnx-int8"]["sha256"] and info["weights_sha256"] == resolve(model).sha256
         served = requests.post(f"{url}/v1/predict", json={"texts": TEXTS}, timeout=60).json()["predictions"]
         local = Predictor.load(model, backend="onnx-int8").predict_details(TEXTS)
-        assert [s["probabilities"]["positive"] for s in served] == pytest.approx([p.probabilities["positive"] for p in local], abs=1e-6)
+        # Dynamic int8 quantizes activations with one scale per batch, so a text's probability moves a
+        # little with the texts batched beside it (2e-5 seen here): labels agree, probabilities nearly.
+        assert [s["label"] for s in served] == [p.label for p in local]
+        assert [s["probabilities"]["positive"] for s in served] == pytest.approx([p.probabilities["positive"] for p in local], abs=1e-3)
         refused = requests.post(f"{url}/v1/predict", json={"text": TEXTS[0], "explain": True}, timeout=60)
         assert refused.status_code == 422 and "backend 'onnx-int8' cannot give" in refused.json()["detail"]
         assert requests.get(f"{url}/healthz", timeout=30).json()["explain"] is False  # the page hides the option

@@ -8,7 +8,8 @@ import pytest
 
 from sentiment.config import PACKAGED_MODEL, ConfigError, load_config
 from sentiment.model import (
-    build_model, check_against_model, freeze_bottom, load_model_config, load_tokenizer, resolve_model_path,
+    build_model, check_against_model, freeze_bottom, layer_lr_scales, load_model_config, load_tokenizer,
+    resolve_model_path,
 )
 
 
@@ -53,3 +54,14 @@ def test_freezing_is_checked_against_the_model_and_the_embeddings(tiny_model_dir
     with pytest.raises(ConfigError, match=r"train.freeze_layers=2 must be below the model's 2 layers"):
         check_against_model(load_config(None, [f"model.name_or_path={tiny_model_dir}", "train.freeze_embeddings=true", "data.max_seq_length=64",
                                                 "train.freeze_layers=2"]))
+
+
+def test_layer_wise_lr_decay_scales_each_layer_below_the_top(tiny_model_dir):
+    model = build_model(load_config(None, [f"model.name_or_path={tiny_model_dir}"]).model)  # 2 layers
+    scales = layer_lr_scales(model, 0.5)
+    assert scales["classifier.weight"] == scales["bert.pooler.dense.weight"] == 1.0
+    assert scales["bert.encoder.layer.1.attention.self.query.weight"] == 1.0  # the top layer
+    assert scales["bert.encoder.layer.0.output.dense.bias"] == 0.5
+    assert scales["bert.embeddings.word_embeddings.weight"] == scales["bert.embeddings.LayerNorm.bias"] == 0.25
+    assert set(scales) == {name for name, _ in model.named_parameters()}
+    assert set(layer_lr_scales(model, 1.0).values()) == {1.0}

@@ -35,6 +35,24 @@ def test_no_weight_decay_on_biases_and_layernorm(tiny_model_dir):
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+def test_layer_lr_decay_gives_each_depth_its_own_lr_and_the_schedule_keeps_the_ratios(tiny_model_dir):
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "train.lr=1e-3", "train.layer_lr_decay=0.5",
+                             "train.warmup_steps=0", "train.schedule=linear"])
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(model, cfg, torch.device("cpu"))
+    lrs = sorted({round(g["lr"], 12) for g in optimizer.param_groups})
+    assert lrs == [2.5e-4, 5e-4, 1e-3]  # embeddings, layer 0, top layer + pooler + head (2 layers)
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+    embeddings = {id(p) for p in model.bert.embeddings.parameters()}
+    (low,) = [g for g in optimizer.param_groups if g["lr"] == pytest.approx(2.5e-4) and g["weight_decay"] > 0]
+    assert {id(p) for p in low["params"]} <= embeddings
+    scheduler = build_scheduler(optimizer, cfg, total_steps=10)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    assert sorted(scheduler.get_last_lr()) == pytest.approx(sorted(g["initial_lr"] / 2 for g in optimizer.param_groups))
+
+
 @pytest.mark.parametrize("schedule, last_lr", [("linear", 0.0), ("constant", 1e-3)])
 def test_warmup_then_the_schedule(tiny_model_dir, schedule, last_lr):
     cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "train.lr=1e-3", "train.warmup_ratio=0.1",

@@ -129,3 +129,24 @@ def test_wandb_offline_run_recorded_the_metrics(trained):
     assert {"test_accuracy", "test_f1"} <= final
     artifacts = [r for r in records(run_file) if r.WhichOneof("record_type") == "artifact"]
     assert any(a.artifact.type == "model" and "best" in a.artifact.aliases for a in artifacts)
+
+
+def test_layer_lr_decay_and_gradient_checkpointing_train_on_ray(local_ray, tiny_model_dir, small_imdb, tmp_path):
+    """With decay 0.5 over 2 layers the embeddings train at a quarter of the top layer's lr: Adam
+    moves each weight by about its lr per step, so they move about a quarter as far."""
+    from safetensors.torch import load_file
+
+    cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path, "llrd", "train.epochs=1", "train.lr=1e-3",
+                       "train.layer_lr_decay=0.5", "train.gradient_checkpointing=true", "train.warmup_steps=0",
+                       "train.schedule=constant", "deepspeed.zero_stage=0")
+    summary = launch(cfg)
+    before = load_file(str(tiny_model_dir / "model.safetensors"))
+    after = load_file(str(Path(summary["best_checkpoint"]) / "model" / "model.safetensors"))
+
+    def moved(name: str) -> float:
+        return float((after[name] - before[name]).abs().mean())
+
+    top, bottom = "bert.encoder.layer.1.output.LayerNorm.weight", "bert.embeddings.LayerNorm.weight"
+    assert 0.1 < moved(bottom) / moved(top) < 0.5
+    saved = json.loads((Path(summary["best_checkpoint"]) / "model" / "train_config.json").read_text())["train"]
+    assert saved["layer_lr_decay"] == 0.5 and saved["gradient_checkpointing"] is True
