@@ -58,7 +58,29 @@ def init_ray(num_cpus: int | None = None) -> None:
         include_dashboard=True,
         dashboard_host=LOOPBACK,
         log_to_driver=True,
+        runtime_env={"worker_process_setup_hook": "ray_jobs.local_ray.serve_grpc_on_loopback"},
     )
+
+
+def serve_grpc_on_loopback() -> None:
+    """Bind what Ray 2.60's Serve replicas open on every interface to 127.0.0.1 instead.
+
+    Each replica starts a gRPC server for calls between deployments on ``[::]:0``, hard-coded
+    (``ray/serve/_private/replica.py``), whatever the node's address. A local Ray runs this in
+    each of its worker processes (``worker_process_setup_hook``) before any replica code is
+    imported, so that server listens on loopback like the rest of the Ray (tests/test_local_ray.py).
+    """
+    from ray._common import tls_utils
+
+    bind = tls_utils.add_port_to_grpc_server
+    if getattr(bind, "loopback", False):
+        return
+
+    def on_loopback(server: object, address: str) -> int:
+        return bind(server, address.replace("[::]:", f"{LOOPBACK}:", 1))
+
+    on_loopback.loopback = True  # type: ignore[attr-defined]
+    tls_utils.add_port_to_grpc_server = on_loopback
 
 
 def join_cluster(address: str) -> None:

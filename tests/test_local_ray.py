@@ -1,8 +1,9 @@
 """A Ray the project starts listens on 127.0.0.1 only.
 
 Left alone, Ray 2.60 here bound its servers to the machine's other address and to all interfaces
-(seen 2026-11-23: 0.0.0.0, ::, 192.0.2.2). That plain Ray is not started again by the tests (it
-would listen beyond loopback).
+(seen 2026-11-23: 0.0.0.0, ::, 192.0.2.2), and each Serve replica opens a gRPC server on ``[::]``
+(seen 2026-11-30; ``ray_jobs.local_ray.serve_grpc_on_loopback`` rebinds it). That plain Ray is
+not started again by the tests (it would listen beyond loopback).
 """
 
 import json
@@ -16,10 +17,23 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = """
-import json, time, psutil, ray
+import json, socket, time, urllib.request, psutil, ray
+from ray import serve
 from ray_jobs.local_ray import init_ray
 init_ray(num_cpus=1)
 ray.get(ray.remote(lambda: 1).remote())
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+serve.start(http_options={"host": "127.0.0.1", "port": port})
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class Echo:  # a Serve replica, with the gRPC server every replica opens
+    def __call__(self, request):
+        return "ok"
+
+serve.run(Echo.bind(), name="probe", route_prefix="/")
+assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).read() == b"ok"
 time.sleep(8)  # let the dashboard and its agents open their sockets
 addrs = set()
 for proc in psutil.Process().children(recursive=True):
@@ -38,7 +52,7 @@ print(json.dumps(sorted(addrs)))
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}  # wildcards (0.0.0.0, ::) are not: they listen everywhere
 
 
-def test_project_ray_uses_loopback_only():
+def test_project_ray_and_its_serve_replicas_use_loopback_only():
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     addrs = set(json.loads(out.stdout.strip().splitlines()[-1]))
