@@ -32,12 +32,14 @@ from ray_jobs.deepspeed_config import build_deepspeed_config
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import start_tracking
 from ray_jobs.train import build_trainer, check_resources, check_storage, prepare_data, wandb_dir
-from ray_jobs.train_loop import _device, _log, _prepare_splits, build_optimizer, class_weight_tensor, use_the_prebuilt_deepspeed_op
+from ray_jobs.train_loop import (
+    _device, _log, _prepare_splits, build_optimizer, build_train_model, class_weight_tensor, use_the_prebuilt_deepspeed_op,
+)
 from sentiment import layout
 from sentiment.batching import iterate, make_collator, train_batches
 from sentiment.config import Config, ConfigError, config_from_dict, load_config
 from sentiment.lr_range import LossTracker, LrRange, Suggestion, plot, suggest
-from sentiment.model import build_model, check_against_model, freeze_bottom, load_tokenizer
+from sentiment.model import check_against_model, load_tokenizer
 
 OUT_DIR = "lr_find"
 CURVE_FILE = "lr_find_curve.json"  # what rank 0 recorded, in the run folder
@@ -74,8 +76,7 @@ def lr_find_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     split = _prepare_splits(config, cfg, tokenizer)["train"]
-    model = build_model(cfg.model).to(device)
-    freeze_bottom(model, cfg.train.freeze_embeddings, cfg.train.freeze_layers)
+    model = build_train_model(cfg, device)
     start = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": rng.min_lr})})
     optimizer = build_optimizer(model, start, device)
     engine, _, _, _ = deepspeed.initialize(

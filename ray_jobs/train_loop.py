@@ -120,6 +120,15 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -
     )
 
 
+def build_train_model(cfg: Config, device: torch.device) -> torch.nn.Module:
+    """The classifier as training runs it: frozen bottom and gradient checkpointing as configured."""
+    model = build_model(cfg.model).to(device)
+    freeze_bottom(model, cfg.train.freeze_embeddings, cfg.train.freeze_layers)
+    if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen embeddings (inputs needing no grad)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: int) -> Any:
     """Linear, cosine or constant schedule with warmup (steps, or a ratio of ``total_steps``), or one cycle
     whose rise takes the warmup."""
@@ -341,10 +350,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     splits = _prepare_splits(config, cfg, tokenizer)
-    model = build_model(cfg.model).to(device)
-    freeze_bottom(model, cfg.train.freeze_embeddings, cfg.train.freeze_layers)
-    if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen embeddings (inputs needing no grad)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = build_train_model(cfg, device)
     # train_batches plans full global batches, cropped to a multiple of the accumulation steps.
     steps_per_epoch = len(splits["train"]) // (cfg.train.batch_size * world) // cfg.train.grad_accum_steps
     if steps_per_epoch == 0:
