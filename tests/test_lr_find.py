@@ -13,7 +13,7 @@ import pytest
 
 from ray_jobs.lr_find import find_lr
 from sentiment.config import load_config
-from sentiment.lr_range import LrRange, centered_average
+from sentiment.lr_range import LrRange, centered_average, suggest
 from tests.wandb_log import records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,8 +37,9 @@ def found(local_ray, tiny_model_dir, small_imdb, tmp_path_factory):
         "data.max_train_samples=256", "train.batch_size=8", "train.log_every_steps=10", "scaling.num_workers=2",
         "scaling.cpus_per_worker=1", "tracking.mode=offline", f"run.storage_path={storage}",
     ])
-    # 1e-5 barely moves a tiny BERT; 10 wrecks it: the loss must diverge before the last step
-    return storage, find_lr(cfg, LrRange(min_lr=1e-5, max_lr=10.0, steps=60), "lrf")
+    # 1e-5 barely moves a tiny BERT; Adam steps of 100-1000 wreck it: the loss must diverge before
+    # the last step, on synthetic and on real reviews (10 was not enough on real ones)
+    return storage, find_lr(cfg, LrRange(min_lr=1e-5, max_lr=1e3, steps=60), "lrf")
 
 
 @pytest.mark.ray
@@ -46,18 +47,21 @@ def test_the_loss_diverges_and_the_test_stops_there(found):
     storage, result = found
     curve = pd.read_csv(storage / "lrf" / "lr_find" / "lr_find.csv")
     assert result["stopped_because"] == "the smoothed loss diverged" and result["steps_run"] == len(curve) < 60
-    assert np.allclose(np.diff(np.log10(curve["lr"])), 6 / 59)  # exponential: 6 decades over 60 steps
+    assert np.allclose(np.diff(np.log10(curve["lr"])), 8 / 59)  # exponential: 8 decades over 60 steps
     assert curve["smoothed_loss"].iloc[-1] > 4 * curve["smoothed_loss"].min()
 
 
 @pytest.mark.ray
-def test_the_suggestion_is_in_the_falling_part_and_saved(found):
+def test_the_suggestion_follows_the_rule_on_the_saved_curve(found):
+    """Where a tiny random BERT's loss falls depends on the data (synthetic or real reviews); the
+    rule itself is tested on known curves in tests/test_lr_range.py."""
     storage, result = found
     curve = pd.read_csv(storage / "lrf" / "lr_find" / "lr_find.csv")
     saved = json.loads((storage / "lrf" / "lr_find" / "lr_find.json").read_text())
     assert saved["suggested_lr"] == result["suggested_lr"] and saved["rule"].startswith("steepest descent")
+    assert saved["suggested_lr"] == suggest(list(curve["lr"]), list(curve["loss"])).lr
     averaged = centered_average(list(curve["loss"]))
-    assert 1e-5 <= saved["suggested_lr"] < saved["min_loss_lr"] == curve.loc[averaged.argmin(), "lr"]
+    assert 1e-5 <= saved["suggested_lr"] <= saved["min_loss_lr"] == curve.loc[averaged.argmin(), "lr"]
     assert (storage / "lrf" / "lr_find" / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
 
 
