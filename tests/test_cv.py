@@ -66,7 +66,7 @@ def test_cross_validation_reads_no_test_split(small_imdb):
 def cv_args(model_dir, data_dir, storage, *extra) -> list[str]:
     return [
         f"model.name_or_path={model_dir}", f"data.path={data_dir}", "data.max_seq_length=64",
-        "data.max_train_samples=96", "train.epochs=2", "train.batch_size=16", "train.log_every_steps=3",
+        "data.max_train_samples=96", "train.epochs=1", "train.batch_size=16", "train.log_every_steps=3",
         "scaling.num_workers=1", "scaling.cpus_per_worker=0.9", "tracking.mode=offline",
         "run.max_failures=0", f"run.storage_path={storage}", *extra,
     ]
