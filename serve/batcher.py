@@ -47,7 +47,6 @@ class ContinuousBatcher:
         self.max_texts, self.max_tokens, self.wait_s = max_texts, max_tokens, wait_s
         self.queue: deque[_Waiting] = deque()
         self.worker: asyncio.Task[None] | None = None
-        self.sizes: list[int] = []  # texts in each batch run so far (the last 1,000)
 
     async def __call__(self, text: str) -> Any:
         """The result for ``text``, computed in a batch with the texts of other callers.
@@ -85,7 +84,6 @@ class ContinuousBatcher:
             batch = self.take()
             if not batch:
                 continue
-            self.sizes = [*self.sizes[-999:], len(batch)]
             try:
                 results = await asyncio.to_thread(self.run, [item.text for item in batch])
             except Exception as err:  # every caller of the batch gets the error
