@@ -33,13 +33,13 @@ from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import start_tracking
 from ray_jobs.train import build_trainer, check_resources, check_storage, prepare_data, wandb_dir
 from ray_jobs.train_loop import (
-    _device, _log, _prepare_splits, build_optimizer, build_train_model, class_weight_tensor, use_the_prebuilt_deepspeed_op,
+    _log, build_optimizer, build_train_model, class_weight_tensor, use_the_prebuilt_deepspeed_op, worker_setup,
 )
 from sentiment import layout
 from sentiment.batching import iterate, make_collator, train_batches
-from sentiment.config import Config, ConfigError, config_from_dict, load_config
+from sentiment.config import Config, ConfigError, load_config
 from sentiment.lr_range import LossTracker, LrRange, Suggestion, plot, suggest
-from sentiment.model import check_against_model, load_tokenizer
+from sentiment.model import check_against_model
 
 OUT_DIR = "lr_find"
 CURVE_FILE = "lr_find_curve.json"  # what rank 0 recorded, in the run folder
@@ -67,15 +67,10 @@ def lr_find_loop_per_worker(config: dict[str, Any]) -> None:
     use_the_prebuilt_deepspeed_op()
     import deepspeed
 
-    cfg = config_from_dict(config["cfg"], "train_loop_config")
     rng = LrRange(**config["lr_range"])
+    cfg, rank, world, device, tokenizer, splits = worker_setup(config)
+    split = splits["train"]
     tctx = ray.train.get_context()
-    rank, world = tctx.get_world_rank(), tctx.get_world_size()
-    device = _device(cfg)
-    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
-    torch.manual_seed(cfg.train.seed)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
-    split = _prepare_splits(config, cfg, tokenizer)["train"]
     model = build_train_model(cfg, device)
     start = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": rng.min_lr})})
     optimizer = build_optimizer(model, start, device)

@@ -332,6 +332,18 @@ def use_the_prebuilt_deepspeed_op() -> None:
     os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 
+def worker_setup(config: dict[str, Any]) -> tuple[Config, int, int, torch.device, Any, dict[str, Split]]:
+    """What every worker function starts with: its config, rank, world size, device (threads and
+    seed set), tokenizer and splits."""
+    cfg = config_from_dict(config["cfg"], "train_loop_config")
+    tctx = ray.train.get_context()
+    device = _device(cfg)
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    torch.manual_seed(cfg.train.seed)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    return cfg, tctx.get_world_rank(), tctx.get_world_size(), device, tokenizer, _prepare_splits(config, cfg, tokenizer)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train, validate and checkpoint every epoch, then test the best epoch's model (if a test split came).
 
@@ -342,14 +354,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     use_the_prebuilt_deepspeed_op()
     import deepspeed
 
-    cfg = config_from_dict(config["cfg"], "train_loop_config")
+    cfg, rank, world, device, tokenizer, splits = worker_setup(config)
     tctx = ray.train.get_context()
-    rank, world = tctx.get_world_rank(), tctx.get_world_size()
-    device = _device(cfg)
-    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
-    torch.manual_seed(cfg.train.seed)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
-    splits = _prepare_splits(config, cfg, tokenizer)
     model = build_train_model(cfg, device)
     # train_batches plans full global batches, cropped to a multiple of the accumulation steps.
     steps_per_epoch = len(splits["train"]) // (cfg.train.batch_size * world) // cfg.train.grad_accum_steps
