@@ -26,6 +26,7 @@ PREDICTED = "predicted_label"
 SCORE = "score"
 NUM_TOKENS = "num_tokens"
 TRUNCATED = "truncated"
+WINDOWS = "windows"
 KEY_TOKENS = "key_tokens"
 
 
@@ -34,9 +35,10 @@ def probability_column(label: str) -> str:
     return f"prob_{label}"
 
 
-def logit_column(label: str) -> str:
-    """Name of the column holding the raw logit of ``label``."""
-    return f"logit_{label}"
+def logit_column(label: str, truncated: bool = False) -> str:
+    """Name of the column holding the raw logit of ``label`` (the truncated window's, in a
+    comparison of chunked and truncated scoring)."""
+    return f"{'truncated_' if truncated else ''}logit_{label}"
 
 
 class ReviewScorer:
@@ -46,32 +48,43 @@ class ReviewScorer:
     Returns only the row position and the predictions (the texts stay where they are); with
     ``explain`` (``{"top_k": ..., "n_steps": ...}``, torch only) also each review's key tokens, as
     JSON (``[{"word": ..., "score": ...}, ...]``, see :func:`sentiment.attribution.explain`).
+    ``long_reviews`` overrides the checkpoint's ``data.long_reviews``; ``compare`` scores long
+    reviews both ways (chunks, plus ``truncated_logit_<label>`` columns).
     """
 
     def __init__(
         self, model: ResolvedModel, use_gpu: bool, batch_size: int, backend: str = "auto",
-        explain: dict[str, int] | None = None,
+        explain: dict[str, int] | None = None, long_reviews: str | None = None, compare: bool = False,
     ) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise in job logs
         device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", torch.float32)
-        self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend)
+        self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend,
+                                        long_reviews="chunks" if compare else long_reviews)
         self.batch_size = batch_size
         self.explain = explain
+        self.compare = compare
 
     def __call__(self, block: pd.DataFrame) -> pd.DataFrame:
         """Score one block: ``_row`` and ``_text`` in, ``_row`` and the prediction columns out."""
         p = self.predictor
-        ids, full_lengths = p.encode(block[TEXT].tolist())
-        logits = p.logits_for_ids(ids, self.batch_size)
+        texts = block[TEXT].tolist()
+        if self.compare:
+            encoded, logits, truncated_logits = p.chunked_and_truncated_logits(texts, self.batch_size)
+        else:
+            encoded = p.encode(texts)
+            logits = p.logits(encoded, self.batch_size)
         proba = p.probabilities(logits)
         out = {ROW: block[ROW].to_numpy(), PREDICTED: [p.label_names[i] for i in proba.argmax(axis=1)],
                SCORE: proba.max(axis=1)}
         out.update({probability_column(n): proba[:, i] for i, n in enumerate(p.label_names)})
         out.update({logit_column(n): logits[:, i] for i, n in enumerate(p.label_names)})
-        out[NUM_TOKENS] = np.asarray(full_lengths)
-        out[TRUNCATED] = np.asarray([full > len(used) for full, used in zip(full_lengths, ids)])
+        if self.compare:
+            out.update({logit_column(n, truncated=True): truncated_logits[:, i] for i, n in enumerate(p.label_names)})
+        out[NUM_TOKENS] = encoded.full_lengths
+        out[TRUNCATED] = encoded.truncated
+        out[WINDOWS] = encoded.counts
         if self.explain is not None:
             from sentiment.attribution import explain
 
@@ -103,6 +116,8 @@ def score_texts(
     label: str = "predict",
     backend: str = "auto",
     explain: dict[str, int] | None = None,
+    long_reviews: str | None = None,
+    compare: bool = False,
 ) -> tuple[pd.DataFrame, float]:
     """Predict every text with ``workers`` model actors on the current Ray.
 
@@ -115,6 +130,9 @@ def score_texts(
         label: prefix of the progress lines.
         backend: inference backend of the actors (see :mod:`sentiment.backends`).
         explain: ``{"top_k": ..., "n_steps": ...}`` to add a ``key_tokens`` column (torch backend only).
+        long_reviews: ``truncate`` or ``chunks``; None keeps the checkpoint's ``data.long_reviews``.
+        compare: score chunked, and add the truncated window's logits of long reviews as
+            ``truncated_logit_<label>`` columns (evaluate's both-ways report).
 
     Returns:
         The prediction columns, one row per text in input order, and the reviews/s achieved.
@@ -126,7 +144,7 @@ def score_texts(
     resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
     ds = ray.data.from_pandas(blocks).map_batches(
         ReviewScorer, fn_constructor_kwargs={"model": model, "use_gpu": use_gpu, "batch_size": batch_size, "backend": backend,
-                               "explain": explain},
+                               "explain": explain, "long_reviews": long_reviews, "compare": compare},
         batch_size=block, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), **resources,
     )
     progress = Progress(len(texts), label)

@@ -9,11 +9,14 @@ validation split), from ``--data`` or ``$IMDB_DATA_DIR`` when given. Writes, int
 unless ``--overwrite``; it appears only when complete):
 
     metrics.json          every number in the report
-    predictions.parquet   text, label, prediction, confidence, probabilities, length, truncation
+    predictions.parquet   text, label, prediction, confidence, probabilities, length, truncation, windows
     report.html           self-contained report (images embedded) and the PNGs beside it
 
 ``--calibrate`` fits a softmax temperature on the validation split and saves it with the
 checkpoint (``calibration.json``): later predictions (``ray_jobs.predict``, Serve) use it.
+With chunked scoring (``--long-reviews chunks``, or the checkpoint's ``data.long_reviews``) the
+reviews longer than the model's length are scored both ways in the same pass, and the report's
+accuracy-by-length plot and ``metrics.json`` (``truncated_scoring``) show truncated next to chunked.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ class EvaluateConfig(BaseModel):
     wandb: Literal["auto", "online", "offline", "disabled"] | None = Field(
         None, description="Default: the checkpoint's tracking.mode."
     )
+    long_reviews: Literal["truncate", "chunks"] | None = Field(
+        None, description="Default: the checkpoint's data.long_reviews; chunks also reports truncated scoring."
+    )
 
 
 def parse_args(argv: list[str] | None) -> EvaluateConfig:
@@ -93,6 +99,8 @@ def parse_args(argv: list[str] | None) -> EvaluateConfig:
                     help="default: the checkpoint's tracking.mode")
     ap.add_argument("--backend", choices=BACKENDS, default="auto",
                     help="scores the split; auto: torch bf16 on GPUs, on CPUs the verified int8 export, else fp32 ONNX, else torch")
+    ap.add_argument("--long-reviews", choices=("truncate", "chunks"), default=None,
+                    help="default: the checkpoint's data.long_reviews; chunks scores whole reviews and reports both ways")
     args = ap.parse_args(argv)
     for name in ("max_samples", "workers", "batch_size"):
         value = getattr(args, name)
@@ -188,10 +196,14 @@ def log_to_wandb(tracker: Tracker, metrics: dict[str, Any], plots: dict[str, Pat
     tracker.run.log_artifact(artifact)
 
 
-def calibrate(validation: pd.DataFrame, model: ResolvedModel, workers: int, use_gpu: bool, batch_size: int, backend: str) -> float:
-    """Fit a temperature on the validation split (scored by ``backend``) and save it with the model folder."""
+def calibrate(
+    validation: pd.DataFrame, model: ResolvedModel, workers: int, use_gpu: bool, batch_size: int, backend: str, long_reviews: str
+) -> float:
+    """Fit a temperature on the validation split (scored by ``backend``, long reviews as ``long_reviews``
+    says) and save it with the model folder."""
     names = model.config.model.label_names
-    scores, _ = score_texts(validation["text"].tolist(), model, workers, use_gpu, batch_size, "calibrate", backend)
+    scores, _ = score_texts(validation["text"].tolist(), model, workers, use_gpu, batch_size, "calibrate", backend,
+                            long_reviews=long_reviews)
     temperature = fit_temperature(scores[[logit_column(n) for n in names]].to_numpy(), validation["label"].to_numpy())
     save_temperature(model, temperature, len(validation))
     print(f"evaluate: temperature {temperature:.4f} fitted on {len(validation)} validation reviews, saved with the checkpoint")
@@ -205,7 +217,7 @@ def predictions_table(split: pd.DataFrame, scores: pd.DataFrame, names: list[str
     return pd.DataFrame({
         "text": split["text"], "label": [names[i] for i in split["label"]], "predicted": [names[i] for i in proba.argmax(1)],
         "confidence": proba.max(1), **{probability_column(n): proba[:, i] for i, n in enumerate(names)},
-        "num_tokens": scores["num_tokens"], "truncated": scores["truncated"],
+        "num_tokens": scores["num_tokens"], "truncated": scores["truncated"], "windows": scores["windows"],
     })
 
 
@@ -259,15 +271,18 @@ def run(args: EvaluateConfig) -> dict[str, Any]:
     use_gpu = cluster_has_gpus()
     workers = args.workers or default_workers(use_gpu)
     backend = choose_backend(args.backend, model, "cuda" if use_gpu else "cpu")
-    print(f"evaluate: {len(split)} {args.split} reviews, {model.location} ({backend}), {workers} "
-          f"{'GPU' if use_gpu else 'CPU'} worker(s)", flush=True)
-    predictor = Predictor.load(model)  # in-process: the seed's examples and the word attributions
+    long_reviews = args.long_reviews or cfg.data.long_reviews
+    print(f"evaluate: {len(split)} {args.split} reviews, {model.location} ({backend}, long reviews: {long_reviews}), "
+          f"{workers} {'GPU' if use_gpu else 'CPU'} worker(s)", flush=True)
+    predictor = Predictor.load(model, long_reviews=long_reviews)  # in-process: the seed's examples and the word attributions
     try:
         temperature = saved_temperature(predictor)
         if args.calibrate:
-            temperature = calibrate(validation, model, workers, use_gpu, args.batch_size, backend)
-        scores, rate = score_texts(split["text"].tolist(), model, workers, use_gpu, args.batch_size, "evaluate", backend)
-        meta = {"workers": workers, "device": "GPU" if use_gpu else "CPU", "backend": backend, "reviews_per_s": rate}
+            temperature = calibrate(validation, model, workers, use_gpu, args.batch_size, backend, long_reviews)
+        scores, rate = score_texts(split["text"].tolist(), model, workers, use_gpu, args.batch_size, "evaluate", backend,
+                                   compare=long_reviews == "chunks")
+        meta = {"workers": workers, "device": "GPU" if use_gpu else "CPU", "backend": backend, "reviews_per_s": rate,
+                "long_reviews": long_reviews}
         metrics = write_evaluation(args, model, cfg, predictor, split, scores, temperature, meta, out)
     finally:
         predictor.close()
@@ -283,8 +298,11 @@ def write_evaluation(
     """Metrics, predictions, report and W&B run from the scores; published to ``out`` when complete."""
     names = cfg.model.label_names
     labels = split["label"].to_numpy()
+    num_tokens = scores["num_tokens"].to_numpy()
+    plain = [logit_column(n, truncated=True) for n in names]
     metrics = evaluate_predictions(scores[[logit_column(n) for n in names]].to_numpy(np.float64), labels, names,
-                                   scores["num_tokens"].to_numpy(), scores["truncated"].to_numpy(), temperature)
+                                   num_tokens, num_tokens > cfg.data.max_seq_length, temperature,
+                                   scores[plain].to_numpy(np.float64) if plain[0] in scores else None)
     table = predictions_table(split, scores, names, temperature)
     proba = table[[probability_column(n) for n in names]].to_numpy()
     words = word_scores(predictor, split["text"], args.attribution_samples, args.ig_steps)

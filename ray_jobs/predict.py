@@ -6,7 +6,8 @@
 Input: ``.parquet``, ``.csv`` or ``.jsonl`` with a text column (``--text-column``, default
 ``text``). Output (``.parquet``, ``.csv`` or ``.jsonl``): every input column, in input order, plus
 ``predicted_label``, ``score``, ``prob_<label>`` (temperature-scaled if the checkpoint has one),
-``logit_<label>``, ``num_tokens`` (the review's full length) and ``truncated``; with ``--explain``
+``logit_<label>``, ``num_tokens`` (the review's full length), ``truncated`` and ``windows`` (how
+many windows of the review were scored: more than one with ``--long-reviews chunks``); with ``--explain``
 also ``key_tokens``, each review's top words toward its predicted label as JSON
 (``[{"word": ..., "score": ...}]``, integrated gradients: ``--explain-steps`` forward and backward
 passes per review, on the torch backend). Empty or missing
@@ -59,6 +60,9 @@ class PredictConfig(BaseModel):
     explain: bool = Field(False, description="Add key_tokens per review (torch backend; auto picks torch).")
     explain_steps: int = Field(16, ge=2, le=256, description="Integrated-gradients steps per explained review.")
     explain_top_k: int = Field(5, ge=1, le=50, description="Key tokens per review.")
+    long_reviews: Literal["truncate", "chunks"] | None = Field(
+        None, description="Override the checkpoint's data.long_reviews (chunks: score whole long reviews)."
+    )
 
 
 def file_format(path: str, role: str) -> str:
@@ -160,6 +164,8 @@ def parse_args(argv: list[str] | None) -> PredictConfig:
     ap.add_argument("--explain", action="store_true", help="add key_tokens per review (torch backend)")
     ap.add_argument("--explain-steps", type=int, default=16, help="integrated-gradients steps per review (2-256)")
     ap.add_argument("--explain-top-k", type=int, default=5, help="key tokens per review (1-50)")
+    ap.add_argument("--long-reviews", choices=("truncate", "chunks"), default=None,
+                    help="score one truncated window or windows covering whole long reviews (default: the checkpoint's)")
     args = ap.parse_args(argv)
     for name in ("workers", "batch_size"):
         value = getattr(args, name)
@@ -204,7 +210,8 @@ def run(args: PredictConfig) -> pd.DataFrame:
     workers = args.workers or default_workers(use_gpu)
     print(f"predict: {len(texts)} reviews from {args.input} with {model.location} ({backend}) on {workers} "
           f"{'GPU' if use_gpu else 'CPU'} worker(s)", flush=True)
-    predictions, _ = score_texts(texts, model, workers, use_gpu, args.batch_size, backend=backend, explain=explain)
+    predictions, _ = score_texts(texts, model, workers, use_gpu, args.batch_size, backend=backend, explain=explain,
+                                 long_reviews=args.long_reviews)
     out = with_predictions(df, mask, predictions)
     write_table(out, args.output)
     skipped = int((~mask).sum())

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from captum.attr import LayerIntegratedGradients
 
-from sentiment.predict import ExplainUnavailable, KeyToken, Prediction, Predictor
+from sentiment.predict import Encoded, ExplainUnavailable, KeyToken, Prediction, Predictor
 
 # Markers a subword tokenizer uses: WordPiece continues a word with "##"; SentencePiece ("▁") and
 # byte-level BPE ("Ġ") start one with a marker.
@@ -92,6 +92,25 @@ def token_attributions(
     return out
 
 
+def window_words(predictor: Predictor, encoded: Encoded, targets: list[int], n_steps: int) -> list[list[tuple[str, float]]]:
+    """Each text's (word, attribution) pairs over all its windows toward its target.
+
+    A text scored in k windows has the mean of their logits as its logit, and integrated gradients
+    is linear in the function, so each window's attributions count 1/k (the pairs of a word seen
+    in two overlapping windows both count).
+    """
+    special = set(predictor.tokenizer.all_special_ids)
+    window_targets = [targets[i] for i in encoded.owners]
+    share = 1.0 / encoded.counts
+    out: list[list[tuple[str, float]]] = [[] for _ in encoded.full_lengths]
+    for owner, ids, scores in zip(encoded.owners, encoded.windows,
+                                  token_attributions(predictor, encoded.windows, window_targets, n_steps)):
+        tokens = predictor.tokenizer.convert_ids_to_tokens(ids)
+        pairs = words_of(tokens, scores * share[owner], np.array([t in special for t in ids]))
+        out[owner].extend(pairs)
+    return out
+
+
 def top_words(
     predictor: Predictor, texts: list[str], target: int, top_k: int = 15, min_count: int = 3, n_steps: int = 16
 ) -> dict[str, list[WordScore]]:
@@ -101,12 +120,10 @@ def top_words(
         ``{"positive": [...], "negative": [...]}``: ``top_k`` words each, among words that occur
         in at least ``min_count`` of the attributed positions; positive pushes toward ``target``.
     """
-    ids, _ = predictor.encode(texts)
-    special = set(predictor.tokenizer.all_special_ids)
+    encoded = predictor.encode(texts)
     per_word: dict[str, list[float]] = defaultdict(list)
-    for review_ids, scores in zip(ids, token_attributions(predictor, ids, target, n_steps)):
-        tokens = predictor.tokenizer.convert_ids_to_tokens(review_ids)
-        for word, score in words_of(tokens, scores, np.array([t in special for t in review_ids])):
+    for text_words in window_words(predictor, encoded, [target] * len(texts), n_steps):
+        for word, score in text_words:
             per_word[word].append(score)
     ranked = sorted(
         (WordScore(w, float(np.mean(s)), len(s)) for w, s in per_word.items() if len(s) >= min_count),
@@ -126,14 +143,12 @@ def explain(predictor: Predictor, texts: list[str], top_k: int = 5, n_steps: int
     Raises:
         ExplainUnavailable: the predictor's backend is not torch.
     """
-    ids, full_lengths = predictor.encode(texts)  # once, for the predictions and the attributions
-    predictions = predictor.details_for_ids(ids, full_lengths)
+    encoded = predictor.encode(texts)  # once, for the predictions and the attributions
+    predictions = predictor.details(encoded)
     targets = [predictor.label_names.index(p.label) for p in predictions]
-    special = set(predictor.tokenizer.all_special_ids)
-    for prediction, review_ids, scores in zip(predictions, ids, token_attributions(predictor, ids, targets, n_steps)):
-        tokens = predictor.tokenizer.convert_ids_to_tokens(review_ids)
+    for prediction, text_words in zip(predictions, window_words(predictor, encoded, targets, n_steps)):
         per_word: dict[str, float] = defaultdict(float)
-        for word, score in words_of(tokens, scores, np.array([t in special for t in review_ids])):
+        for word, score in text_words:
             per_word[word] += score
         ranked = sorted(((w, s) for w, s in per_word.items() if s > 0), key=lambda ws: -ws[1])[:top_k]
         prediction.key_tokens = [KeyToken(w, round(s, 4)) for w, s in ranked]

@@ -72,6 +72,18 @@ class DataConfig(_Section):
     head_fraction: float = Field(
         0.25, gt=0.0, lt=1.0, description="Share of the budget kept from the start in head_tail."
     )
+    long_reviews: Literal["truncate", "chunks"] = Field(
+        "truncate",
+        description="How predictions (Predictor, Serve, batch prediction, evaluate) treat a review longer "
+        "than max_seq_length: 'truncate' scores the one window `truncation` keeps; 'chunks' scores "
+        "windows of max_seq_length covering the whole review and averages their logits. Training "
+        "always truncates.",
+    )
+    chunk_stride: int | None = Field(
+        None, ge=1,
+        description="Content tokens from one window's start to the next in 'chunks' (None: half the "
+        "budget, so each token is seen about twice); the last window ends with the review.",
+    )
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     max_train_samples: int | None = Field(None, ge=2)
     max_val_samples: int | None = Field(None, ge=2)

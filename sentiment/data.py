@@ -251,6 +251,8 @@ def cross_validation_fold(pool: EncodedSplit, cfg: DataConfig) -> dict[str, Enco
 
 def encode_texts(tokenizer: Any, texts: list[str]) -> list[np.ndarray]:
     """Tokenize texts (cleaned first) in one fast-tokenizer call, without specials or truncation."""
+    if not len(texts):
+        return []  # the fast tokenizer fails on an empty batch
     enc = tokenizer([clean_text(t) for t in texts], add_special_tokens=False, verbose=False)
     return [np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"]]
 
@@ -315,6 +317,24 @@ def fit_to_length(
     """Truncate content ids to the budget and wrap them in the special tokens."""
     cut = truncate_ids(ids, max_seq_length - len(specials), strategy, head_fraction)
     return [*specials.prefix, *cut.tolist(), *specials.suffix]
+
+
+def chunk_windows(ids: np.ndarray, specials: SpecialTokens, max_seq_length: int, stride: int | None = None) -> list[list[int]]:
+    """Windows of at most ``max_seq_length`` tokens (specials included) that cover every content id.
+
+    A review within the budget is one window, identical to :func:`fit_to_length`'s. A longer one
+    gets windows starting every ``stride`` content tokens (default: half the budget), the last
+    one moved back to end with the review, so every window is full and no token is left out.
+
+    Raises:
+        ValueError: ``stride`` outside 1..budget (the content tokens a window holds).
+    """
+    budget = max_seq_length - len(specials)
+    stride = max(1, budget // 2) if stride is None else stride
+    if not 1 <= stride <= budget:
+        raise ValueError(f"data.chunk_stride={stride} must be between 1 and the window's {budget} content tokens")
+    starts = list(range(0, max(len(ids) - budget, 0), stride)) + [max(len(ids) - budget, 0)]
+    return [[*specials.prefix, *ids[s : s + budget].tolist(), *specials.suffix] for s in starts]
 
 
 def model_inputs(split: EncodedSplit, specials: SpecialTokens, cfg: DataConfig) -> list[list[int]]:

@@ -78,10 +78,10 @@ def by_length(correct: np.ndarray, num_tokens: np.ndarray, edges: tuple[int, ...
     return out
 
 
-def by_truncation(correct: np.ndarray, truncated: np.ndarray) -> dict[str, dict[str, float]]:
-    """Accuracy of reviews that fit the model's length and of those that were cut."""
+def by_fit(correct: np.ndarray, long: np.ndarray) -> dict[str, dict[str, float]]:
+    """Accuracy of reviews within the model's length and of the longer ones (cut or chunked)."""
     out = {}
-    for name, mask in (("complete", ~truncated), ("truncated", truncated)):
+    for name, mask in (("within", ~long), ("longer", long)):
         out[name] = {"count": int(mask.sum()), "accuracy": float(correct[mask].mean()) if mask.any() else float("nan")}
     return out
 
@@ -103,8 +103,9 @@ def evaluate_predictions(
     labels: np.ndarray,
     label_names: list[str],
     num_tokens: np.ndarray,
-    truncated: np.ndarray,
+    long: np.ndarray,
     temperature: float | None = None,
+    truncated_logits: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Every number of the evaluation report.
 
@@ -113,17 +114,19 @@ def evaluate_predictions(
         labels: ``(n,)`` true class ids.
         label_names: class names in id order.
         num_tokens: each review's full length in tokens (before truncation, specials included).
-        truncated: whether each review was cut to the model's length.
+        long: whether each review is longer than the model's length (cut, or scored in chunks).
         temperature: a fitted temperature; adds ``calibrated`` (log loss, ECE, bins after scaling).
+        truncated_logits: when ``logits`` come from chunked scoring, the truncated window's logits;
+            adds ``truncated_scoring`` (its ``accuracy``, ``by_length`` and ``by_fit``) to compare.
 
     Returns:
         ``accuracy``, macro ``precision``/``recall``/``f1``, ``per_class`` (precision, recall, F1,
         support), ``confusion_matrix`` (rows true, columns predicted), ``roc_auc``, ``log_loss``,
-        ``ece`` and ``reliability`` bins, ``by_length``, ``by_truncation``, ``count``.
+        ``ece`` and ``reliability`` bins, ``by_length``, ``by_fit``, ``count``.
     """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
-    truncated = np.asarray(truncated, dtype=bool)
+    long = np.asarray(long, dtype=bool)
     base = compute_metrics(logits, labels, label_names)
     proba = softmax(logits)
     correct = proba.argmax(axis=1) == labels
@@ -146,8 +149,13 @@ def evaluate_predictions(
         },
         "reliability": calibration_bins(proba, labels),
         "by_length": by_length(correct, np.asarray(num_tokens)),
-        "by_truncation": by_truncation(correct, truncated),
+        "by_fit": by_fit(correct, long),
     }
+    if truncated_logits is not None:
+        plain_correct = np.asarray(truncated_logits).argmax(axis=1) == labels
+        out["truncated_scoring"] = {"accuracy": float(plain_correct.mean()),
+                                    "by_length": by_length(plain_correct, np.asarray(num_tokens)),
+                                    "by_fit": by_fit(plain_correct, long)}
     if temperature is not None:
         scaled = compute_metrics(logits / temperature, labels, label_names)
         scaled_proba = softmax(logits / temperature)

@@ -14,7 +14,7 @@ from sentiment.batching import eval_batches, iterate, make_collator
 from sentiment.layout import WEIGHTS_FILE, CheckpointError, ResolvedModel, read_temperature, resolve
 from sentiment.node_cache import LocalModel
 from sentiment.config import Config
-from sentiment.data import SpecialTokens, encode_texts, fit_to_length
+from sentiment.data import SpecialTokens, chunk_windows, encode_texts, fit_to_length
 from sentiment.metrics import softmax
 
 
@@ -40,7 +40,43 @@ class Prediction:
     probabilities: dict[str, float]
     num_tokens: int
     truncated: bool
+    windows: int = 1
     key_tokens: list[KeyToken] | None = None
+
+
+@dataclass
+class Encoded:
+    """Model inputs of some texts: each text's windows, in text order (one window per text when
+    truncating, or when the text fits the budget).
+
+    Attributes:
+        windows: model-ready ids of every window.
+        owners: ``(n_windows,)`` the text each window belongs to.
+        full_lengths: ``(n_texts,)`` each text's whole length in tokens, special tokens once.
+        seen: ``(n_texts,)`` the tokens of each text the model sees, special tokens once.
+    """
+
+    windows: list[list[int]]
+    owners: np.ndarray
+    full_lengths: np.ndarray
+    seen: np.ndarray
+
+    @property
+    def truncated(self) -> np.ndarray:
+        """Whether part of each text is never scored."""
+        return self.seen < self.full_lengths
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Windows per text."""
+        return np.bincount(self.owners, minlength=len(self.full_lengths))
+
+    def aggregate(self, window_logits: np.ndarray) -> np.ndarray:
+        """Each text's logits: the mean of its windows' logits (a text with one window keeps its own
+        logits exactly)."""
+        total = np.zeros((len(self.full_lengths), window_logits.shape[1]), dtype=np.float64)
+        np.add.at(total, self.owners, window_logits)
+        return (total / self.counts[:, None]).astype(window_logits.dtype)
 
 
 class Predictor:
@@ -62,6 +98,7 @@ class Predictor:
         self.local = local
         self.cfg: Config = resolved.config
         self.metrics = resolved.metrics
+        self.long_reviews = self.cfg.data.long_reviews  # "truncate" or "chunks"; :meth:`load` may override it
         self.path = str(local.path)
         self.label_names = list(self.cfg.model.label_names)
         self.specials = SpecialTokens.of(tokenizer)
@@ -76,6 +113,7 @@ class Predictor:
         dtype: torch.dtype = torch.float32,
         storage_path: str | None = None,
         backend: str = "torch",
+        long_reviews: str | None = None,
     ) -> Predictor:
         """Load a checkpoint: a :class:`~sentiment.layout.ResolvedModel` (resolved once by the
         caller, never again here), or any reference :func:`sentiment.layout.resolve` takes (a
@@ -84,7 +122,8 @@ class Predictor:
         copy, held until :meth:`close`. A temperature saved with the model
         (``calibration.json``) scales the probabilities it returns. ``backend`` is ``torch``,
         ``onnx``, ``onnx-int8`` or ``auto`` (see :mod:`sentiment.backends`); every backend gives the
-        same outputs within its verified tolerance, and the same errors.
+        same outputs within its verified tolerance, and the same errors. ``long_reviews``
+        (``truncate`` or ``chunks``) overrides the checkpoint's ``data.long_reviews``.
 
         Raises:
             CheckpointError: missing, incomplete or corrupt checkpoint, not a sequence classifier,
@@ -111,7 +150,13 @@ class Predictor:
             raise CheckpointError(
                 f"{resolved.location}: model has {model.config.num_labels} labels, config {resolved.config.model.num_labels}"
             )
-        return cls(runner, tokenizer, resolved, local, temperature)
+        predictor = cls(runner, tokenizer, resolved, local, temperature)
+        if long_reviews is not None:
+            if long_reviews not in ("truncate", "chunks"):
+                local.close()
+                raise ValueError(f"long_reviews={long_reviews!r}: choose truncate or chunks")
+            predictor.long_reviews = long_reviews
+        return predictor
 
     @property
     def served_file(self) -> tuple[str, str]:
@@ -125,12 +170,20 @@ class Predictor:
         """Give up this node's cached copy of a remote checkpoint (nothing to do for a local one)."""
         self.local.close()
 
-    def encode(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
-        """Model-ready ids for each text (training's cleaning, length and truncation) and its full length."""
+    def encode(self, texts: list[str], long_reviews: str | None = None) -> Encoded:
+        """Model-ready windows of each text, cleaned like training: the one window ``data.truncation``
+        keeps, or with ``chunks`` windows covering the whole text (``long_reviews`` defaults to the
+        predictor's)."""
         data = self.cfg.data
         content = encode_texts(self.tokenizer, texts)  # cleans like training
-        ids = [fit_to_length(c, self.specials, data.max_seq_length, data.truncation, data.head_fraction) for c in content]
-        return ids, [len(c) + len(self.specials) for c in content]
+        full = np.asarray([len(c) + len(self.specials) for c in content], dtype=np.int64)
+        if (long_reviews or self.long_reviews) == "chunks":
+            per_text = [chunk_windows(c, self.specials, data.max_seq_length, data.chunk_stride) for c in content]
+            windows = [w for ws in per_text for w in ws]
+            owners = np.repeat(np.arange(len(texts)), [len(ws) for ws in per_text])
+            return Encoded(windows, owners, full, full.copy())
+        windows = [fit_to_length(c, self.specials, data.max_seq_length, data.truncation, data.head_fraction) for c in content]
+        return Encoded(windows, np.arange(len(texts)), full, np.asarray([len(w) for w in windows], dtype=np.int64))
 
     def logits_for_ids(self, ids: list[list[int]], batch_size: int = 64) -> np.ndarray:
         """Raw logits (no temperature) for already-encoded inputs, batched by length, in input order."""
@@ -140,35 +193,53 @@ class Predictor:
             out[idx] = self.backend.logits(batch)
         return out
 
+    def logits(self, encoded: Encoded, batch_size: int = 64) -> np.ndarray:
+        """Raw logits (no temperature) of each encoded text: its windows scored in the same
+        length-sorted batches, then averaged (:meth:`Encoded.aggregate`)."""
+        return encoded.aggregate(self.logits_for_ids(encoded.windows, batch_size))
+
+    def chunked_and_truncated_logits(self, texts: list[str], batch_size: int = 64) -> tuple[Encoded, np.ndarray, np.ndarray]:
+        """Both ways of scoring long texts in one pass: the chunked encoding, its logits, and the
+        truncated logits. Only texts longer than the budget get an extra (truncated) window; the
+        others have one window, the same both ways, so their two logits are identical."""
+        chunked = self.encode(texts, "chunks")
+        long = np.flatnonzero(chunked.counts > 1)
+        plain = self.encode([texts[i] for i in long], "truncate")
+        raw = self.logits_for_ids(chunked.windows + plain.windows, batch_size)
+        logits = chunked.aggregate(raw[: len(chunked.windows)])
+        truncated = logits.copy()
+        truncated[long] = raw[len(chunked.windows):]
+        return chunked, logits, truncated
+
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Class probabilities from raw logits, with the checkpoint's temperature applied."""
         return softmax(np.asarray(logits, dtype=np.float64) / self.temperature)
 
     def predict(self, texts: list[str], return_proba: bool = False, batch_size: int = 64) -> list[str] | np.ndarray:
         """Label names for ``texts``, or an ``(n, num_labels)`` probability array with ``return_proba``."""
-        ids, _ = self.encode(texts)
-        proba = self.probabilities(self.logits_for_ids(ids, batch_size))
+        proba = self.probabilities(self.logits(self.encode(texts), batch_size))
         if return_proba:
             return proba
         return [self.label_names[i] for i in proba.argmax(axis=1)]
 
     def predict_details(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
-        """Label, score, all probabilities, tokens used and truncation for each text."""
-        return self.details_for_ids(*self.encode(texts), batch_size=batch_size)
+        """Label, score, all probabilities, tokens seen, truncation and windows for each text."""
+        return self.details(self.encode(texts), batch_size=batch_size)
 
-    def details_for_ids(self, ids: list[list[int]], full_lengths: list[int], batch_size: int = 64) -> list[Prediction]:
-        """:meth:`predict_details` for texts already encoded (``ids`` and full lengths from :meth:`encode`)."""
-        proba = self.probabilities(self.logits_for_ids(ids, batch_size))
+    def details(self, encoded: Encoded, batch_size: int = 64) -> list[Prediction]:
+        """:meth:`predict_details` for texts already encoded by :meth:`encode`."""
+        proba = self.probabilities(self.logits(encoded, batch_size))
         results = []
-        for p, used, full in zip(proba, ids, full_lengths):
+        for p, seen, truncated, windows in zip(proba, encoded.seen, encoded.truncated, encoded.counts):
             top = int(p.argmax())
             results.append(
                 Prediction(
                     label=self.label_names[top],
                     score=float(p[top]),
                     probabilities={n: float(v) for n, v in zip(self.label_names, p)},
-                    num_tokens=len(used),
-                    truncated=full > len(used),
+                    num_tokens=int(seen),
+                    truncated=bool(truncated),
+                    windows=int(windows),
                 )
             )
         return results

@@ -126,17 +126,30 @@ def plot_reliability(metrics: dict[str, Any], path: Path) -> Path:
 
 
 def plot_accuracy_by_length(metrics: dict[str, Any], max_seq_length: int, path: Path) -> Path:
-    """Accuracy per token-length bucket, with counts; the model's length marked."""
+    """Accuracy per token-length bucket, with counts; the model's length marked. With chunked
+    scoring (``metrics["truncated_scoring"]``), truncated and chunked bars side by side."""
     buckets = metrics["by_length"]
+    plain = metrics.get("truncated_scoring")
     fig, ax = plt.subplots(figsize=(8, 4))
-    xs = range(len(buckets))
-    bars = ax.bar(xs, [b["accuracy"] for b in buckets], color="tab:blue")
-    for bar, b in zip(bars, buckets):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"n={b['count']}", ha="center", va="bottom", fontsize=8)
+    xs = np.arange(len(buckets))
+    series = [("chunks", buckets, "tab:blue")]
+    if plain:
+        series = [("truncated", plain["by_length"], "tab:gray"), *series]
+    width = 0.8 / len(series)
+    for k, (name, values, color) in enumerate(series):
+        bars = ax.bar(xs + (k - (len(series) - 1) / 2) * width, [b["accuracy"] for b in values], width, color=color,
+                      label=name if plain else None)
+        for bar, b in zip(bars, values):
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"n={b['count']}", ha="center", va="bottom",
+                    fontsize=7)
     ax.set_xticks(list(xs), [b["bucket"] for b in buckets])
-    ax.set_xlabel(f"review length in tokens (model reads {max_seq_length}; longer reviews are cut)")
+    how = "longer reviews scored both ways" if plain else "longer reviews are cut"
+    ax.set_xlabel(f"review length in tokens (model reads {max_seq_length}; {how})")
     ax.set_ylabel("accuracy")
-    ax.set_ylim(min(0.5, min(b["accuracy"] for b in buckets) - 0.05), 1.0)
+    if plain:
+        ax.legend(loc="lower left")
+    lows = [b["accuracy"] for _, values, _ in series for b in values]
+    ax.set_ylim(min(0.5, min(lows) - 0.05), 1.0)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path, TITLES["accuracy_by_length"])
 

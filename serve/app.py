@@ -110,7 +110,7 @@ def build_app(args: ServeArgs) -> Application:
         autoscaling_config=args.autoscaling_config(),
         user_config={"max_batch_size": args.max_batch_size, "max_batch_tokens": args.max_batch_tokens,
                      "batch_wait_timeout_s": args.batch_wait_timeout_s},
-    ).bind(model, args.num_gpus > 0, args.backend)
+    ).bind(model, args.num_gpus > 0, args.backend, args.long_reviews)
     ingress = SentimentAPI.options(
         num_replicas=args.ingress_replicas,
         ray_actor_options={"num_cpus": 0},

@@ -36,8 +36,8 @@ class SentimentModel:
     :meth:`reconfigure`), so ``serve deploy`` can change them without reloading the model.
     """
 
-    def __init__(self, model: ResolvedModel, use_gpu: bool, backend: str = "auto") -> None:
-        """Load the resolved checkpoint ``model``.
+    def __init__(self, model: ResolvedModel, use_gpu: bool, backend: str = "auto", long_reviews: str | None = None) -> None:
+        """Load the resolved checkpoint ``model``; ``long_reviews`` overrides its ``data.long_reviews``.
 
         Raises:
             CheckpointError: the checkpoint cannot be loaded.
@@ -46,12 +46,15 @@ class SentimentModel:
         if use_gpu and not torch.cuda.is_available():
             raise RuntimeError("num_gpus > 0 but this replica sees no CUDA device")
         device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", torch.float32)
-        self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend)
+        self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend, long_reviews=long_reviews)
         self.explainer: Predictor | None = None  # loaded by the first explained request
         self.explain_lock = asyncio.Lock()
-        self.load_args = {"checkpoint": model, "device": device, "dtype": dtype, "backend": "torch"}
-        count = functools.lru_cache(maxsize=4096)(lambda text: len(self.predictor.encode([text])[0][0]))
-        self.batcher = ContinuousBatcher(lambda texts: self.predictor.predict_details(texts, len(texts)), tokens=count)
+        self.load_args = {"checkpoint": model, "device": device, "dtype": dtype, "backend": "torch",
+                          "long_reviews": long_reviews}
+        count = functools.lru_cache(maxsize=4096)(lambda text: sum(map(len, self.predictor.encode([text]).windows)))
+        self.batcher = ContinuousBatcher(
+            lambda texts: self.predictor.predict_details(texts, max(len(texts), self.batcher.max_texts)), tokens=count
+        )
         cfg = model.config
         served_file, served_sha = self.predictor.served_file
         self.model_info = {
@@ -69,6 +72,8 @@ class SentimentModel:
                 "max_seq_length": cfg.data.max_seq_length,
                 "truncation": cfg.data.truncation,
                 "head_fraction": cfg.data.head_fraction,
+                "long_reviews": self.predictor.long_reviews,
+                "chunk_stride": cfg.data.chunk_stride,
                 "pad_to_multiple_of": cfg.data.pad_to_multiple_of,
             },
             "device": device,

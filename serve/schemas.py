@@ -30,6 +30,10 @@ class ServeArgs(BaseModel):
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
         "auto", description="Inference backend; auto: torch bf16 on a GPU, else the verified int8 export, else fp32 ONNX, else torch."
     )
+    long_reviews: Literal["truncate", "chunks"] | None = Field(
+        None, description="Override the checkpoint's data.long_reviews: 'chunks' scores whole long texts in "
+        "windows of max_seq_length (a text then costs one row per window; its windows count toward max_batch_tokens).",
+    )
     max_batch_size: int = Field(32, ge=1, description="Most texts per forward pass.")
     max_batch_tokens: int = Field(
         4096, ge=1, description="Padded tokens per forward pass (texts x the longest): a batch closes at "
@@ -147,8 +151,10 @@ class TextPrediction(BaseModel):
     label: str
     score: float = Field(description="Probability of the predicted label.")
     probabilities: dict[str, float] = Field(description="Every label's probability.")
-    num_tokens: int = Field(description="Tokens the model saw (special tokens included).")
-    truncated: bool = Field(description="The text was longer than the checkpoint's max_seq_length.")
+    num_tokens: int = Field(description="Tokens of the text the model saw (special tokens counted once).")
+    truncated: bool = Field(description="Part of the text was not scored: it was longer than the checkpoint's "
+                            "max_seq_length and long texts are truncated.")
+    windows: int = Field(description="Windows of max_seq_length scored (more than 1 only for a long text in chunks).")
     uncertain: bool = Field(description="score is under the deployment's uncertain_below.")
     key_tokens: list[KeyTokenScore] | None = Field(
         None, description="Only with explain: the words pushing most toward the label, strongest first."

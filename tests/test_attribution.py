@@ -32,7 +32,7 @@ def test_sentencepiece_marks_word_starts():
 
 def test_integrated_gradients_are_complete(predictor):
     """Per review, the attributions add up to logit(review) - logit(baseline) (IG's completeness)."""
-    ids, _ = predictor.encode(TEXTS)
+    ids = predictor.encode(TEXTS).windows
     scores = token_attributions(predictor, ids, target=1, n_steps=128)
     specials = torch.tensor(sorted(set(predictor.tokenizer.all_special_ids)))
     pad = predictor.tokenizer.pad_token_id
@@ -57,7 +57,7 @@ def test_top_words_are_ranked_and_counted(predictor):
 
 
 def test_one_target_per_review_equals_attributing_each_review_alone(predictor):
-    ids, _ = predictor.encode(TEXTS[:3])
+    ids = predictor.encode(TEXTS[:3]).windows
     together = token_attributions(predictor, ids, target=[1, 0, 1], n_steps=8)
     for review, target, scores in zip(ids, [1, 0, 1], together):
         (alone,) = token_attributions(predictor, [review], target=target, n_steps=8)
@@ -73,3 +73,22 @@ def test_each_seed_scenario_is_explained_by_words_of_its_own_text(predictor):
         assert 0 < len(prediction.key_tokens) <= 3
         assert all(k.word in words and k.score > 0 for k in prediction.key_tokens), prediction.key_tokens
         assert [k.score for k in prediction.key_tokens] == sorted((k.score for k in prediction.key_tokens), reverse=True)
+
+
+def test_a_long_review_in_chunks_is_explained_by_all_its_windows(predictor):
+    """IG is linear in the function: the mean logit of k windows gets 1/k of each window's attributions."""
+    chunked = Predictor.load(predictor.path, long_reviews="chunks")
+    text = "The first half is dull and slow. " * 8 + "But the ending is wonderful, moving and brilliant. " * 6
+    encoded = chunked.encode([text])
+    assert encoded.counts[0] >= 3
+    (explained,) = explain(chunked, [text], top_k=50, n_steps=8)
+    assert vars(chunked.predict_details([text])[0]) == {**vars(explained), "key_tokens": None}
+    target = chunked.label_names.index(explained.label)
+    per_window = token_attributions(chunked, encoded.windows, target, n_steps=8)
+    words = {k.word: k.score for k in explained.key_tokens}
+    checked = [w for w in ("dull", "slow", "wonderful", "moving") if w in words]  # whole words, single tokens
+    assert checked
+    for word in checked:
+        expected = sum(s[np.asarray(w) == chunked.tokenizer.convert_tokens_to_ids(word)].sum() for w, s in zip(encoded.windows, per_window))
+        assert words[word] == pytest.approx(expected / encoded.counts[0], abs=2e-4)
+    assert words and all(w in text.lower() for w in words)

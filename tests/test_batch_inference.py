@@ -21,6 +21,7 @@ from ray_jobs import evaluate, predict
 from sentiment.layout import CALIBRATION_FILE, CheckpointError
 from sentiment.predict import Predictor
 from sentiment.report import TITLES
+from tests.conftest import imdb_dir
 from tests.test_serve import make_checkpoint
 from tests.wandb_log import logged_keys, records
 
@@ -78,17 +79,20 @@ def test_ray_data_predictions_equal_the_predictor_in_input_order(local_ray, tiny
     assert scored["truncated"].any() and (scored["num_tokens"] > 0).all()
 
 
-def test_explained_batch_predictions_carry_each_reviews_key_tokens(local_ray, tiny_model_dir, reviews, tmp_path):
+def test_explained_batch_predictions_of_whole_reviews_carry_each_reviews_key_tokens(local_ray, tiny_model_dir, reviews, tmp_path):
     from sentiment.attribution import explain
 
     model = make_checkpoint(tiny_model_dir, tmp_path / "model")
     source = pd.read_csv(reviews).dropna(subset=["text"])
     source = source[source["text"].str.strip() != ""].head(12)
+    source.iloc[0, source.columns.get_loc("text")] = " ".join(source["text"])  # long even in synthetic data
     source.to_csv(tmp_path / "few.csv", index=False)
     out = tmp_path / "explained.jsonl"
     got = predict.main(["--checkpoint", str(model), "--input", str(tmp_path / "few.csv"), "--output", str(out),
-                        "--explain", "--explain-steps", "4", "--explain-top-k", "3"])
-    expected = explain(Predictor.load(model), source["text"].tolist(), top_k=3, n_steps=4)
+                        "--explain", "--explain-steps", "4", "--explain-top-k", "3", "--long-reviews", "chunks"])
+    expected = explain(Predictor.load(model, long_reviews="chunks"), source["text"].tolist(), top_k=3, n_steps=4)
+    assert got["windows"].tolist() == [e.windows for e in expected] and got["windows"].max() > 1
+    assert not got["truncated"].any()
     written = pd.read_json(out, lines=True)
     for row, want in zip(written["key_tokens"], expected):
         tokens = json.loads(row)
@@ -148,7 +152,7 @@ def test_bad_input_fails_clearly_and_writes_nothing(case, message, tiny_model_di
 
 
 def test_evaluate_writes_metrics_report_and_wandb_for_a_trained_run(run_dir, small_imdb, artifacts):
-    returned = evaluate.main(["--checkpoint", str(run_dir), "--data", str(small_imdb), "--calibrate",
+    returned = evaluate.main(["--checkpoint", str(run_dir), "--data", str(small_imdb), "--calibrate", "--long-reviews", "chunks",
                               "--attribution-samples", "24", "--ig-steps", "4", "--wandb", "offline"])
     best = json.loads((run_dir / "result.json").read_text())["best_checkpoint"]
     out = Path(best) / "eval_test"
@@ -159,6 +163,16 @@ def test_evaluate_writes_metrics_report_and_wandb_for_a_trained_run(run_dir, sma
     assert metrics["count"] == len(table) == 64
     assert metrics["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
     assert metrics["roc_auc"] == pytest.approx(roc_auc_score(truth == "positive", table["prob_positive"]))
+    # long reviews scored whole (chunks), and truncated in the same pass for the comparison
+    long = table["num_tokens"] > metrics["meta"]["max_seq_length"]
+    assert (long.any() or imdb_dir() is None) and (table.loc[long, "windows"] > 1).all()  # synthetic reviews are short and (table.loc[~long, "windows"] == 1).all()
+    assert not table["truncated"].any() and metrics["by_fit"]["longer"]["count"] == long.sum()
+    chunked = Predictor.load(Path(best) / "model", long_reviews="chunks").predict(table["text"].tolist())
+    plain = Predictor.load(Path(best) / "model").predict(table["text"].tolist())
+    assert table["predicted"].tolist() == chunked
+    assert metrics["truncated_scoring"]["accuracy"] == pytest.approx(np.mean(np.asarray(plain) == truth))
+    assert metrics["truncated_scoring"]["by_fit"]["within"] == metrics["by_fit"]["within"]
+    assert metrics["meta"]["long_reviews"] == "chunks"
     # calibration: fitted on validation, saved with the checkpoint, used by later predictions
     temperature = json.loads((Path(best) / "model" / CALIBRATION_FILE).read_text())["temperature"]
     assert metrics["calibrated"]["temperature"] == pytest.approx(temperature) and temperature != 1.0

@@ -8,6 +8,7 @@ from sentiment.config import DataConfig
 from sentiment.data import (
     DataError,
     SpecialTokens,
+    chunk_windows,
     clean_text,
     encode_texts,
     fit_to_length,
@@ -52,6 +53,37 @@ def test_fit_to_length_wraps_specials(tiny_model_dir):
     assert specials.prefix == (tok.cls_token_id,) and specials.suffix == (tok.sep_token_id,)
     out = fit_to_length(IDS + 1000, specials, 6, "tail", 0.25)
     assert out == [tok.cls_token_id, 1006, 1007, 1008, 1009, tok.sep_token_id]
+
+
+SPECIALS = SpecialTokens((101,), (102,))
+
+
+@pytest.mark.parametrize(
+    "length, stride, starts",
+    [
+        (4, None, [0]),  # within the 4-token budget: one window
+        (5, None, [0, 1]),  # one token over: the last window moves back to end with the review
+        (10, None, [0, 2, 4, 6]),  # default stride: half the budget
+        (10, 4, [0, 4, 6]),  # no overlap but the end
+        (10, 1, [0, 1, 2, 3, 4, 5, 6]),
+    ],
+)
+def test_chunk_windows_cover_every_token_in_full_windows(length, stride, starts):
+    ids = np.arange(length) + 1000
+    windows = chunk_windows(ids, SPECIALS, 6, stride)
+    assert windows == [[101, *range(1000 + s, 1000 + min(s + 4, length)), 102] for s in starts]
+    assert set().union(*map(set, windows)) - {101, 102} == set(ids.tolist())
+
+
+def test_a_review_within_the_budget_is_the_truncated_window():
+    ids = np.arange(3) + 1000
+    assert chunk_windows(ids, SPECIALS, 6) == [fit_to_length(ids, SPECIALS, 6, "head_tail", 0.25)]
+
+
+@pytest.mark.parametrize("stride", [0, 5])
+def test_a_stride_outside_the_window_is_refused(stride):
+    with pytest.raises(ValueError, match=f"data.chunk_stride={stride} must be between 1 and the window's 4 content tokens"):
+        chunk_windows(np.arange(10), SPECIALS, 6, stride)
 
 
 def test_clean_text_strips_html_breaks():

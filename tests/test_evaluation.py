@@ -9,7 +9,7 @@ from sklearn.metrics import (
 )
 
 from sentiment.evaluation import (
-    by_length, by_truncation, calibration_bins, confident_mistakes, evaluate_predictions,
+    by_fit, by_length, calibration_bins, confident_mistakes, evaluate_predictions,
     expected_calibration_error, fit_temperature, headline,
 )
 from sentiment.metrics import softmax
@@ -79,9 +79,9 @@ def test_accuracy_by_length_and_truncation():
     assert [(b["bucket"], b["count"], b["accuracy"]) for b in buckets] == [
         ("0-127", 2, 0.5), ("128-255", 1, 1.0), ("256-383", 1, 1.0), ("512-767", 1, 0.0), ("1024+", 1, 1.0),
     ]
-    cut = by_truncation(correct, tokens > 256)
-    assert cut["complete"] == {"count": 3, "accuracy": pytest.approx(2 / 3)}
-    assert cut["truncated"]["count"] == 3
+    cut = by_fit(correct, tokens > 256)
+    assert cut["within"] == {"count": 3, "accuracy": pytest.approx(2 / 3)}
+    assert cut["longer"] == {"count": 3, "accuracy": pytest.approx(2 / 3)}
 
 
 def test_confident_mistakes_are_the_wrong_ones_most_confident_first():

@@ -43,9 +43,43 @@ def test_details_report_tokens_and_truncation_truthfully(checkpoint):
     assert predictor.predict(TEXTS) == [d.label for d in details]
 
 
+def test_chunked_scoring_of_a_text_within_the_budget_equals_plain_scoring_exactly(checkpoint):
+    plain, chunked = Predictor.load(checkpoint), Predictor.load(checkpoint, long_reviews="chunks")
+    for text in (TEXTS[0], TEXTS[2]):
+        np.testing.assert_array_equal(chunked.predict([text], return_proba=True), plain.predict([text], return_proba=True))
+        assert vars(chunked.predict_details([text])[0]) == vars(plain.predict_details([text])[0])
+
+
+def test_a_long_text_is_scored_whole_as_the_mean_of_its_windows_logits(checkpoint):
+    predictor = Predictor.load(checkpoint, long_reviews="chunks")
+    encoded = predictor.encode(TEXTS)
+    assert encoded.counts.tolist()[0::2] == [1, 1] and encoded.counts[1] >= 4  # 40 sentences, 64-token windows
+    long = [w for w, owner in zip(encoded.windows, encoded.owners) if owner == 1]
+    alone = np.stack([predictor.logits_for_ids([w])[0] for w in long])  # each window in a batch of its own
+    np.testing.assert_allclose(predictor.logits(encoded)[1], alone.mean(axis=0), atol=1e-5)
+    details = predictor.predict_details(TEXTS)
+    assert [(d.truncated, d.windows) for d in details] == [(False, 1), (False, int(encoded.counts[1])), (False, 1)]
+    assert details[1].num_tokens == encoded.full_lengths[1] > 64  # every token seen, counted once
+
+
+def test_both_ways_in_one_pass_equal_each_way_alone(checkpoint):
+    predictor = Predictor.load(checkpoint)
+    encoded, chunked, truncated = predictor.chunked_and_truncated_logits(TEXTS)
+    assert encoded.counts[1] > 1
+    np.testing.assert_allclose(chunked, Predictor.load(checkpoint, long_reviews="chunks").logits(encoded), atol=1e-5)
+    np.testing.assert_allclose(truncated, predictor.logits(predictor.encode(TEXTS)), atol=1e-5)
+    np.testing.assert_array_equal(chunked[[0, 2]], truncated[[0, 2]])  # short texts: the same window, scored once
+    assert np.abs(chunked[1] - truncated[1]).max() > 1e-4  # the long one: two different readings
+
+
+def test_an_unknown_way_of_scoring_long_texts_is_refused(checkpoint):
+    with pytest.raises(ValueError, match="long_reviews='middle': choose truncate or chunks"):
+        Predictor.load(checkpoint, long_reviews="middle")
+
+
 def test_a_saved_temperature_scales_the_probabilities(checkpoint):
     plain = Predictor.load(checkpoint)
-    ids, _ = plain.encode(TEXTS)
+    ids = plain.encode(TEXTS).windows
     logits = plain.logits_for_ids(ids)
     (checkpoint / CALIBRATION_FILE).write_text(json.dumps({"temperature": 2.5}))
     scaled = Predictor.load(checkpoint)

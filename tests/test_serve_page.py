@@ -1,8 +1,9 @@
 """The try-it page at ``/``, driven by headless Chromium (Debian's, via Playwright) against a real Serve.
 
 The deployment requires an API key (given as an arg here; tests/test_serve.py uses the env var):
-the page must show its key field, fail clearly without the key, and predict with it. A screenshot
-goes to test-artifacts/serve_page.png.
+the page must show its key field, fail clearly without the key, and predict with it. It scores
+long reviews in chunks (``long_reviews``), which the page says. A screenshot goes to
+test-artifacts/serve_page.png.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def server(checkpoint: Path) -> Iterator[str]:
-    url = start_serve({"checkpoint": str(checkpoint), "num_cpus": 0.5, "api_key": KEY})
+    url = start_serve({"checkpoint": str(checkpoint), "num_cpus": 0.5, "api_key": KEY, "long_reviews": "chunks"})
     try:
         yield url
     finally:
@@ -53,7 +54,7 @@ def expect_prediction(page: Page, predictor: Predictor, text: str) -> None:
 def test_page_predicts_with_the_key_and_draws_probability_bars(
     server: str, browser: Browser, checkpoint: Path, artifacts: Path
 ) -> None:
-    predictor = Predictor.load(checkpoint)
+    predictor = Predictor.load(checkpoint, long_reviews="chunks")
     page = browser.new_page(viewport={"width": 900, "height": 820})
     js_errors: list[str] = []
     page.on("pageerror", lambda err: js_errors.append(str(err)))
@@ -76,6 +77,13 @@ def test_page_predicts_with_the_key_and_draws_probability_bars(
     expect(page.locator("#text")).to_have_value(NEGATIVE_SAMPLE)
     expect_prediction(page, predictor, NEGATIVE_SAMPLE)
     expect(page.locator("#model")).to_contain_text("negative / positive")
+    long_review = " ".join([NEGATIVE_SAMPLE, REVIEW] * 6)  # several windows of the checkpoint's 64 tokens
+    (whole,) = predictor.predict_details([long_review])
+    assert whole.windows >= 3 and not whole.truncated
+    page.fill("#text", long_review)
+    page.click("#predict")
+    expect(page.locator("#tokens")).to_have_text(f"{whole.num_tokens} tokens (scored in {whole.windows} windows)")
+    expect_prediction(page, predictor, long_review)
     page.screenshot(path=str(artifacts / "serve_page.png"), full_page=True)
     assert js_errors == []
 
@@ -101,7 +109,7 @@ def test_the_page_highlights_each_sample_reviews_key_words(
     server: str, browser: Browser, checkpoint: Path, artifacts: Path
 ) -> None:
     """The key words the endpoint returns (explain) are the in-process explanation's, marked in the review."""
-    predictor = Predictor.load(checkpoint)
+    predictor = Predictor.load(checkpoint, long_reviews="chunks")
     page = browser.new_page(viewport={"width": 900, "height": 900})
     page.goto(server + "/")
     page.fill("#key", KEY)

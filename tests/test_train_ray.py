@@ -61,8 +61,7 @@ from sentiment.metrics import compute_metrics
 from sentiment.predict import Predictor
 p = Predictor.load(sys.argv[1])
 test = load_splits(p.cfg.data, p.cfg.model.label_names)["test"]
-ids, _ = p.encode(test["text"])
-m = compute_metrics(p.logits_for_ids(ids), test["label"], p.label_names)
+m = compute_metrics(p.logits(p.encode(test["text"])), test["label"], p.label_names)
 print(json.dumps({"loss": m["loss"], "accuracy": m["accuracy"]}))
 """
 

@@ -77,7 +77,8 @@ function showPrediction(pred, text) {
   $("score").textContent = (100 * pred.score).toFixed(1) + "%";
   $("uncertain").hidden = !pred.uncertain;
   $("bars").replaceChildren(...Object.entries(pred.probabilities).map(([n, p]) => bar(n, p)));
-  $("tokens").textContent = `${pred.num_tokens} tokens` + (pred.truncated ? " (truncated to the model's limit)" : "");
+  $("tokens").textContent = `${pred.num_tokens} tokens` + (pred.truncated ? " (truncated to the model's limit)" : "")
+    + (pred.windows > 1 ? ` (scored in ${pred.windows} windows)` : "");
   showKeyTokens(pred, text);
   $("result").hidden = false;
 }
