@@ -27,7 +27,7 @@ from ray_jobs.local_ray import init_ray
 from ray_jobs.train_loop import train_loop_per_worker
 from sentiment import layout
 from sentiment.config import Config, ConfigError, load_config
-from sentiment.layout import EPOCH_CHECKPOINT_PARTS, MODEL_DIR, RESULT_FILE, STATE_FILE, TEST_METRICS_FILE
+from sentiment.layout import EPOCH_CHECKPOINT_PARTS, MODEL_DIR, RESULT_FILE, STATE_FILE, TEST_METRICS_FILE, StorageFullError
 from sentiment.data import EncodedSplit, check_folds, cross_validation_fold, encode_splits, load_splits
 from sentiment.model import check_against_model, load_tokenizer
 
@@ -240,6 +240,18 @@ def outcome_line(cfg: Config, summary: dict[str, Any]) -> str:
             f"(macro F1 {test['test_f1']:.4f}, best epoch {test['test_epoch']})")
 
 
+def storage_full_line(err: Exception) -> str | None:
+    """The one-line reason of a run stopped by a full storage (the workers'
+    :class:`~sentiment.layout.StorageFullError`), or None for any other failure."""
+    failures = getattr(err, "worker_failures", None) or {}
+    for failure in failures.values():
+        text = str(failure)
+        if isinstance(failure, StorageFullError) or "StorageFullError" in text:
+            return next((line.strip().removeprefix("sentiment.layout.StorageFullError: ")
+                         for line in reversed(text.splitlines()) if "storage full:" in line), text.strip())
+    return None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ray_jobs.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="YAML config file (defaults apply when omitted)")
@@ -276,3 +288,9 @@ if __name__ == "__main__":
     except (ConfigError, ValueError) as err:  # ExportError and CheckpointError are ValueErrors too
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except ray.train.TrainingFailedError as err:
+        reason = storage_full_line(err)
+        if reason is None:
+            raise
+        print(f"error: {reason}", file=sys.stderr)  # the last complete checkpoint is intact
+        sys.exit(1)

@@ -31,7 +31,7 @@ from sentiment.batching import eval_batches, iterate, make_collator, train_batch
 from sentiment import layout
 from sentiment.layout import DEEPSPEED_DIR, MODEL_DIR, STATE_FILE, TEST_METRICS_FILE, epoch_dir_name, save_model_dir
 from sentiment.config import Config, config_from_dict
-from sentiment.data import EncodedSplit, SpecialTokens, model_inputs
+from sentiment.data import EncodedSplit, SpecialTokens, chunk_windows, mean_by_owner, model_inputs
 from sentiment.metrics import compute_metrics, scalar_metrics
 from sentiment.model import build_model, freeze_bottom, layer_lr_scales, load_tokenizer
 
@@ -82,10 +82,12 @@ class WorkerContext:
 
 @dataclass
 class Split:
-    """A split ready for one worker: model inputs, labels and lengths."""
+    """A split ready for one worker: model inputs, labels and lengths; with ``owners`` the inputs
+    are windows of whole reviews (``owners[i]``: window i's review), scored by their mean logits."""
 
     inputs: list[list[int]]
     labels: np.ndarray
+    owners: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -177,6 +179,8 @@ def evaluate(model: torch.nn.Module, split: Split, cfg: Config, collate: Any, de
     gathered = _gather(local, world)
     order = np.concatenate([np.asarray(i, dtype=np.int64) for i, _ in gathered])
     logits = np.concatenate([lg for _, lg in gathered])[np.argsort(order)]
+    if split.owners is not None:
+        logits = mean_by_owner(logits, split.owners, len(split.labels))
     return compute_metrics(logits, split.labels, cfg.model.label_names, prefix=prefix)
 
 
@@ -233,12 +237,31 @@ def restore(engine: Any, cfg: Config, rank: int) -> TrainState:
     return state
 
 
+def check_room_to_go_on(cfg: Config, state: TrainState) -> None:
+    """On a restart, fail at once (not an epoch later) when the storage cannot hold another
+    checkpoint as large as the one resumed from: a full disk does not heal by retrying.
+
+    Raises:
+        StorageFullError: naming the storage path and the space needed.
+    """
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        needed = sum(layout.file_sizes(checkpoint.filesystem, checkpoint.path).values())
+        layout.check_free_space(layout.storage_root(cfg), needed,
+                                f"the epoch {state.epoch + 1} checkpoint (as large as epoch {state.epoch}'s)")
+
+
 def _prepare_splits(config: dict[str, Any], cfg: Config, tokenizer: Any) -> dict[str, Split]:
     encoded: dict[str, EncodedSplit] = config["data"]
     if isinstance(encoded, ray.ObjectRef):
         encoded = ray.get(encoded)
     specials = SpecialTokens.of(tokenizer)
-    return {name: Split(model_inputs(s, specials, cfg.data), s.labels) for name, s in encoded.items()}
+    splits = {name: Split(model_inputs(s, specials, cfg.data), s.labels) for name, s in encoded.items()}
+    if "test" in encoded and cfg.data.long_reviews == "chunks":  # the test scores whole reviews, as predictions do
+        per_review = [chunk_windows(ids, specials, cfg.data.max_seq_length, cfg.data.chunk_stride) for ids in encoded["test"].ids]
+        owners = np.repeat(np.arange(len(per_review)), [len(w) for w in per_review])
+        splits["test"] = Split([w for ws in per_review for w in ws], encoded["test"].labels, owners)
+    return splits
 
 
 def _progress(state: TrainState, total: int, loss: float, lr: float, samples_per_s: float, eta_s: float, epoch: int) -> str:
@@ -374,6 +397,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     use_weights_only_loads(engine)
     state = restore(engine, cfg, rank)
+    check_room_to_go_on(cfg, state)
     state.worker_nodes = _gather(ray.get_runtime_context().get_node_id(), world)
     state.starts += 1
     run_name = config["run_name"]
@@ -408,6 +432,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracker.log({f"val/{k.removeprefix('val_')}": v for k, v in scalar_metrics(metrics).items()} | {"epoch": state.epoch, "train/epoch_loss": train_loss, "train/epoch_accuracy": train_accuracy}, step=state.global_step)
         with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
             save_checkpoint(engine, tokenizer, cfg, state, metrics, rank, Path(tmp))
+            parts = _gather(layout.file_sizes(pafs.LocalFileSystem(), tmp), world)  # Ray merges the ranks' folders
+            needed = sum({name: size for part in parts for name, size in part.items()}.values())
+            layout.check_free_space(layout.storage_root(cfg), needed, f"the epoch {state.epoch} checkpoint")
             best = {"best_epoch": state.best_epoch, "best_value": state.best_metric, "best_checkpoint": state.best_checkpoint}
             ray.train.report(scalars | best, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=epoch_dir_name(state.epoch))

@@ -323,18 +323,27 @@ def chunk_windows(ids: np.ndarray, specials: SpecialTokens, max_seq_length: int,
     """Windows of at most ``max_seq_length`` tokens (specials included) that cover every content id.
 
     A review within the budget is one window, identical to :func:`fit_to_length`'s. A longer one
-    gets windows starting every ``stride`` content tokens (default: half the budget), the last
-    one moved back to end with the review, so every window is full and no token is left out.
+    gets windows starting every ``stride`` content tokens (default: the whole budget, so windows
+    overlap only where the last one is moved back to end with the review), so every window is
+    full and no token is left out.
 
     Raises:
         ValueError: ``stride`` outside 1..budget (the content tokens a window holds).
     """
     budget = max_seq_length - len(specials)
-    stride = max(1, budget // 2) if stride is None else stride
+    stride = budget if stride is None else stride
     if not 1 <= stride <= budget:
         raise ValueError(f"data.chunk_stride={stride} must be between 1 and the window's {budget} content tokens")
     starts = list(range(0, max(len(ids) - budget, 0), stride)) + [max(len(ids) - budget, 0)]
     return [[*specials.prefix, *ids[s : s + budget].tolist(), *specials.suffix] for s in starts]
+
+
+def mean_by_owner(values: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
+    """Per-text mean of per-window rows (``owners[i]`` is window i's text); a text with one
+    window keeps its row exactly."""
+    total = np.zeros((n, values.shape[1]), dtype=np.float64)
+    np.add.at(total, owners, values)
+    return (total / np.bincount(owners, minlength=n)[:, None]).astype(values.dtype)
 
 
 def model_inputs(split: EncodedSplit, specials: SpecialTokens, cfg: DataConfig) -> list[list[int]]:

@@ -133,6 +133,42 @@ def storage_root(cfg: Config) -> str:
     return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
 
 
+class StorageFullError(OSError):
+    """The run's storage has too little free space for the next checkpoint; nothing of it was written."""
+
+
+def free_bytes(location: str) -> int | None:
+    """Free space on the local filesystem holding ``location`` (its nearest existing folder), or
+    None for remote storage (object stores report no free space)."""
+    fs, path = filesystem(location)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return None
+    folder = Path(path)
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def file_sizes(fs: pafs.FileSystem, path: str) -> dict[str, int]:
+    """Size of every file under the folder ``path`` of ``fs``, by its path relative to ``path``."""
+    files = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return {f.path[len(path):].lstrip("/"): f.size for f in files if f.type == pafs.FileType.File}
+
+
+def check_free_space(location: str, needed: int, what: str) -> None:
+    """Refuse to start writing ``what`` (``needed`` bytes) where the local filesystem has less free.
+
+    Raises:
+        StorageFullError: one line naming the storage path, the free space and the space needed.
+    """
+    free = free_bytes(location)
+    if free is not None and free < needed:
+        raise StorageFullError(
+            f"storage full: {location} has {free / 2**20:.1f} MiB free, {what} needs {needed / 2**20:.1f} MiB; "
+            "free space there and rerun with the same run.name: it resumes from the last complete checkpoint"
+        )
+
+
 def exists(fs: pafs.FileSystem, path: str) -> bool:
     """Whether anything is at ``path``."""
     return fs.get_file_info(path).type != pafs.FileType.NotFound

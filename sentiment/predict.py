@@ -14,7 +14,7 @@ from sentiment.batching import eval_batches, iterate, make_collator
 from sentiment.layout import WEIGHTS_FILE, CheckpointError, ResolvedModel, read_temperature, resolve
 from sentiment.node_cache import LocalModel
 from sentiment.config import Config
-from sentiment.data import SpecialTokens, chunk_windows, encode_texts, fit_to_length
+from sentiment.data import SpecialTokens, chunk_windows, encode_texts, fit_to_length, mean_by_owner
 from sentiment.metrics import softmax
 
 
@@ -74,9 +74,7 @@ class Encoded:
     def aggregate(self, window_logits: np.ndarray) -> np.ndarray:
         """Each text's logits: the mean of its windows' logits (a text with one window keeps its own
         logits exactly)."""
-        total = np.zeros((len(self.full_lengths), window_logits.shape[1]), dtype=np.float64)
-        np.add.at(total, self.owners, window_logits)
-        return (total / self.counts[:, None]).astype(window_logits.dtype)
+        return mean_by_owner(window_logits, self.owners, len(self.full_lengths))
 
 
 class Predictor:

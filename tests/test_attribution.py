@@ -78,7 +78,7 @@ def test_each_seed_scenario_is_explained_by_words_of_its_own_text(predictor):
 def test_a_long_review_in_chunks_is_explained_by_all_its_windows(predictor):
     """IG is linear in the function: the mean logit of k windows gets 1/k of each window's attributions."""
     chunked = Predictor.load(predictor.path, long_reviews="chunks")
-    text = "The first half is dull and slow. " * 8 + "But the ending is wonderful, moving and brilliant. " * 6
+    text = "The first half is dull and slow. " * 12 + "But the ending is wonderful, moving and brilliant. " * 10
     encoded = chunked.encode([text])
     assert encoded.counts[0] >= 3
     (explained,) = explain(chunked, [text], top_k=50, n_steps=8)

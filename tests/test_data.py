@@ -63,8 +63,8 @@ SPECIALS = SpecialTokens((101,), (102,))
     [
         (4, None, [0]),  # within the 4-token budget: one window
         (5, None, [0, 1]),  # one token over: the last window moves back to end with the review
-        (10, None, [0, 2, 4, 6]),  # default stride: half the budget
-        (10, 4, [0, 4, 6]),  # no overlap but the end
+        (10, None, [0, 4, 6]),  # default stride: the whole budget, overlapping only at the end
+        (10, 2, [0, 2, 4, 6]),
         (10, 1, [0, 1, 2, 3, 4, 5, 6]),
     ],
 )

@@ -163,3 +163,47 @@ def test_a_checkpoint_write_killed_midway_leaves_nothing_that_looks_complete(tmp
         resolve(dest)
     with pytest.raises(CheckpointError, match="not a complete model checkpoint"):
         resolve(dest.parent)  # the epoch folder has no model/ folder
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 24 MiB tmpfs (one checkpoint of the tiny model, 2 ZeRO-2 ranks, is about 16 MiB): room for
+    epoch 1, not epoch 2."""
+    mount = tmp_path / "storage"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.ray
+def test_a_full_storage_stops_the_run_in_one_line_and_a_rerun_with_space_resumes(local_ray, tiny_model_dir, small_imdb, small_tmpfs):
+    from ray_jobs.train import storage_full_line
+    from sentiment.predict import Predictor
+
+    cfg = smoke_config(tiny_model_dir, small_imdb, small_tmpfs, "full", "tracking.mode=disabled", "run.max_failures=1")
+    data = ray.put(prepare_data(cfg))
+    run_dir = small_tmpfs / "full"
+    with pytest.raises(ray.train.TrainingFailedError) as failed:
+        launch(cfg, data)
+    line = storage_full_line(failed.value)
+    assert line is not None and "\n" not in line, failed.value
+    assert line.startswith(f"storage full: {small_tmpfs} has ") and "the epoch 2 checkpoint" in line and "MiB free" in line
+    needed = float(line.split(" needs ")[1].split(" MiB")[0])
+    assert 12 < needed < 24  # the checkpoint's real size, not a guess
+    # nothing of epoch 2 was written; epoch 1 is complete and loads
+    assert not (run_dir / "epoch_002").exists()
+    weights = (run_dir / "epoch_001" / "model" / "model.safetensors").read_bytes()
+    assert Predictor.load(run_dir / "epoch_001").predict(["fine"]) in (["negative"], ["positive"])
+    assert _state(run_dir, 1)["starts"] == 1
+    # room again: the same run resumes from epoch 1 and finishes
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
+    summary = launch(cfg, data)
+    final = _state(run_dir, 2)
+    assert final["starts"] == 2 and final["epoch"] == 2 and summary["test_metrics"]["test_count"] == 64
+    assert final["history"][0] == _state(run_dir, 1)["history"][0]
+    assert (run_dir / "epoch_001" / "model" / "model.safetensors").read_bytes() == weights

@@ -12,6 +12,7 @@ import pytest
 
 from ray_jobs.train import check_resources, check_resume_from, launch, prepare_data
 from sentiment.config import ConfigError, load_config
+from tests.conftest import imdb_dir
 from tests.wandb_log import logged_keys, records
 
 pytestmark = pytest.mark.ray
@@ -25,6 +26,7 @@ def smoke_config(model_dir, data_dir, storage, name, *extra):
         "data.validation_fraction=0.25", "data.max_train_samples=128", "data.max_val_samples=64", "data.max_test_samples=64",
         "train.epochs=2", "train.batch_size=16", "train.log_every_steps=2", "train.lr=5e-4",
         "deepspeed.zero_stage=2", "scaling.num_workers=2", "tracking.mode=offline", "run.max_failures=0",
+        "data.long_reviews=chunks",  # the test at the end scores whole reviews (windows of 64 tokens)
         f"run.storage_path={storage}", f"run.name={name}", *extra,
     ])
 
@@ -61,8 +63,9 @@ from sentiment.metrics import compute_metrics
 from sentiment.predict import Predictor
 p = Predictor.load(sys.argv[1])
 test = load_splits(p.cfg.data, p.cfg.model.label_names)["test"]
-m = compute_metrics(p.logits(p.encode(test["text"])), test["label"], p.label_names)
-print(json.dumps({"loss": m["loss"], "accuracy": m["accuracy"]}))
+encoded = p.encode(test["text"])
+m = compute_metrics(p.logits(encoded), test["label"], p.label_names)
+print(json.dumps({"loss": m["loss"], "accuracy": m["accuracy"], "windows": int(encoded.counts.sum())}))
 """
 
 
@@ -74,6 +77,7 @@ def test_checkpoint_loads_without_ray_and_reproduces_the_workers_logits(trained)
     test = summary["test_metrics"]
     assert got["loss"] == pytest.approx(test["test_loss"], abs=1e-5)
     assert got["accuracy"] == test["test_accuracy"]
+    assert got["windows"] > test["test_count"] or imdb_dir() is None  # real reviews: chunked (synthetic ones are short)
 
 
 def test_resume_continues_at_the_saved_step_with_the_same_result(trained, tiny_model_dir, small_imdb):
