@@ -8,7 +8,8 @@ Both sides get the same model (the config's, seeded alike), the same training an
 ``Trainer`` otherwise keeps its defaults, as a first-time user would: head truncation, no warmup,
 AdamW, linear decay, all cores to one process. The project runs its real path: a local Ray,
 ``ray_jobs.train.launch`` (Ray Train + DeepSpeed, the config's workers), which tests the best epoch
-on the test split at the end. Timed on both sides: training plus scoring the test split (and, for
+on the test split at the end (whole reviews in windows of the max length when the config says
+``data.long_reviews: chunks``, as the quickstart's does; ``Trainer`` truncates, its default). Timed on both sides: training plus scoring the test split (and, for
 the project, starting Ray); loading and tokenizing the data are not. Printed last: the accuracy
 difference in points and the time ratio, quickstart / Trainer.
 """

@@ -147,7 +147,7 @@ def plot_accuracy_by_length(metrics: dict[str, Any], max_seq_length: int, path: 
     ax.set_xlabel(f"review length in tokens (model reads {max_seq_length}; {how})")
     ax.set_ylabel("accuracy")
     if plain:
-        ax.legend(loc="lower left")
+        ax.legend(loc="upper right", ncols=2)
     lows = [b["accuracy"] for _, values, _ in series for b in values]
     ax.set_ylim(min(0.5, min(lows) - 0.05), 1.0)
     ax.grid(axis="y", alpha=0.3)
