@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import ray
@@ -19,6 +21,7 @@ from ray.cluster_utils import Cluster
 from ray_jobs.local_ray import keep_ray_local
 from ray_jobs.train import launch, prepare_data
 from sentiment.predict import Predictor
+from tests.test_faults import _registered
 from tests.test_train_ray import smoke_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
@@ -104,3 +107,66 @@ def test_job_submission_ships_code_but_not_excluded_files(two_nodes, tiny_model_
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
     assert "BIG_FILE_EXCLUDED" in logs and "test accuracy:" in logs
     assert (storage / "submitted" / "result.json").is_file()
+
+
+# 3 epochs of 300 reviews, micro-batch 2 on 2 workers (one per node): 75 steps per epoch, long
+# enough to land the node's loss inside epoch 2 (as tests/test_faults.py does with one worker).
+NODE_RUN = ("data.max_train_samples=300", "train.epochs=3", "train.batch_size=2", "train.log_every_steps=25",
+            "run.max_failures=1", "tracking.mode=disabled")
+
+
+@pytest.mark.timeout(600)  # were the new node never to join, the run would wait for it
+def test_a_node_lost_mid_epoch_is_waited_for_and_the_run_restarts_from_its_last_checkpoint(
+    two_nodes, deterministic_model, small_imdb, tmp_path
+):
+    """The non-head node (one training rank) is killed, raylet and workers, inside epoch 2; with a
+    failure left, Ray Train waits for 2 CPUs, a new node joins, and the group restarts from epoch 1."""
+    reference = _run(deterministic_model, small_imdb, tmp_path, "whole", *NODE_RUN)
+    run_dir = tmp_path / "lost"
+    seen: dict[str, float | bool | str] = {}
+    finished = threading.Event()
+
+    def lose_a_node_in_epoch_2() -> None:
+        try:
+            deadline = time.monotonic() + 600
+            while not _registered(run_dir, "epoch_001") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # into epoch 2
+            seen["epoch_2_done_at_loss"] = (run_dir / "epoch_002").exists()
+            [worker_node] = [n for n in two_nodes.list_all_nodes() if n is not two_nodes.head_node]
+            two_nodes.remove_node(worker_node, allow_graceful=False)  # SIGKILL: raylet, workers, all
+            seen["lost_at"] = time.monotonic()
+            time.sleep(5)  # the run waits: the head alone has 1 CPU of the 2 needed
+            seen["epoch_2_done_while_waiting"] = (run_dir / "epoch_002").exists()
+            # Cluster.add_node sets a SIGTERM handler, which Python allows only on the main thread
+            # (busy in launch): this node is torn down with the cluster instead.
+            with mock.patch("ray._private.utils.set_sigterm_handler", lambda handler: None):
+                two_nodes.add_node(num_cpus=1, **LOOPBACK)
+            seen["joined_at"] = time.monotonic()
+            while not _registered(run_dir, "epoch_002") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            seen["epoch_2_at"] = time.monotonic()
+            finished.wait(timeout=600)  # the new node's processes die with the thread that started them
+        except Exception as err:  # surfaced by the assertions below
+            seen["error"] = repr(err)
+
+    loser = threading.Thread(target=lose_a_node_in_epoch_2, daemon=True)
+    loser.start()
+    cfg = smoke_config(deterministic_model, small_imdb, tmp_path, "lost", "train.lr=1e-3", *NODE_RUN)
+    try:
+        summary = launch(cfg, prepare_data(cfg))
+    finally:
+        finished.set()
+    loser.join(timeout=30)
+    assert "error" not in seen and "epoch_2_at" in seen, seen
+    assert seen["epoch_2_done_at_loss"] is False and seen["epoch_2_done_while_waiting"] is False
+    got = json.loads((run_dir / "epoch_003" / "train_state.json").read_text())
+    want = json.loads((Path(reference["run_dir"]) / "epoch_003" / "train_state.json").read_text())
+    assert got["starts"] == 2 and want["starts"] == 1 and len(set(got["worker_nodes"])) == 2
+    assert got["global_step"] == want["global_step"] == 3 * 75
+    for g, w in zip(got["history"], want["history"], strict=True):  # epoch 2 repeated from epoch 1's checkpoint
+        for key in ("train_loss", "val_loss", "val_accuracy", "step"):
+            assert g[key] == pytest.approx(w[key], abs=1e-4), (g["epoch"], key)
+    assert summary["test_metrics"]["test_loss"] == pytest.approx(reference["test_metrics"]["test_loss"], abs=1e-4)
+    print(f"node lost -> new node joined after {seen['joined_at'] - seen['lost_at']:.1f} s (the test's wait); "
+          f"epoch 2 checkpointed {seen['epoch_2_at'] - seen['joined_at']:.1f} s after the new node joined")
