@@ -280,7 +280,7 @@ def run(args: EvaluateConfig) -> dict[str, Any]:
         if args.calibrate:
             temperature = calibrate(validation, model, workers, use_gpu, args.batch_size, backend, long_reviews)
         scores, rate = score_texts(split["text"].tolist(), model, workers, use_gpu, args.batch_size, "evaluate", backend,
-                                   compare=long_reviews == "chunks")
+                                   long_reviews=long_reviews, compare=long_reviews == "chunks")
         meta = {"workers": workers, "device": "GPU" if use_gpu else "CPU", "backend": backend, "reviews_per_s": rate,
                 "long_reviews": long_reviews}
         metrics = write_evaluation(args, model, cfg, predictor, split, scores, temperature, meta, out)
