@@ -31,7 +31,7 @@ from sentiment.batching import eval_batches, iterate, make_collator, train_batch
 from sentiment import layout
 from sentiment.layout import DEEPSPEED_DIR, MODEL_DIR, STATE_FILE, TEST_METRICS_FILE, epoch_dir_name, save_model_dir
 from sentiment.config import Config, config_from_dict
-from sentiment.data import EncodedSplit, SpecialTokens, chunk_windows, mean_by_owner, model_inputs
+from sentiment.data import EncodedSplit, SpecialTokens, chunked_inputs, mean_by_owner, model_inputs
 from sentiment.metrics import compute_metrics, scalar_metrics
 from sentiment.model import build_model, freeze_bottom, layer_lr_scales, load_tokenizer
 
@@ -258,9 +258,8 @@ def _prepare_splits(config: dict[str, Any], cfg: Config, tokenizer: Any) -> dict
     specials = SpecialTokens.of(tokenizer)
     splits = {name: Split(model_inputs(s, specials, cfg.data), s.labels) for name, s in encoded.items()}
     if "test" in encoded and cfg.data.long_reviews == "chunks":  # the test scores whole reviews, as predictions do
-        per_review = [chunk_windows(ids, specials, cfg.data.max_seq_length, cfg.data.chunk_stride) for ids in encoded["test"].ids]
-        owners = np.repeat(np.arange(len(per_review)), [len(w) for w in per_review])
-        splits["test"] = Split([w for ws in per_review for w in ws], encoded["test"].labels, owners)
+        windows, owners = chunked_inputs(encoded["test"].ids, specials, cfg.data.max_seq_length, cfg.data.chunk_stride)
+        splits["test"] = Split(windows, encoded["test"].labels, owners)
     return splits
 
 

@@ -338,6 +338,15 @@ def chunk_windows(ids: np.ndarray, specials: SpecialTokens, max_seq_length: int,
     return [[*specials.prefix, *ids[s : s + budget].tolist(), *specials.suffix] for s in starts]
 
 
+def chunked_inputs(
+    texts_ids: list[np.ndarray], specials: SpecialTokens, max_seq_length: int, stride: int | None = None
+) -> tuple[list[list[int]], np.ndarray]:
+    """The :func:`chunk_windows` of every text, flattened, and the text each window belongs to."""
+    per_text = [chunk_windows(ids, specials, max_seq_length, stride) for ids in texts_ids]
+    owners = np.repeat(np.arange(len(per_text)), [len(w) for w in per_text])
+    return [w for ws in per_text for w in ws], owners
+
+
 def mean_by_owner(values: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
     """Per-text mean of per-window rows (``owners[i]`` is window i's text); a text with one
     window keeps its row exactly."""

@@ -14,7 +14,7 @@ from sentiment.batching import eval_batches, iterate, make_collator
 from sentiment.layout import WEIGHTS_FILE, CheckpointError, ResolvedModel, read_temperature, resolve
 from sentiment.node_cache import LocalModel
 from sentiment.config import Config
-from sentiment.data import SpecialTokens, chunk_windows, encode_texts, fit_to_length, mean_by_owner
+from sentiment.data import SpecialTokens, chunked_inputs, encode_texts, fit_to_length, mean_by_owner
 from sentiment.metrics import softmax
 
 
@@ -176,9 +176,7 @@ class Predictor:
         content = encode_texts(self.tokenizer, texts)  # cleans like training
         full = np.asarray([len(c) + len(self.specials) for c in content], dtype=np.int64)
         if (long_reviews or self.long_reviews) == "chunks":
-            per_text = [chunk_windows(c, self.specials, data.max_seq_length, data.chunk_stride) for c in content]
-            windows = [w for ws in per_text for w in ws]
-            owners = np.repeat(np.arange(len(texts)), [len(ws) for ws in per_text])
+            windows, owners = chunked_inputs(content, self.specials, data.max_seq_length, data.chunk_stride)
             return Encoded(windows, owners, full, full.copy())
         windows = [fit_to_length(c, self.specials, data.max_seq_length, data.truncation, data.head_fraction) for c in content]
         return Encoded(windows, np.arange(len(texts)), full, np.asarray([len(w) for w in windows], dtype=np.int64))
