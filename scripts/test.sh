@@ -18,5 +18,5 @@ for arg in "$@"; do
     esac
 done
 bash scripts/setup.sh
-[[ $marker == "$FAST" ]] || bash scripts/setup-browser.sh
+[[ $marker == "$FAST" ]] || bash scripts/setup-system.sh
 exec .venv/bin/python -m pytest ${marker:+-m "$marker"} "${args[@]}"

@@ -1,7 +1,7 @@
 """Debian's Chromium driven by Playwright, for the browser tests (the serving page, the report).
 
 Playwright never downloads a browser here: it drives ``/usr/bin/chromium``, which
-``scripts/setup-browser.sh`` installs. Without it a browser test fails with one line saying so.
+``scripts/setup-system.sh`` installs. Without it a browser test fails with one line saying so.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ CHROMIUM_ARGS = [
 def browser() -> Iterator[Browser]:
     """A headless Chromium for one test module; fails with one line when Chromium is missing."""
     if not CHROMIUM.is_file():
-        pytest.fail(f"Chromium is missing ({CHROMIUM}): install it with `bash scripts/setup-browser.sh` "
+        pytest.fail(f"Chromium is missing ({CHROMIUM}): install it with `bash scripts/setup-system.sh` "
                     "(Debian's chromium package, via apt-get)", pytrace=False)
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -18,6 +18,6 @@ def test_a_missing_chromium_fails_the_browser_test_with_one_clear_line(tmp_path)
         cwd=ROOT, env={**os.environ, "CHROMIUM_PATH": str(missing)}, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 1, done.stdout[-2000:]
-    expected = f"Chromium is missing ({missing}): install it with `bash scripts/setup-browser.sh`"
+    expected = f"Chromium is missing ({missing}): install it with `bash scripts/setup-system.sh`"
     assert expected in done.stdout, done.stdout[-2000:]
     assert "Traceback" not in done.stdout and "playwright._impl" not in done.stdout, done.stdout[-2000:]
