@@ -67,10 +67,11 @@ def start_redis(port: int, data_dir: Path, password: str, timeout_s: float = 20.
     """
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         raise RedisError("redis-server not found: apt-get install redis-server (scripts/setup-system.sh does)")
+    config = redis_config(port, data_dir, password)  # before starting: a bad password starts nothing
     data_dir.mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen(["redis-server", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    server.stdin.write(redis_config(port, data_dir, password))
+    server.stdin.write(config)
     server.stdin.close()
     deadline = time.monotonic() + timeout_s
     while not ping(port, password):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -135,8 +136,16 @@ def test_serving_goes_on_while_the_gcs_restarts_from_redis(ft_cluster: Cluster, 
     assert not leaked, f"the Redis password is written in {leaked[:3]}"
 
 
-def test_redis_refuses_a_missing_or_unsafe_password(tmp_path: Path) -> None:
+def test_redis_refuses_a_missing_or_unsafe_password_and_starts_nothing(tmp_path: Path) -> None:
+    def listening(port: int) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    port, default_was_free = free_port(), not listening(6379)  # 6379: where a config-less redis-server goes
     for bad in ("", "two words", 'a"quote'):
         with pytest.raises(RedisError, match="RAY_REDIS_PASSWORD"):
-            redis_config(6380, tmp_path, bad)
-    assert "bind 127.0.0.1" in redis_config(6380, tmp_path, "s3cret")
+            start_redis(port, tmp_path / "redis", bad)
+    assert not (tmp_path / "redis").exists() and not listening(port)
+    assert not (default_was_free and listening(6379))
+    config = redis_config(port, tmp_path, "s3cret")
+    assert "bind 127.0.0.1\n" in config and 'requirepass "s3cret"' in config
