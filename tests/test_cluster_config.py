@@ -87,6 +87,7 @@ def test_the_head_keeps_its_gcs_in_redis_only_when_the_secret_exists(tmp_path):
     argv, env = _start_head(tmp_path, {**keys, **gcs})
     assert env["RAY_REDIS_ADDRESS"] == "rediss://gcs.example:6379" and "--redis-password=pw 1" in argv
     assert env["RAY_external_storage_namespace"] == "bert-sentiment" and "--head" in argv
+    assert "RAY_REDIS_PASSWORD" not in env  # not exported: jobs and workers never inherit it
 
 
 def test_token_authentication_stays_on_for_the_cluster():

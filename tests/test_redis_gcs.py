@@ -47,18 +47,19 @@ FAILURE_BOUND = 0  # an already running replica behind a live proxy needs no GCS
 
 
 @pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
-    port, password = free_port(), secrets.token_hex(16)
-    server = start_redis(port, tmp_path_factory.mktemp("redis"), password)
-    yield port, password
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str, Path]]:
+    """A real redis-server on a free loopback port: ``(port, password, its data folder)``."""
+    port, password, folder = free_port(), secrets.token_hex(16), tmp_path_factory.mktemp("redis")
+    server = start_redis(port, folder, password)
+    yield port, password, folder
     server.kill()
     server.wait(10)
 
 
 @pytest.fixture(scope="module")
-def ft_cluster(redis: tuple[int, str]) -> Iterator[Cluster]:
+def ft_cluster(redis: tuple[int, str, Path]) -> Iterator[Cluster]:
     """A one-node loopback Ray whose GCS stores its tables in ``redis``; Serve on a free port."""
-    port, password = redis
+    port, password, _ = redis
     keep_ray_local()
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_REDIS_ADDRESS", f"127.0.0.1:{port}")
@@ -89,7 +90,7 @@ def restart_gcs(cluster: Cluster, outage_s: float) -> float:
     return killed_at
 
 
-def test_serving_goes_on_while_the_gcs_restarts_from_redis(ft_cluster: Cluster, redis: tuple[int, str],
+def test_serving_goes_on_while_the_gcs_restarts_from_redis(ft_cluster: Cluster, redis: tuple[int, str, Path],
                                                             tiny_model_dir: Path, tmp_path: Path) -> None:
     checkpoint = make_checkpoint(tiny_model_dir, tmp_path / "model")
     http_port = free_port()
@@ -127,12 +128,13 @@ def test_serving_goes_on_while_the_gcs_restarts_from_redis(ft_cluster: Cluster, 
               route_prefix="/", logging_config={"enable_access_log": False})
     wait_until(lambda: model_replicas() == {"RUNNING": 2} and len(model_replica_actors()) == 2, 120, "2 replicas")
 
-    port, password = redis
+    port, password, redis_dir = redis
     keys = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), "--no-auth-warning", "dbsize"],
                           env={**os.environ, "REDISCLI_AUTH": password}, capture_output=True, text=True, timeout=10)
     assert int(keys.stdout) > 0  # the GCS tables are in Redis
     session = Path(ft_cluster.head_node.get_session_dir_path())
-    leaked = [p for p in session.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    files = [p for folder in (session, redis_dir) for p in folder.rglob("*") if p.is_file()]  # Ray's logs; the tables
+    leaked = [p for p in files if password.encode() in p.read_bytes()]
     assert not leaked, f"the Redis password is written in {leaked[:3]}"
 
 
