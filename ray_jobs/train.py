@@ -17,29 +17,68 @@ import sys
 import time
 from typing import Any, Callable
 
+import numpy as np
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ray_jobs.export import ExportConfig
 from ray_jobs.export import run as export_checkpoint
+from ray_jobs.batch_inference import cluster_has_gpus, default_workers, logit_column, quiet_ray_data, score_texts
 from ray_jobs.local_ray import init_ray
 from ray_jobs.train_loop import train_loop_per_worker
 from sentiment import layout
 from sentiment.config import Config, ConfigError, load_config
-from sentiment.layout import EPOCH_CHECKPOINT_PARTS, MODEL_DIR, RESULT_FILE, STATE_FILE, TEST_METRICS_FILE, StorageFullError
+from sentiment.layout import EPOCH_CHECKPOINT_PARTS, MODEL_DIR, RESULT_FILE, STATE_FILE, TEST_METRICS_FILE, ResolvedModel, StorageFullError
+from sentiment.distillation import check_teacher_labels
 from sentiment.data import EncodedSplit, check_folds, cross_validation_fold, encode_splits, load_splits
 from sentiment.model import check_against_model, load_tokenizer
 
 
 def tokenized_splits(cfg: Config) -> dict[str, EncodedSplit]:
-    """Load, clean, split and tokenize the data once, on the driver (in cross-validation, the pool)."""
+    """Load, clean, split and tokenize the data once, on the driver (in cross-validation, the pool).
+
+    With ``train.teacher`` the training reviews also get the teacher's logits (Ray Data, on the
+    Ray this starts or joins), once for the whole run.
+    """
     t0 = time.perf_counter()
     splits = load_splits(cfg.data, cfg.model.label_names)
     encoded = encode_splits(load_tokenizer(cfg.model.name_or_path), splits)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in encoded.items())
     print(f"data: {sizes} reviews, tokenized in {time.perf_counter() - t0:.1f}s", flush=True)
+    if cfg.train.teacher is not None:
+        train = encoded["train"]
+        encoded["train"] = EncodedSplit(train.ids, train.labels, teacher_logits(cfg, splits["train"]["text"]))
     return encoded
+
+
+def check_teacher(cfg: Config) -> ResolvedModel | None:
+    """Resolve ``train.teacher`` and check that it predicts the student's labels.
+
+    Raises:
+        ConfigError: the teacher is not a usable checkpoint, or its labels differ.
+    """
+    if cfg.train.teacher is None:
+        return None
+    try:
+        teacher = layout.resolve(cfg.train.teacher, storage_path=layout.storage_root(cfg))
+    except layout.CheckpointError as err:
+        raise ConfigError(f"train.teacher: {err}") from None
+    check_teacher_labels(cfg.train.teacher, teacher.config.model.label_names, cfg.model.label_names)
+    return teacher
+
+
+def teacher_logits(cfg: Config, texts: list[str]) -> np.ndarray:
+    """The teacher's logits for ``texts`` (float32, ``(n, num_labels)``), by Ray Data batch inference
+    with one model actor per CPU (per GPU on a GPU cluster); the teacher reads each review as it
+    predicts (its own ``max_seq_length`` and ``long_reviews``)."""
+    teacher = check_teacher(cfg)
+    init_ray()
+    quiet_ray_data()
+    use_gpu = cluster_has_gpus()
+    frame, rate = score_texts(list(texts), teacher, default_workers(use_gpu), use_gpu, label="teacher logits")
+    print(f"teacher logits: {len(texts)} training reviews scored by {teacher.location} at {rate:.0f} reviews/s", flush=True)
+    return frame[[logit_column(name) for name in cfg.model.label_names]].to_numpy(np.float32)
 
 
 def prepare_data(cfg: Config) -> dict[str, EncodedSplit]:
@@ -266,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     check_against_model(cfg)
     check_storage(cfg)
     check_resume_from(cfg)
+    check_teacher(cfg)
     data = prepare_data(cfg)
     init_ray()
     check_resources(cfg)

@@ -31,6 +31,7 @@ from sentiment.batching import eval_batches, iterate, make_collator, train_batch
 from sentiment import layout
 from sentiment.layout import DEEPSPEED_DIR, MODEL_DIR, STATE_FILE, TEST_METRICS_FILE, epoch_dir_name, save_model_dir
 from sentiment.config import Config, config_from_dict
+from sentiment.distillation import distillation_loss
 from sentiment.data import EncodedSplit, SpecialTokens, chunked_inputs, mean_by_owner, model_inputs
 from sentiment.metrics import compute_metrics, scalar_metrics
 from sentiment.model import build_model, freeze_bottom, layer_lr_scales, load_tokenizer
@@ -83,11 +84,13 @@ class WorkerContext:
 @dataclass
 class Split:
     """A split ready for one worker: model inputs, labels and lengths; with ``owners`` the inputs
-    are windows of whole reviews (``owners[i]``: window i's review), scored by their mean logits."""
+    are windows of whole reviews (``owners[i]``: window i's review), scored by their mean logits;
+    ``teacher_logits`` (training with ``train.teacher``) are the teacher's, row by row."""
 
     inputs: list[list[int]]
     labels: np.ndarray
     owners: np.ndarray | None = None
+    teacher_logits: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -256,7 +259,8 @@ def _prepare_splits(config: dict[str, Any], cfg: Config, tokenizer: Any) -> dict
     if isinstance(encoded, ray.ObjectRef):
         encoded = ray.get(encoded)
     specials = SpecialTokens.of(tokenizer)
-    splits = {name: Split(model_inputs(s, specials, cfg.data), s.labels) for name, s in encoded.items()}
+    splits = {name: Split(model_inputs(s, specials, cfg.data), s.labels, teacher_logits=s.teacher_logits)
+              for name, s in encoded.items()}
     if "test" in encoded and cfg.data.long_reviews == "chunks":  # the test scores whole reviews, as predictions do
         windows, owners = chunked_inputs(encoded["test"].ids, specials, cfg.data.max_seq_length, cfg.data.chunk_stride)
         splits["test"] = Split(windows, encoded["test"].labels, owners)
@@ -290,11 +294,16 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
     window_n = 0
     t0 = tw = time.perf_counter()
     steps_done_at_start = state.global_step
-    for micro, (_, batch) in enumerate(iterate(split.inputs, split.labels, batches, ctx.collate), start=1):
+    teacher = None if split.teacher_logits is None else torch.from_numpy(split.teacher_logits)
+    for micro, (idx, batch) in enumerate(iterate(split.inputs, split.labels, batches, ctx.collate), start=1):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         labels = batch.pop("labels")
         logits = engine(**batch).logits
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=ctx.class_weights)
+        if teacher is None:
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=ctx.class_weights)
+        else:
+            loss = distillation_loss(logits, labels, teacher[idx].to(device), cfg.train.distill_alpha,
+                                     cfg.train.distill_temperature, ctx.class_weights)
         engine.backward(loss)
         engine.step()
         window_loss += loss.detach()

@@ -41,6 +41,11 @@ class ModelConfig(_Section):
     dropout: float | None = Field(
         None, ge=0.0, lt=1.0, description="Classifier-head dropout; None keeps the model's own."
     )
+    num_hidden_layers: int | None = Field(
+        None, ge=1,
+        description="Keep only the bottom N encoder layers of name_or_path: a shallower student of the same "
+        "architecture (dropping the top layers works best, Sajjad et al. 2020); None keeps them all.",
+    )
 
     @model_validator(mode="after")
     def _labels_match(self) -> ModelConfig:
@@ -148,6 +153,18 @@ class TrainConfig(_Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     class_weights: Literal["balanced"] | list[float] | None = None
     early_stopping_patience: int | None = Field(None, ge=1)
+    teacher: str | None = Field(
+        None,
+        description="Distil from this checkpoint (any reference ray_jobs.predict takes: model folder, epoch "
+        "checkpoint, run folder, best, URI). Its logits on the training reviews are computed once, before "
+        "training, by Ray Data batch inference, and travel with the data; its labels must be model.label_names.",
+    )
+    distill_alpha: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="With a teacher: loss = (1 - alpha) * cross-entropy on the labels + alpha * T^2 * "
+        "KL(teacher || student) at temperature T (Hinton et al. 2015).",
+    )
+    distill_temperature: float = Field(2.0, gt=0.0, description="T of the distillation loss.")
     log_every_steps: int = Field(20, ge=1)
     seed: int = 42
 

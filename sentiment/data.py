@@ -207,17 +207,20 @@ def load_splits(cfg: DataConfig, label_names: list[str]) -> DatasetDict:
 
 @dataclass
 class EncodedSplit:
-    """Token ids of a split: content only (no special tokens), not truncated."""
+    """Token ids of a split: content only (no special tokens), not truncated; with a teacher
+    (``train.teacher``), its logits for each review (``(n, num_labels)`` float32)."""
 
     ids: list[np.ndarray]
     labels: np.ndarray
+    teacher_logits: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def take(self, rows: np.ndarray) -> EncodedSplit:
         """The rows at these positions, in this order."""
-        return EncodedSplit([self.ids[i] for i in rows], self.labels[rows])
+        teacher = None if self.teacher_logits is None else self.teacher_logits[rows]
+        return EncodedSplit([self.ids[i] for i in rows], self.labels[rows], teacher)
 
 
 def check_folds(labels: np.ndarray, folds: int, label_names: list[str]) -> None:

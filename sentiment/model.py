@@ -57,6 +57,11 @@ def check_against_model(cfg: Config) -> None:
             f"data.max_seq_length={cfg.data.max_seq_length} exceeds the model's position limit {limit}"
         )
     layers = getattr(model_config, "num_hidden_layers", None)
+    kept = cfg.model.num_hidden_layers
+    if kept is not None:
+        if layers is None or kept > layers:
+            raise ConfigError(f"model.num_hidden_layers={kept}: {cfg.model.name_or_path} has {layers} encoder layers")
+        layers = kept
     if layers is not None and cfg.train.freeze_layers >= layers:
         raise ConfigError(f"train.freeze_layers={cfg.train.freeze_layers} must be below the model's {layers} layers")
 
@@ -134,6 +139,8 @@ def build_model(cfg: ModelConfig) -> PreTrainedModel:
     extra: dict[str, Any] = {}
     if cfg.dropout is not None:
         extra["classifier_dropout"] = cfg.dropout
+    if cfg.num_hidden_layers is not None:  # the bottom layers' weights load; the rest are left out
+        extra["num_hidden_layers"] = cfg.num_hidden_layers
     return AutoModelForSequenceClassification.from_pretrained(
         resolve_model_path(cfg.name_or_path),
         num_labels=cfg.num_labels,

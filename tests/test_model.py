@@ -56,6 +56,23 @@ def test_freezing_is_checked_against_the_model_and_the_embeddings(tiny_model_dir
                                                 "train.freeze_layers=2"]))
 
 
+def test_a_shallower_student_keeps_the_bottom_layers_of_the_pretrained_model(tiny_model_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    base = [f"model.name_or_path={tiny_model_dir}", "data.max_seq_length=64"]
+    student = build_model(load_config(None, [*base, "model.num_hidden_layers=1"]).model)
+    params = dict(student.named_parameters())
+    assert student.config.num_hidden_layers == 1 and not any(".layer.1." in n for n in params)
+    pretrained = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert torch.equal(params["bert.encoder.layer.0.output.dense.weight"], pretrained["bert.encoder.layer.0.output.dense.weight"])
+    with pytest.raises(ConfigError, match=r"model.num_hidden_layers=3: .* has 2 encoder layers"):
+        check_against_model(load_config(None, [*base, "model.num_hidden_layers=3"]))
+    with pytest.raises(ConfigError, match=r"train.freeze_layers=1 must be below the model's 1 layers"):
+        check_against_model(load_config(None, [*base, "model.num_hidden_layers=1", "train.freeze_embeddings=true",
+                                                "train.freeze_layers=1"]))
+
+
 def test_layer_wise_lr_decay_scales_each_layer_below_the_top(tiny_model_dir):
     model = build_model(load_config(None, [f"model.name_or_path={tiny_model_dir}"]).model)  # 2 layers
     scales = layer_lr_scales(model, 0.5)

@@ -153,3 +153,41 @@ def test_layer_lr_decay_and_gradient_checkpointing_train_on_ray(local_ray, tiny_
     assert 0.1 < moved(bottom) / moved(top) < 0.5
     saved = json.loads((Path(summary["best_checkpoint"]) / "model" / "train_config.json").read_text())["train"]
     assert saved["layer_lr_decay"] == 0.5 and saved["gradient_checkpointing"] is True
+
+
+def test_a_shallower_student_distils_from_the_smoke_run_with_teacher_logits_from_ray_data(trained, tiny_model_dir, small_imdb, tmp_path):
+    import numpy as np
+
+    from sentiment.data import load_splits
+    from sentiment.predict import Predictor
+
+    teacher = trained[1]["run_dir"]
+    student = ["train.epochs=1", f"train.teacher={teacher}", "model.num_hidden_layers=1", "deepspeed.zero_stage=0"]
+    hard = smoke_config(tiny_model_dir, small_imdb, tmp_path, "alpha0", *student, "train.distill_alpha=0")
+    soft = smoke_config(tiny_model_dir, small_imdb, tmp_path, "alpha1", *student, "train.distill_alpha=1")
+    data = prepare_data(hard)  # the teacher scores the training reviews once; both runs share them
+    texts = load_splits(hard.data, hard.model.label_names)["train"]["text"]
+    predictor = Predictor.load(teacher)
+    assert np.allclose(data["train"].teacher_logits, predictor.logits(predictor.encode(texts), 32), atol=1e-4)
+    assert data["validation"].teacher_logits is None
+
+    runs = [launch(cfg, data) for cfg in (hard, soft)]
+    losses = [run["best_metrics"]["train_loss"] for run in runs]
+    assert abs(losses[0] - losses[1]) > 1e-3  # same seed and data: only the loss differs
+    model_dir = Path(runs[1]["best_checkpoint"]) / "model"
+    assert json.loads((model_dir / "config.json").read_text())["num_hidden_layers"] == 1
+    assert json.loads((model_dir / "train_config.json").read_text())["train"]["teacher"] == teacher
+    assert Predictor.load(runs[1]["run_dir"]).predict(["a fine film"]) in (["negative"], ["positive"])
+
+
+def test_a_teacher_with_other_labels_is_refused_before_training(trained, tiny_model_dir, small_imdb, tmp_path):
+    from ray_jobs.train import check_teacher
+
+    teacher = trained[1]["run_dir"]
+    other = smoke_config(tiny_model_dir, small_imdb, tmp_path, "x", f"train.teacher={teacher}",
+                         "model.label_names=[bad,good]")
+    with pytest.raises(ConfigError, match=r"train.teacher=.*\['negative', 'positive'\].*\['bad', 'good'\]"):
+        check_teacher(other)
+    missing = smoke_config(tiny_model_dir, small_imdb, tmp_path, "y", f"train.teacher={tmp_path / 'nothing'}")
+    with pytest.raises(ConfigError, match="train.teacher: checkpoint .*nothing.* does not exist"):
+        check_teacher(missing)
