@@ -46,3 +46,15 @@ def test_quickstart_vs_trainer_smoke_prints_both_sides_and_the_ratios_last(small
     assert trainer and ours, lines[-4:]
     assert lines[-4].startswith("64 training and 32 test reviews, 32 tokens")
     assert re.fullmatch(r"quickstart / Trainer: accuracy [+-]\d+\.\d points, time \d+\.\d\dx", lines[-1])
+
+
+def test_ab_smoke_trains_both_arms_and_prints_the_paired_difference_last(tiny_model_dir, small_imdb, tmp_path):
+    lines = _run("bench.ab", "--smoke", "--name", "smoke", "--common", f"model.name_or_path={tiny_model_dir}",
+                 f"data.path={small_imdb}", f"run.storage_path={tmp_path}", "deepspeed.zero_stage=0",
+                 "--b", "train.lr=1e-3", data=small_imdb)
+    arms = [line for line in lines if line.startswith("| A |") or line.startswith("| B |")]
+    assert len(arms) == 2 and all(line.rstrip("| ").endswith("| 32") for line in arms)
+    m = re.fullmatch(r"B - A \(smoke\): ([+-]\d+\.\d\d) points, 95% CI \[([+-]\d+\.\d\d), ([+-]\d+\.\d\d)\] on 32 test reviews", lines[-1])
+    assert m, lines[-1]
+    assert float(m.group(2)) <= float(m.group(1)) <= float(m.group(3))
+    assert len(list(tmp_path.glob("ab-smoke-a-*"))) == len(list(tmp_path.glob("ab-smoke-b-*"))) == 1
