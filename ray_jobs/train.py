@@ -70,13 +70,18 @@ def check_teacher(cfg: Config) -> ResolvedModel | None:
 
 def teacher_logits(cfg: Config, texts: list[str]) -> np.ndarray:
     """The teacher's logits for ``texts`` (float32, ``(n, num_labels)``), by Ray Data batch inference
-    with one model actor per CPU (per GPU on a GPU cluster); the teacher reads each review as it
-    predicts (its own ``max_seq_length`` and ``long_reviews``)."""
+    with one model actor per CPU (per GPU on a GPU cluster).
+
+    The teacher reads each review truncated, with its own ``max_seq_length`` and ``truncation``:
+    like the student in training, one window per review, whatever ``long_reviews`` the teacher
+    predicts with (whole-review logits cost ~3x the time; bench/RESULTS.md, "Distillation").
+    """
     teacher = check_teacher(cfg)
     init_ray()
     quiet_ray_data()
     use_gpu = cluster_has_gpus()
-    frame, rate = score_texts(list(texts), teacher, default_workers(use_gpu), use_gpu, label="teacher logits")
+    frame, rate = score_texts(list(texts), teacher, default_workers(use_gpu), use_gpu, label="teacher logits",
+                               long_reviews="truncate")
     print(f"teacher logits: {len(texts)} training reviews scored by {teacher.location} at {rate:.0f} reviews/s", flush=True)
     return frame[[logit_column(name) for name in cfg.model.label_names]].to_numpy(np.float32)
 
