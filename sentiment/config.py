@@ -281,6 +281,22 @@ class SweepConfig(_Section):
     )
 
 
+class PretrainConfig(_Section):
+    """Masked-language-model pretraining on in-domain text (``python -m ray_jobs.pretrain``)."""
+
+    splits: list[Literal["unsupervised", "train"]] = Field(
+        ["unsupervised", "train"], min_length=1,
+        description="Which splits' texts to read (IMDB's 50,000 unlabelled reviews, the training reviews); "
+        "the test split is never read.",
+    )
+    max_texts: int | None = Field(None, ge=2, description="A seeded sample of this many texts (None: all).")
+    validation_texts: int = Field(500, ge=1, description="Texts held out (seeded) for the masked-LM validation loss.")
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0, description="Share of tokens (words) masked.")
+    whole_word_mask: bool = Field(
+        True, description="Mask every piece of a word together (all replaced by [MASK]), not single WordPieces.",
+    )
+
+
 class Config(_Section):
     """The whole config: one object shared by train, tune and serve."""
 
@@ -292,6 +308,7 @@ class Config(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
