@@ -17,12 +17,9 @@ import argparse
 import datetime as dt
 import math
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import ray
 import ray.train
 import torch
@@ -34,8 +31,8 @@ from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import Tracker, start_tracking
 from ray_jobs.train import build_trainer, check_resources, check_storage
 from ray_jobs.train_loop import (
-    TrainState, _device, _gather, _log, _progress, build_optimizer, build_scheduler, check_room_to_go_on, restore,
-    save_checkpoint, use_the_prebuilt_deepspeed_op,
+    TrainState, _device, _gather, _log, _progress, build_optimizer, build_scheduler, check_room_to_go_on, report_epoch,
+    restore, use_the_prebuilt_deepspeed_op,
 )
 from sentiment import layout
 from sentiment.batching import eval_batches, train_batches
@@ -183,14 +180,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
                    f"val_perplexity {scalars['val_perplexity']:.2f}")
         tracker.log({"val/mlm_loss": val_loss, "val/perplexity": scalars["val_perplexity"], "epoch": state.epoch,
                      "pretrain/epoch_loss": train_loss}, step=state.global_step)
-        with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
-            save_checkpoint(engine, tokenizer, cfg, state, scalars, rank, Path(tmp))
-            parts = _gather(layout.file_sizes(pafs.LocalFileSystem(), tmp), world)
-            needed = sum({name: size for part in parts for name, size in part.items()}.values())
-            layout.check_free_space(layout.storage_root(cfg), needed, f"the epoch {state.epoch} checkpoint")
-            best = {"best_epoch": state.best_epoch, "best_value": state.best_metric, "best_checkpoint": state.best_checkpoint}
-            ray.train.report(scalars | best, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=epoch_dir_name(state.epoch))
+        report_epoch(engine, tokenizer, cfg, state, scalars, scalars, rank, world)
     tracker.finish()
 
 

@@ -211,6 +211,24 @@ def save_checkpoint(engine: Any, tokenizer: Any, cfg: Config, state: TrainState,
         layout.write_local_json(folder / STATE_FILE, asdict(state))
 
 
+def report_epoch(engine: Any, tokenizer: Any, cfg: Config, state: TrainState, metrics: dict[str, Any],
+                 scalars: dict[str, Any], rank: int, world: int) -> None:
+    """Write the epoch checkpoint, check the storage has room for it, and report it to Ray Train
+    with ``scalars`` and the best epoch so far (every rank calls this).
+
+    Raises:
+        StorageFullError: the storage has less free space than the ranks' parts together.
+    """
+    with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
+        save_checkpoint(engine, tokenizer, cfg, state, metrics, rank, Path(tmp))
+        parts = _gather(layout.file_sizes(pafs.LocalFileSystem(), tmp), world)  # Ray merges the ranks' folders
+        needed = sum({name: size for part in parts for name, size in part.items()}.values())
+        layout.check_free_space(layout.storage_root(cfg), needed, f"the epoch {state.epoch} checkpoint")
+        best = {"best_epoch": state.best_epoch, "best_value": state.best_metric, "best_checkpoint": state.best_checkpoint}
+        ray.train.report(scalars | best, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=epoch_dir_name(state.epoch))
+
+
 def restore(engine: Any, cfg: Config, rank: int) -> TrainState:
     """Load model, optimizer, scheduler and train state from Ray's checkpoint, if there is one.
 
@@ -438,14 +456,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
              " | ".join(f"{k} {metrics[k]:.4f}" for k in ("val_loss", "val_accuracy", "val_f1")) +
              (" | early stop" if stop else ""))
         tracker.log({f"val/{k.removeprefix('val_')}": v for k, v in scalar_metrics(metrics).items()} | {"epoch": state.epoch, "train/epoch_loss": train_loss, "train/epoch_accuracy": train_accuracy}, step=state.global_step)
-        with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
-            save_checkpoint(engine, tokenizer, cfg, state, metrics, rank, Path(tmp))
-            parts = _gather(layout.file_sizes(pafs.LocalFileSystem(), tmp), world)  # Ray merges the ranks' folders
-            needed = sum({name: size for part in parts for name, size in part.items()}.values())
-            layout.check_free_space(layout.storage_root(cfg), needed, f"the epoch {state.epoch} checkpoint")
-            best = {"best_epoch": state.best_epoch, "best_value": state.best_metric, "best_checkpoint": state.best_checkpoint}
-            ray.train.report(scalars | best, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=epoch_dir_name(state.epoch))
+        report_epoch(engine, tokenizer, cfg, state, metrics, scalars, rank, world)
     del engine, optimizer, model
     dist.barrier()  # rank 0 may still be uploading the last epoch's model folder
     if "test" in splits:  # a cross-validation fold has none
