@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -56,6 +57,29 @@ def _rank_0_pid(pids: list[int]) -> int:
     return pid
 
 
+def kill_a_worker_in_epoch_2(run_dir: Path, pick: Callable[[list[int]], int]) -> tuple[threading.Thread, dict[str, object]]:
+    """Start a thread that SIGKILLs the worker ``pick`` chooses 0.5 s after ``run_dir``'s epoch 1 is
+    registered; returns it and what it saw (``pid``, ``epoch_2_done_at_kill``, or ``error``)."""
+    seen: dict[str, object] = {}
+
+    def kill() -> None:
+        try:
+            deadline = time.monotonic() + 600
+            while not _registered(run_dir, "epoch_001") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # into epoch 2 (an epoch takes a few seconds here)
+            pid = pick(_worker_pids())
+            seen["epoch_2_done_at_kill"] = (run_dir / "epoch_002").exists()
+            seen["pid"] = pid
+            os.kill(pid, signal.SIGKILL)
+        except Exception as err:  # surfaced by the caller's assertions
+            seen["error"] = repr(err)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    return killer, seen
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(local_ray, tiny_model_dir, small_imdb, tmp_path_factory):
     cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path_factory.mktemp("runs"), "uninterrupted", *FAULT_RUN)
@@ -70,23 +94,7 @@ def test_worker_killed_in_epoch_2_restarts_from_epoch_1_and_matches_an_uninterru
     reference, data = uninterrupted
     cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path, "killed", *FAULT_RUN)
     run_dir = tmp_path / "killed"
-    seen: dict[str, object] = {}
-
-    def kill_in_epoch_2() -> None:
-        try:
-            deadline = time.monotonic() + 600
-            while not _registered(run_dir, "epoch_001") and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.5)  # into epoch 2 (an epoch takes a few seconds here)
-            pid = _rank_0_pid(_worker_pids())
-            seen["epoch_2_done_at_kill"] = (run_dir / "epoch_002").exists()
-            seen["pid"] = pid
-            os.kill(pid, signal.SIGKILL)
-        except Exception as err:  # surfaced by the assertion below
-            seen["error"] = repr(err)
-
-    killer = threading.Thread(target=kill_in_epoch_2, daemon=True)
-    killer.start()
+    killer, seen = kill_a_worker_in_epoch_2(run_dir, _rank_0_pid)
     summary = launch(cfg, ray.put(data))
     killer.join(timeout=10)
     assert seen.get("pid"), seen

@@ -5,11 +5,7 @@ folder that fine-tuning takes as ``model.name_or_path``."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +19,7 @@ from sentiment.data import DataError, clean_text
 from sentiment.model import load_tokenizer
 from sentiment.pretraining import MaskingCollator, pretraining_texts, to_windows
 from tests.conftest import imdb_dir
-from tests.test_faults import _registered, _worker_pids
+from tests.test_faults import kill_a_worker_in_epoch_2
 
 # 120 texts in windows of at most 64 tokens per window, micro-batch 4 on 2 workers: long enough epochs to
 # land a kill inside epoch 2.
@@ -127,22 +123,7 @@ def test_pretraining_checkpoints_every_epoch_and_its_model_is_fine_tuned_from(un
 def test_a_worker_killed_in_epoch_2_resumes_from_epoch_1_and_matches(uninterrupted, unlabelled, tiny_model_dir, tmp_path):
     reference, windows = uninterrupted
     run_dir = tmp_path / "killed"
-    seen: dict[str, object] = {}
-
-    def kill_in_epoch_2() -> None:
-        try:
-            deadline = time.monotonic() + 600
-            while not _registered(run_dir, "epoch_001") and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.5)
-            seen["epoch_2_done_at_kill"] = (run_dir / "epoch_002").exists()
-            seen["pid"] = _worker_pids()[0]
-            os.kill(seen["pid"], signal.SIGKILL)
-        except Exception as err:  # surfaced by the assertions below
-            seen["error"] = repr(err)
-
-    killer = threading.Thread(target=kill_in_epoch_2, daemon=True)
-    killer.start()
+    killer, seen = kill_a_worker_in_epoch_2(run_dir, lambda pids: pids[0])
     launch(_config(tiny_model_dir, unlabelled, tmp_path, "killed"), windows)
     killer.join(timeout=10)
     assert seen.get("pid") and seen["epoch_2_done_at_kill"] is False, seen
