@@ -40,7 +40,7 @@ from sentiment.config import Config, ConfigError, config_from_dict, load_config
 from sentiment.data import DataError
 from sentiment.layout import MODEL_DIR, epoch_dir_name
 from sentiment.model import check_against_model, load_tokenizer, resolve_model_path
-from sentiment.pretraining import MaskingCollator, Windows, pretraining_texts, to_windows
+from sentiment.pretraining import MaskedPositionsMLM, MaskingCollator, Windows, pretraining_texts, to_windows
 
 VALIDATION_SEED = 1234  # the same masks every epoch: validation losses compare across epochs
 
@@ -63,11 +63,12 @@ def prepare_windows(cfg: Config) -> dict[str, Windows]:
 
 
 def build_mlm_model(cfg: Config, device: torch.device) -> torch.nn.Module:
-    """``model.name_or_path`` with its masked-LM head (a fresh head if the folder has none)."""
+    """``model.name_or_path`` with its masked-LM head (a fresh head if the folder has none), the head
+    computed at masked positions only (``MaskedPositionsMLM``)."""
     model = AutoModelForMaskedLM.from_pretrained(resolve_model_path(cfg.model.name_or_path)).to(device)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model
+    return MaskedPositionsMLM(model)
 
 
 def mlm_epoch(engine: Any, windows: Windows, cfg: Config, state: TrainState, rank: int, world: int,
@@ -152,7 +153,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
         raise ValueError(f"{len(windows['train'])} windows make no full step of batch {cfg.train.batch_size} "
                          f"x {world} workers; lower train.batch_size")
     total_steps = steps_per_epoch * cfg.train.epochs
-    optimizer = build_optimizer(model, cfg, device)
+    optimizer = build_optimizer(model.mlm, cfg, device)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=build_deepspeed_config(cfg, world),
                                            lr_scheduler=build_scheduler(optimizer, cfg, total_steps))
     from ray_jobs.safe_load import use_weights_only_loads  # after deepspeed: it subclasses its engine

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from datasets import load_dataset
 from transformers import DataCollatorForLanguageModeling
+from transformers.modeling_outputs import MaskedLMOutput
 
 from sentiment.config import Config, DataConfig
 from sentiment.data import DataError, clean_text, resolve_source
@@ -113,3 +114,36 @@ class MaskingCollator:
              "offset_mapping": windows.offsets[i] + [(0, 0)] * (width - len(windows.offsets[i]))}  # the collator pads no offsets
             for i in rows
         ])
+
+
+MLM_HEADS = ("cls", "lm_head")  # BERT-style and RoBERTa-style masked-LM heads (hidden states -> vocabulary)
+
+
+class MaskedPositionsMLM(torch.nn.Module):
+    """A masked-LM model whose output layer runs only at the masked positions.
+
+    The encoder sees every token as before; the head (a dense layer, layer norm and the
+    ``hidden x vocabulary`` decoder) runs on the ~15% of positions that carry a label instead of
+    all of them, which at MiniLM's size is most of a step's arithmetic. The loss is the model's
+    own (cross-entropy averaged over the masked tokens). Models whose head is not one module
+    (``MLM_HEADS``) run whole. ``save_pretrained`` saves the wrapped model unchanged.
+    """
+
+    def __init__(self, mlm: torch.nn.Module) -> None:
+        super().__init__()
+        self.mlm = mlm
+        self.head_name = next((n for n in MLM_HEADS if isinstance(getattr(mlm, n, None), torch.nn.Module)), None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                **kwargs: Any) -> MaskedLMOutput:
+        """The masked-LM loss of this batch (``labels`` -100 where nothing is masked)."""
+        if self.head_name is None:
+            return self.mlm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        hidden = self.mlm.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)[0]
+        where = labels >= 0
+        logits = getattr(self.mlm, self.head_name)(hidden[where])
+        return MaskedLMOutput(loss=torch.nn.functional.cross_entropy(logits.float(), labels[where]))
+
+    def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
+        """Save the wrapped model as a plain Hugging Face masked-LM folder."""
+        return self.mlm.save_pretrained(*args, **kwargs)

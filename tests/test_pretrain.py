@@ -12,12 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
+import torch
+from transformers import AutoModelForMaskedLM
 
 from ray_jobs.pretrain import launch, prepare_windows
 from sentiment.config import load_config
 from sentiment.data import DataError, clean_text
 from sentiment.model import load_tokenizer
-from sentiment.pretraining import MaskingCollator, pretraining_texts, to_windows
+from sentiment.pretraining import MaskedPositionsMLM, MaskingCollator, pretraining_texts, to_windows
 from tests.conftest import imdb_dir
 from tests.test_faults import kill_a_worker_in_epoch_2
 
@@ -79,6 +81,28 @@ def test_whole_words_are_masked_together_and_the_same_seed_masks_alike(tiny_mode
         for i, piece in enumerate(pieces):
             if piece.startswith("##") and i > 1:  # a continuation is masked exactly when the piece before it is
                 assert (labels[i] >= 0) == (labels[i - 1] >= 0), (pieces, labels)
+
+
+def test_the_head_at_masked_positions_only_gives_the_models_own_loss_and_gradients(tiny_model_dir):
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "data.max_seq_length=32"])
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    windows = to_windows(tokenizer, ["a slow, overwrought and strangely moving film " * 5, "fine"], 32)
+    batch = MaskingCollator(tokenizer, cfg, seed=5)(windows, list(range(len(windows))))
+    torch.manual_seed(0)
+    mlm = AutoModelForMaskedLM.from_pretrained(tiny_model_dir).eval()
+    wrapped = MaskedPositionsMLM(mlm)
+    assert wrapped.head_name == "cls" and not any(n.startswith("head") for n, _ in wrapped.named_parameters())
+    losses, grads = [], []
+    for model in (mlm, wrapped):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n.removeprefix("mlm."): p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] > 0
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.fixture(scope="module")
