@@ -39,7 +39,7 @@ from sentiment import layout
 from sentiment.batching import iterate, make_collator, train_batches
 from sentiment.config import Config, ConfigError, load_config
 from sentiment.lr_range import LossTracker, LrRange, Suggestion, plot, suggest
-from sentiment.model import check_against_model
+from sentiment.model import check_against_model, eval_frozen_bottom
 
 OUT_DIR = "lr_find"
 CURVE_FILE = "lr_find_curve.json"  # what rank 0 recorded, in the run folder
@@ -82,6 +82,7 @@ def lr_find_loop_per_worker(config: dict[str, Any]) -> None:
     tracker, lrs, losses, stop = LossTracker(rng), [], [], "reached --max-lr"
     step_loss, micro = torch.zeros((), device=device), 0
     engine.train()
+    eval_frozen_bottom(engine.module, cfg.train.freeze_embeddings, cfg.train.freeze_layers)
     _log(rank, f"lr range test: {rng.min_lr:.1e} -> {rng.max_lr:.1e} over {rng.steps} steps on {world} worker(s)")
     for _, batch in _micro_batches(split, cfg, rank, world, collate):
         batch = {k: v.to(device) for k, v in batch.items()}

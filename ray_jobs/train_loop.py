@@ -34,7 +34,7 @@ from sentiment.config import Config, config_from_dict
 from sentiment.distillation import distillation_loss
 from sentiment.data import EncodedSplit, SpecialTokens, chunked_inputs, mean_by_owner, model_inputs
 from sentiment.metrics import compute_metrics, scalar_metrics
-from sentiment.model import build_model, freeze_bottom, layer_lr_scales, load_tokenizer
+from sentiment.model import build_model, eval_frozen_bottom, freeze_bottom, layer_lr_scales, load_tokenizer
 
 DS_TAG = "state"
 
@@ -306,6 +306,7 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
         world_size=world, group_by_length=cfg.data.length_grouping, multiple_of=cfg.train.grad_accum_steps,
     )
     engine.train()
+    eval_frozen_bottom(engine.module, cfg.train.freeze_embeddings, cfg.train.freeze_layers)
     window_loss = torch.zeros((), device=device)
     epoch_loss = torch.zeros((), device=device)
     epoch_correct = torch.zeros((), device=device)

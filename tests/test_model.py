@@ -8,7 +8,7 @@ import pytest
 
 from sentiment.config import PACKAGED_MODEL, ConfigError, load_config
 from sentiment.model import (
-    build_model, check_against_model, freeze_bottom, layer_lr_scales, load_model_config, load_tokenizer,
+    build_model, check_against_model, eval_frozen_bottom, freeze_bottom, layer_lr_scales, load_model_config, load_tokenizer,
     resolve_model_path,
 )
 
@@ -46,6 +46,20 @@ def test_freezing_keeps_the_bottom_at_its_weights_and_trains_the_rest(tiny_model
     assert bottom and frozen == sum(params[n].numel() for n in bottom)
     assert all(params[n].grad is None and not params[n].requires_grad for n in bottom)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in params.items() if n not in bottom)
+
+
+def test_the_frozen_bottom_trains_without_dropout_and_the_rest_with_it(tiny_model_dir):
+    import torch
+
+    model = build_model(load_config(None, [f"model.name_or_path={tiny_model_dir}"]).model)
+    freeze_bottom(model, embeddings=True, layers=1)
+    model.train()
+    eval_frozen_bottom(model, embeddings=True, layers=1)
+    ids = torch.randint(1000, 2000, (4, 16))
+    first, again = (model(input_ids=ids, output_hidden_states=True) for _ in range(2))
+    torch.testing.assert_close(first.hidden_states[1], again.hidden_states[1], rtol=0, atol=0)  # frozen layer 0: no dropout
+    assert not torch.equal(first.hidden_states[2], again.hidden_states[2])  # layer 1 trains: its dropout is on
+    assert not model.bert.embeddings.training and model.bert.encoder.layer[1].training and model.classifier.training
 
 
 def test_freezing_is_checked_against_the_model_and_the_embeddings(tiny_model_dir):
