@@ -145,7 +145,8 @@ class TrainConfig(_Section):
         "optimizer state for the vocabulary matrix (half of MiniLM's weights), ~1.3x faster steps on CPU.",
     )
     freeze_layers: int = Field(
-        0, ge=0, description="Also keep the first N encoder layers at their pretrained weights (needs freeze_embeddings)."
+        0, ge=0, description="Also keep the first N encoder layers at their pretrained weights (needs freeze_embeddings). "
+        "The frozen bottom runs without dropout (eval mode), as when predicting: a fixed function of the input.",
     )
     weight_decay: float = Field(0.01, ge=0.0)
     adam_epsilon: float = Field(1e-8, gt=0.0)
