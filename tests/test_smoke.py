@@ -37,7 +37,7 @@ def run(tiny_model_dir, small_imdb, tmp_path_factory):
     extra = (["data.max_seq_length=64", "train.epochs=2", "train.lr=3e-4", "scaling.num_workers=1",
               "scaling.cpus_per_worker=2", "data.max_train_samples=null", "data.max_test_samples=null",
               "data.validation_fraction=0.1", "train.warmup_ratio=0.1", "deepspeed.zero_stage=0"]
-             if REAL else ["train.epochs=3", "data.max_test_samples=null"])
+             if REAL else ["train.epochs=3", "train.lr=2e-3", "data.max_train_samples=null", "data.max_test_samples=null"])
     cfg = smoke_config(model, small_imdb, tmp_path_factory.mktemp("runs"), "e2e", *extra)
     init_ray(num_cpus=2)
     summary = launch(cfg, prepare_data(cfg))
