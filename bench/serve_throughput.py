@@ -91,16 +91,16 @@ def in_process(predictor: Predictor, reviews: list[str]) -> float:
 
 
 async def timed_requests(
-    session: aiohttp.ClientSession, url: str, texts: list[str], concurrency: int
+    session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]], concurrency: int
 ) -> tuple[list[float], float]:
-    """Post every text once, ``concurrency`` at a time; per-request seconds and the wall time."""
-    todo = iter(texts)
+    """Post every body once, ``concurrency`` at a time; per-request seconds and the wall time."""
+    todo = iter(bodies)
     latencies: list[float] = []
 
     async def worker() -> None:
-        for text in todo:
+        for body in todo:
             start = time.perf_counter()
-            async with session.post(url, json={"text": text}) as r:
+            async with session.post(url, json=body) as r:
                 r.raise_for_status()
                 await r.read()
             latencies.append(time.perf_counter() - start)
@@ -110,11 +110,20 @@ async def timed_requests(
     return latencies, time.perf_counter() - start
 
 
-async def http_load(url: str, reviews: list[str], concurrency: int) -> dict[str, float]:
-    """Reviews/s and p50/p99 latency (ms) of single-review requests at ``concurrency``, after a warm-up."""
+def request_bodies(reviews: list[str], texts_per_request: int) -> list[dict[str, Any]]:
+    """``{"text": ...}`` bodies, one review each, or ``{"texts": [...]}`` of ``texts_per_request``."""
+    if texts_per_request == 1:
+        return [{"text": t} for t in reviews]
+    return [{"texts": reviews[i:i + texts_per_request]} for i in range(0, len(reviews), texts_per_request)]
+
+
+async def http_load(url: str, reviews: list[str], concurrency: int, texts_per_request: int = 1) -> dict[str, float]:
+    """Reviews/s and p50/p99 latency (ms) per request at ``concurrency``, after a warm-up; single-review
+    requests unless ``texts_per_request`` > 1."""
+    warm = request_bodies(reviews[:max(BATCH, texts_per_request)], texts_per_request)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        await timed_requests(session, url, reviews[:BATCH], concurrency)
-        latencies, wall = await timed_requests(session, url, reviews, concurrency)
+        await timed_requests(session, url, warm, concurrency)
+        latencies, wall = await timed_requests(session, url, request_bodies(reviews, texts_per_request), concurrency)
     ms = np.array(latencies) * 1000
     return {"reviews_per_s": len(reviews) / wall, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
@@ -134,12 +143,13 @@ def start_loopback_serve() -> int:
     return port
 
 
-def deploy(checkpoint: Path, backend: str = "auto", port: int | None = None, batch_wait_s: float | None = None) -> str:
-    """One fixed replica holding every core, on a loopback Serve (started unless ``port`` is given);
-    returns the predict URL."""
+def deploy(checkpoint: Path, backend: str = "auto", port: int | None = None, batch_wait_s: float | None = None,
+           num_gpus: float = 0) -> str:
+    """One fixed replica holding every core (and ``num_gpus``), on a loopback Serve (started unless
+    ``port`` is given); returns the predict URL."""
     port = port or start_loopback_serve()
     cores = float(os.cpu_count() or 1)
-    app = build_app({"checkpoint": str(checkpoint), "num_cpus": cores, "min_replicas": 1, "max_replicas": 1,
+    app = build_app({"checkpoint": str(checkpoint), "num_cpus": cores, "num_gpus": num_gpus, "min_replicas": 1, "max_replicas": 1,
                      "wandb_mode": "disabled", "backend": backend,
                      **({"batch_wait_timeout_s": batch_wait_s} if batch_wait_s is not None else {})})
     serve.run(app, name="bench", route_prefix="/", logging_config={"enable_access_log": False})

@@ -46,26 +46,39 @@ def bench_config(args: argparse.Namespace, shape: str, storage: str) -> Config:
     ])
 
 
-def plain_loop(cfg: Config, data: dict[str, Any]) -> tuple[float, int]:
-    """One epoch of a plain loop; returns (seconds, tokens processed incl. padding)."""
+def plain_loop(cfg: Config, data: dict[str, Any], compile_backend: str | None = None,
+               warmup: int = 0) -> tuple[float, int, int]:
+    """One epoch of a plain loop; returns (seconds, tokens incl. padding, samples) of its timed part.
+
+    Args:
+        compile_backend: ``torch.compile`` the model with this backend (``inductor``; ``eager`` only
+            traces, for CPU smoke runs); None runs it eagerly.
+        warmup: the first batches run untimed (compilation happens there).
+    """
     device = torch.device("cuda" if cfg.scaling.use_gpu else "cpu")
     torch.manual_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     split = data["train"]
     inputs = model_inputs(split, SpecialTokens.of(tokenizer), cfg.data)
     model = build_model(cfg.model).to(device).train()
+    forward = torch.compile(model, backend=compile_backend) if compile_backend else model
     batches = train_batches([len(x) for x in inputs], cfg.train.batch_size, seed=cfg.data.seed, epoch=0,
                             group_by_length=cfg.data.length_grouping)
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, len(batches))
     collate = make_collator(tokenizer, cfg.data.pad_to_multiple_of)
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-    tokens, start = 0, time.perf_counter()
-    for _, batch in iterate(inputs, split.labels, batches, collate):
+    tokens, samples, start = 0, 0, time.perf_counter()
+    for i, (_, batch) in enumerate(iterate(inputs, split.labels, batches, collate)):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            tokens, samples, start = 0, 0, time.perf_counter()
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         tokens += batch["input_ids"].numel()
+        samples += batch["input_ids"].shape[0]
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model(**batch).loss
+            loss = forward(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
         optimizer.step()
@@ -73,7 +86,7 @@ def plain_loop(cfg: Config, data: dict[str, Any]) -> tuple[float, int]:
         optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start, tokens
+    return time.perf_counter() - start, tokens, samples
 
 
 def project_path(cfg: Config, data: dict[str, Any]) -> float:
@@ -104,9 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     for shape in ("fixed", "real"):
         cfg = bench_config(args, shape, args.storage)
         data = prepare_data(cfg)
-        seconds, tokens = plain_loop(cfg, data)
-        steps = len(data["train"]) // cfg.train.batch_size
-        plain = steps * cfg.train.batch_size / seconds
+        seconds, tokens, samples = plain_loop(cfg, data)
+        plain = samples / seconds
         project = project_path(cfg, data)
         ratios.append(project / plain)
         print(f"| {shape} {cfg.data.max_seq_length} | {plain:.1f} | {tokens / seconds:.0f} | {project:.1f} | {project / plain:.2f} |", flush=True)
