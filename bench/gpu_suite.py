@@ -36,6 +36,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +47,16 @@ from ray import serve
 from bench.inference_backends import at_length, labelled_reviews, measure
 from bench.serve_throughput import deploy, http_load, in_process, load_reviews
 from bench.smoke import tiny_bert
-from bench.time_to_accuracy import ROOT, commit, device_name
+from bench.time_to_accuracy import ROOT, SMOKE, commit, device_name, run_job
 from bench.train_throughput import bench_config, plain_loop, project_path
 from ray_jobs.local_ray import init_ray
-from ray_jobs.train import launch, prepare_data
-from sentiment import layout
+from ray_jobs.train import prepare_data
 from sentiment.config import Config, load_config
 from sentiment.model import load_tokenizer
 from sentiment.predict import Predictor
 
 GPU = torch.cuda.is_available()
-SMOKE_TTA = ["data.max_train_samples=64", "data.max_val_samples=16", "data.max_test_samples=32", "train.epochs=1",
-             "train.batch_size=8", "data.max_seq_length=64", "scaling.use_gpu=false", "train.precision=fp32",
-             "scaling.num_workers=1", "scaling.cpus_per_worker=1"]
+DEVICE, DTYPE = ("cuda", torch.bfloat16) if GPU else ("cpu", torch.float32)  # inference and serving
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -106,8 +104,9 @@ def matmul_peak_tflops() -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
 
 
-def flops_per_token(model_dir: Path, padded_length: float) -> float:
-    """Training FLOPs per token: ``6 N + 12 L T d`` (N weights outside the embeddings)."""
+def flops_per_token(model_dir: Path) -> Callable[[float], float]:
+    """Training FLOPs per token as a function of the padded length T: ``6 N + 12 L T d`` (N weights
+    outside the embeddings, L layers, d width)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(model_dir)
@@ -115,7 +114,7 @@ def flops_per_token(model_dir: Path, padded_length: float) -> float:
         model = AutoModelForSequenceClassification.from_config(config)
     embedded = sum(p.numel() for p in model.base_model.embeddings.parameters())
     weights = sum(p.numel() for p in model.parameters()) - embedded
-    return 6 * weights + 12 * config.num_hidden_layers * padded_length * config.hidden_size
+    return lambda padded_length: 6 * weights + 12 * config.num_hidden_layers * padded_length * config.hidden_size
 
 
 def training_throughput(args: argparse.Namespace, model_dir: Path, storage: Path, peak: float) -> list[dict[str, Any]]:
@@ -136,8 +135,9 @@ def training_throughput(args: argparse.Namespace, model_dir: Path, storage: Path
             samples_per_s = project_path(with_zero_stage(cfg, stage, shape), data)
             rows.append({"shape": shape, "path": f"project ZeRO-{stage}", "samples_per_s": samples_per_s,
                          "tokens_per_s": samples_per_s * length, "padded_length": length})
+    flops = flops_per_token(model_dir)
     for row in rows:
-        row["mfu"] = row["tokens_per_s"] * flops_per_token(model_dir, row["padded_length"]) / (peak * 1e12)
+        row["mfu"] = row["tokens_per_s"] * flops(row["padded_length"]) / (peak * 1e12)
     return rows
 
 
@@ -149,27 +149,17 @@ def with_zero_stage(cfg: Config, stage: int, shape: str) -> Config:
 
 def time_to_accuracy(args: argparse.Namespace, storage: Path, tiny: Path) -> dict[str, Any]:
     """Part 2: the full MiniLM recipe through the real job (a tiny one in smoke runs)."""
-    overrides = [*(SMOKE_TTA + [f"model.name_or_path={tiny}"] if args.smoke else []), "tracking.mode=disabled",
+    overrides = [*([*SMOKE, f"model.name_or_path={tiny}"] if args.smoke else []), "tracking.mode=disabled",
                  f"run.storage_path={storage}", f"run.name=gpu-suite-tta-{dt.datetime.now():%H%M%S}"]
-    cfg = load_config(str(ROOT / "configs" / "minilm-full.yaml"), overrides)
-    data = prepare_data(cfg)
-    start = time.perf_counter()
-    summary = launch(cfg, data)
-    job_s = time.perf_counter() - start
-    fs, _ = layout.filesystem(layout.storage_root(cfg))
-    history = layout.read_json(fs, layout.join(summary["last_checkpoint"], layout.STATE_FILE))["history"]
-    return {"config": "minilm-full.yaml", "train_reviews": len(data["train"]), "epochs": len(history),
-            "test_reviews": summary["test_metrics"]["test_count"], "test_accuracy": summary["test_metrics"]["test_accuracy"],
-            "train_s": sum(h["epoch_time_s"] for h in history), "job_s": job_s, "checkpoint": summary["best_checkpoint"]}
+    return run_job(load_config(str(ROOT / "configs" / "minilm-full.yaml"), overrides), "minilm-full.yaml")
 
 
 def inference(args: argparse.Namespace, checkpoint: str) -> list[dict[str, Any]]:
     """Part 3a: in-process reviews/s and accuracy at 128 and 512 tokens (bf16 on a GPU)."""
     texts, labels = labelled_reviews(args.requests)
-    device, dtype = ("cuda", torch.bfloat16) if GPU else ("cpu", torch.float32)
     rows = []
     for length in ((64,) if args.smoke else (128, 512)):
-        predictor = at_length(Predictor.load(checkpoint, device=device, dtype=dtype, long_reviews="truncate"), length)
+        predictor = at_length(Predictor.load(checkpoint, device=DEVICE, dtype=DTYPE, long_reviews="truncate"), length)
         rows.append({"length": length, **measure(predictor, texts, labels, batch_size=64)})
         predictor.close()
     return rows
@@ -178,8 +168,7 @@ def inference(args: argparse.Namespace, checkpoint: str) -> list[dict[str, Any]]
 def serving(args: argparse.Namespace, checkpoint: str) -> list[dict[str, Any]]:
     """Part 3b: one Serve replica (the GPU) over HTTP against the same checkpoint in-process."""
     reviews = load_reviews(args.requests)
-    device, dtype = ("cuda", torch.bfloat16) if GPU else ("cpu", torch.float32)
-    predictor = Predictor.load(checkpoint, device=device, dtype=dtype)
+    predictor = Predictor.load(checkpoint, device=DEVICE, dtype=DTYPE)
     in_process(predictor, reviews[:64])  # warm-up
     local = in_process(predictor, reviews)
     predictor.close()

@@ -28,7 +28,7 @@ import torch
 
 from ray_jobs.local_ray import init_ray
 from ray_jobs.train import launch, prepare_data
-from sentiment.config import load_config
+from sentiment.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ["data.max_train_samples=64", "data.max_val_samples=16", "data.max_test_samples=32", "train.epochs=1",
@@ -50,6 +50,28 @@ def commit() -> str:
     return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+def run_job(cfg: Config, config_name: str) -> dict[str, Any]:
+    """Prepare the data, run the job on this process's Ray (started if needed), and return its row:
+    test accuracy, seconds of training (the epochs), of the job and of data preparation, and the
+    best checkpoint."""
+    from sentiment import layout
+
+    t0 = time.perf_counter()
+    data = prepare_data(cfg)
+    prep_s = time.perf_counter() - t0
+    init_ray()
+    t1 = time.perf_counter()
+    summary = launch(cfg, data)
+    job_s = time.perf_counter() - t1
+    fs, _ = layout.filesystem(layout.storage_root(cfg))
+    history = layout.read_json(fs, layout.join(summary["last_checkpoint"], layout.STATE_FILE))["history"]
+    test = summary["test_metrics"]
+    return {"device": device_name(), "date": dt.date.today().isoformat(), "commit": commit(), "config": config_name,
+            "train_reviews": len(data["train"]), "test_reviews": test["test_count"], "epochs": len(history),
+            "test_accuracy": test["test_accuracy"], "train_s": sum(h["epoch_time_s"] for h in history),
+            "job_s": job_s, "prep_s": prep_s, "checkpoint": summary["best_checkpoint"]}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the job once and print the figures; the last line is the time-to-accuracy summary."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,30 +81,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     cfg = load_config(args.config, [*(SMOKE if args.smoke else []), *args.overrides,
                                     f"run.name=tta-{dt.datetime.now():%Y%m%d-%H%M%S}"])
-    t0 = time.perf_counter()
-    data = prepare_data(cfg)
-    prep_s = time.perf_counter() - t0
-    init_ray()
     try:
-        t1 = time.perf_counter()
-        summary = launch(cfg, data)
-        job_s = time.perf_counter() - t1
+        row = run_job(cfg, Path(args.config).name)
     finally:
         ray.shutdown()
-    from sentiment import layout
-
-    fs, _ = layout.filesystem(layout.storage_root(cfg))
-    history = layout.read_json(fs, layout.join(summary["last_checkpoint"], layout.STATE_FILE))["history"]
-    train_s = sum(h["epoch_time_s"] for h in history)
-    test = summary["test_metrics"]
-    row = {"device": device_name(), "date": dt.date.today().isoformat(), "commit": commit(),
-           "config": Path(args.config).name, "train_reviews": len(data["train"]), "test_reviews": test["test_count"],
-           "epochs": len(history), "test_accuracy": test["test_accuracy"], "train_s": train_s, "job_s": job_s, "prep_s": prep_s}
+    train_s, job_s, prep_s = row["train_s"], row["job_s"], row["prep_s"]
     print("\n| device | date | commit | config | train reviews | epochs | test reviews | test accuracy | training s | job s | data prep s |")
     print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     print(f"| {row['device']} | {row['date']} | {row['commit']} | {row['config']} | {row['train_reviews']} | {row['epochs']} | "
           f"{row['test_reviews']} | {row['test_accuracy']:.4f} | {train_s:.1f} | {job_s:.1f} | {prep_s:.1f} |")
-    print(f"time-to-accuracy: {test['test_accuracy']:.4f} test accuracy after {train_s:.1f} s of training "
+    print(f"time-to-accuracy: {row['test_accuracy']:.4f} test accuracy after {train_s:.1f} s of training "
           f"({job_s:.1f} s job) on {row['device']}")
     return row
 
