@@ -101,8 +101,11 @@ def test_the_head_at_masked_positions_only_gives_the_models_own_loss_and_gradien
         grads.append({n.removeprefix("mlm."): p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] > 0
     assert grads[0].keys() == grads[1].keys()
+    # float32 sums in another order: over 30 random tiny models the largest difference was 4.2e-6 of
+    # the largest gradient (a fixed 1e-6 failed once in CI); a wrong head differs by percents of it
+    scale = max(g.abs().max().item() for g in grads[0].values())
     for name, g in grads[0].items():
-        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=2e-5 * scale, msg=name)
 
 
 @pytest.fixture(scope="module")
