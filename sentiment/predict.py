@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +76,17 @@ class Encoded:
         """Each text's logits: the mean of its windows' logits (a text with one window keeps its own
         logits exactly)."""
         return mean_by_owner(window_logits, self.owners, len(self.full_lengths))
+
+    @classmethod
+    def join(cls, parts: Sequence[Encoded]) -> Encoded:
+        """The texts of ``parts`` (at least one) as one encoding, in order; each window keeps its text."""
+        starts = np.cumsum([0] + [len(p.full_lengths) for p in parts[:-1]])
+        return cls(
+            [w for p in parts for w in p.windows],
+            np.concatenate([p.owners + start for p, start in zip(parts, starts)]),
+            np.concatenate([p.full_lengths for p in parts]),
+            np.concatenate([p.seen for p in parts]),
+        )
 
 
 class Predictor:

@@ -8,7 +8,8 @@ in arrival order, up to ``max_texts`` texts or ``max_tokens`` padded tokens (tex
 one's tokens, the approach of Hugging Face's text-embeddings-inference), whichever comes first. A
 text alone on an idle replica runs at once; under load each batch holds what arrived during the
 one before. ``wait_s`` (0 by default) lets a batch that is not full wait that long for more texts
-once the model is free.
+once the model is free. A text is whatever the batch function takes (the model replica passes
+each text already tokenized, so it is tokenized once).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ DEFAULT_MAX_TOKENS = 4096
 
 @dataclass
 class _Waiting:
-    text: str
+    text: Any
     tokens: int
     future: asyncio.Future[Any]
 
@@ -40,7 +41,7 @@ class ContinuousBatcher:
     """
 
     def __init__(
-        self, run: Callable[[list[str]], list[Any]], tokens: Callable[[str], int] = lambda text: 1,
+        self, run: Callable[[list[Any]], list[Any]], tokens: Callable[[Any], int] = lambda text: 1,
         max_texts: int = DEFAULT_MAX_TEXTS, max_tokens: int | None = DEFAULT_MAX_TOKENS, wait_s: float = 0.0,
     ) -> None:
         self.run, self.tokens = run, tokens
@@ -48,7 +49,7 @@ class ContinuousBatcher:
         self.queue: deque[_Waiting] = deque()
         self.worker: asyncio.Task[None] | None = None
 
-    async def __call__(self, text: str) -> Any:
+    async def __call__(self, text: Any) -> Any:
         """The result for ``text``, computed in a batch with the texts of other callers.
 
         Raises:

@@ -11,7 +11,6 @@ checkpoint's ``train_config.json``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from typing import Any
 
@@ -20,7 +19,7 @@ from ray import serve
 
 from serve.batcher import DEFAULT_MAX_TEXTS, ContinuousBatcher
 from sentiment.layout import ResolvedModel
-from sentiment.predict import Prediction, Predictor
+from sentiment.predict import Encoded, Prediction, Predictor
 
 logger = logging.getLogger("ray.serve")
 
@@ -51,10 +50,7 @@ class SentimentModel:
         self.explain_lock = asyncio.Lock()
         self.load_args = {"checkpoint": model, "device": device, "dtype": dtype, "backend": "torch",
                           "long_reviews": long_reviews}
-        count = functools.lru_cache(maxsize=4096)(lambda text: sum(map(len, self.predictor.encode([text]).windows)))
-        self.batcher = ContinuousBatcher(
-            lambda texts: self.predictor.predict_details(texts, max(len(texts), self.batcher.max_texts)), tokens=count
-        )
+        self.batcher = ContinuousBatcher(self._details, tokens=lambda encoded: sum(map(len, encoded.windows)))
         cfg = model.config
         served_file, served_sha = self.predictor.served_file
         self.model_info = {
@@ -99,8 +95,13 @@ class SentimentModel:
 
     async def predict(self, text: str) -> Prediction:
         """Predict one text, in a batch with the texts of other requests (the forward pass runs in a
-        thread, so texts keep arriving while a batch computes)."""
-        return await self.batcher(text)
+        thread, so texts keep arriving while a batch computes). The text is tokenized once, here: its
+        windows give the batcher its token count and then go to the model as they are."""
+        return await self.batcher(self.predictor.encode([text]))
+
+    def _details(self, texts: list[Encoded]) -> list[Prediction]:
+        """One batch of encoded texts, scored in one pass."""
+        return self.predictor.details(Encoded.join(texts), batch_size=max(len(texts), self.batcher.max_texts))
 
     async def explain(self, texts: list[str], top_k: int, n_steps: int) -> list[Prediction]:
         """Predictions with key tokens (:func:`sentiment.attribution.explain`), outside the batches.

@@ -16,7 +16,7 @@ import pytest
 from sentiment import predict as predict_module
 from sentiment.layout import CALIBRATION_FILE, CheckpointError, resolve
 from sentiment.metrics import softmax
-from sentiment.predict import Predictor
+from sentiment.predict import Encoded, Predictor
 from tests.test_serve import make_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +67,14 @@ def test_a_long_text_is_scored_whole_as_the_mean_of_its_windows_logits(checkpoin
     details = predictor.predict_details(TEXTS)
     assert [(d.truncated, d.windows) for d in details] == [(False, 1), (False, int(encoded.counts[1])), (False, 1)]
     assert details[1].num_tokens == encoded.full_lengths[1] > 64  # every token seen, counted once
+
+
+def test_texts_encoded_one_by_one_and_joined_score_as_encoded_together(checkpoint):
+    predictor = Predictor.load(checkpoint, long_reviews="chunks")
+    together = predictor.encode(TEXTS)
+    joined = Encoded.join([predictor.encode([t]) for t in TEXTS])  # as a Serve replica batches them
+    assert joined.windows == together.windows and joined.owners.tolist() == together.owners.tolist()
+    assert [vars(d) for d in predictor.details(joined)] == [vars(d) for d in predictor.details(together)]
 
 
 def test_both_ways_in_one_pass_equal_each_way_alone(checkpoint):
