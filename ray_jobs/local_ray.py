@@ -10,15 +10,14 @@ On a real cluster (``RAY_ADDRESS`` set, e.g. under ``ray job submit``) we only j
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import ray
 
+from ray_jobs import local_ray_env
+
 LOOPBACK = "127.0.0.1"
-QUIET_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-}
 BOOTSTRAP = Path("~/ray_bootstrap_config.yaml")
 
 
@@ -28,8 +27,11 @@ def keep_ray_local() -> None:
     Writes ``~/ray_bootstrap_config.yaml`` (``provider: {type: local}``) only when the file does
     not exist: on a head node made by ``ray up`` that file is the cluster's own and is left alone.
     """
-    for key, value in QUIET_ENV.items():
+    for key, value in local_ray_env().items():
         os.environ.setdefault(key, value)
+    if os.environ.get("SENTIMENT_HAPROXY_BINARY"):  # HAProxy mode is the project's: its ports are this Ray's own
+        stats, metrics = free_loopback_ports(2)
+        os.environ["RAY_SERVE_HAPROXY_STATS_PORT"], os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(stats), str(metrics)
     # Ray read the variable when it was imported; if that was before ray_jobs, correct it here.
     from ray._private import ray_constants
 
@@ -37,6 +39,19 @@ def keep_ray_local() -> None:
     bootstrap = BOOTSTRAP.expanduser()
     if not bootstrap.exists():
         bootstrap.write_text("# written by bert-sentiment: a local Ray, no cloud provider to probe\nprovider: {type: local}\n")
+
+
+def free_loopback_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 now (HAProxy's stats and Prometheus ports,
+    8404 and 9101 by default, would make a second local Serve, or one after a crash, fail to start)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((LOOPBACK, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def init_ray(num_cpus: int | None = None) -> None:

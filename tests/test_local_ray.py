@@ -3,7 +3,10 @@
 Left alone, Ray 2.60 here bound its servers to the machine's other address and to all interfaces
 (seen 2026-11-23: 0.0.0.0, ::, 192.0.2.2), and each Serve replica opens a gRPC server on ``[::]``
 (seen 2026-11-30; ``ray_jobs.local_ray.serve_grpc_on_loopback`` rebinds it). That plain Ray is
-not started again by the tests (it would listen beyond loopback).
+not started again by the tests (it would listen beyond loopback). Serve runs in HAProxy mode
+(``ray_jobs.local_ray_env``), whose stats and Prometheus listeners Ray 2.60 binds to every
+interface and whose log it sends over UDP from 0.0.0.0; the probe requires HAProxy among the
+processes, so its sockets are checked too.
 """
 
 import json
@@ -35,9 +38,10 @@ class Echo:  # a Serve replica, with the gRPC server every replica opens
 serve.run(Echo.bind(), name="probe", route_prefix="/")
 assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).read() == b"ok"
 time.sleep(8)  # let the dashboard and its agents open their sockets
-addrs = set()
+addrs, names = set(), set()
 for proc in psutil.Process().children(recursive=True):
     try:
+        names.add(proc.name())
         for c in proc.net_connections(kind="inet"):
             addrs.add(c.laddr.ip)
             if c.raddr:
@@ -45,7 +49,7 @@ for proc in psutil.Process().children(recursive=True):
     except psutil.Error:
         pass
 ray.shutdown()
-print(json.dumps(sorted(addrs)))
+print(json.dumps({"addrs": sorted(addrs), "names": sorted(names)}))
 """
 
 
@@ -55,7 +59,9 @@ LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}  # wildcards (0.0.0.0, ::) a
 def test_project_ray_and_its_serve_replicas_use_loopback_only():
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
-    addrs = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "haproxy" in seen["names"], seen["names"]  # Serve's HAProxy mode is on, and its sockets are listed
+    addrs = set(seen["addrs"])
     assert addrs and addrs <= LOOPBACK, addrs - LOOPBACK
     assert "type: local" in (Path.home() / "ray_bootstrap_config.yaml").read_text()
 
