@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -51,12 +52,24 @@ def model_replica_actors() -> dict[str, int]:
     return alive_actors(f"ServeReplica:{APP}:{MODEL}")
 
 
+def http_front_pid() -> int:
+    """The process that takes the HTTP requests: HAProxy in HAProxy mode (a local Ray's default,
+    ``ray_jobs.local_ray_env``; the newest, if a reload left an old one draining), else Serve's proxy."""
+    managers = alive_actors("HAProxyManager")
+    if not managers:
+        (proxy,) = alive_actors("ProxyActor").values()
+        return proxy
+    (manager,) = managers.values()
+    fronts = [p for p in psutil.Process(manager).children() if p.name() == "haproxy"]
+    return max(fronts, key=lambda p: p.create_time()).pid
+
+
 def serve_pids() -> dict[str, int]:
     """PIDs of the app's (single) model replica, its ingress replica and the HTTP proxy."""
     pids = {}
-    for role, name in (("model", f"ServeReplica:{APP}:{MODEL}"), ("ingress", f"ServeReplica:{APP}:SentimentAPI"),
-                       ("proxy", "ProxyActor")):
+    for role, name in (("model", f"ServeReplica:{APP}:{MODEL}"), ("ingress", f"ServeReplica:{APP}:SentimentAPI")):
         (pids[role],) = alive_actors(name).values()
+    pids["proxy"] = http_front_pid()
     return pids
 
 
