@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import psutil
 import ray
 from ray import serve
 
-from ray_jobs.local_ray import init_ray
+from ray_jobs.local_ray import free_loopback_port, init_ray
 from serve.app import build_app
 from sentiment.layout import save_model_dir
 from sentiment.config import DATA_DIR_ENV, PACKAGED_MODEL, load_config
@@ -128,17 +127,10 @@ async def http_load(url: str, reviews: list[str], concurrency: int, texts_per_re
     return {"reviews_per_s": len(reviews) / wall, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_loopback_serve() -> int:
     """A local Ray and Serve with HTTP on 127.0.0.1; returns the port."""
     init_ray()
-    port = free_port()
+    port = free_loopback_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     return port
 
@@ -158,7 +150,7 @@ def deploy(checkpoint: Path, backend: str = "auto", port: int | None = None, bat
 
 def start_plain_server(checkpoint: Path) -> tuple[subprocess.Popen, str]:
     """``bench/plain_server.py`` in its own process on 127.0.0.1; waits until it answers."""
-    port = free_port()
+    port = free_loopback_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.plain_server", "--checkpoint", str(checkpoint), "--port", str(port)])
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -54,6 +54,11 @@ def free_loopback_ports(count: int) -> list[int]:
             s.close()
 
 
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    return free_loopback_ports(1)[0]
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """Join the cluster in ``RAY_ADDRESS`` or start a loopback-only Ray in this process.
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ray_jobs.local_ray import keep_ray_local
+from ray_jobs.local_ray import free_loopback_port, keep_ray_local
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray(*args: str, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -68,14 +61,14 @@ def head_node(tmp_path_factory):
     keep_ray_local()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
-    dash = _free_port()
+    dash = free_loopback_port()
     temp = Path("/tmp") / f"rj-{uuid.uuid4().hex[:6]}"  # short: Ray's socket paths have a length limit
-    gcs_port = _free_port()
+    gcs_port = free_loopback_port()
     started = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
                    # own ports for every agent: another Ray on this machine may hold the defaults
-                   f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-                   f"--runtime-env-agent-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+                   f"--dashboard-agent-listen-port={free_loopback_port()}", f"--metrics-export-port={free_loopback_port()}",
+                   f"--runtime-env-agent-port={free_loopback_port()}", f"--ray-client-server-port={free_loopback_port()}",
                    "--disable-usage-stats", f"--temp-dir={temp}", env=env)
     assert started.returncode == 0, started.stderr[-3000:]
     yield env, f"http://127.0.0.1:{dash}"

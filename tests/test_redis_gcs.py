@@ -28,10 +28,10 @@ import ray
 from ray import serve
 from ray.cluster_utils import Cluster
 
-from ray_jobs.local_ray import keep_ray_local
+from ray_jobs.local_ray import free_loopback_port, keep_ray_local
 from ray_jobs.redis_gcs import RedisError, redis_config, start_redis
 from serve.app import build_app
-from tests.test_serve import APP, free_port, make_checkpoint, model_replicas, wait_until
+from tests.test_serve import APP, make_checkpoint, model_replicas, wait_until
 from tests.test_serve_faults import TimedLoad, model_replica_actors
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
@@ -49,7 +49,7 @@ FAILURE_BOUND = 0  # an already running replica behind a live proxy needs no GCS
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str, Path]]:
     """A real redis-server on a free loopback port: ``(port, password, its data folder)``."""
-    port, password, folder = free_port(), secrets.token_hex(16), tmp_path_factory.mktemp("redis")
+    port, password, folder = free_loopback_port(), secrets.token_hex(16), tmp_path_factory.mktemp("redis")
     server = start_redis(port, folder, password)
     yield port, password, folder
     server.kill()
@@ -93,7 +93,7 @@ def restart_gcs(cluster: Cluster, outage_s: float) -> float:
 def test_serving_goes_on_while_the_gcs_restarts_from_redis(ft_cluster: Cluster, redis: tuple[int, str, Path],
                                                             tiny_model_dir: Path, tmp_path: Path) -> None:
     checkpoint = make_checkpoint(tiny_model_dir, tmp_path / "model")
-    http_port = free_port()
+    http_port = free_loopback_port()
     serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     serve.run(build_app({"checkpoint": str(checkpoint), **ARGS}), name=APP, route_prefix="/",
               logging_config={"enable_access_log": False})
@@ -143,7 +143,7 @@ def test_redis_refuses_a_missing_or_unsafe_password_and_starts_nothing(tmp_path:
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", port)) == 0
 
-    port, default_was_free = free_port(), not listening(6379)  # 6379: where a config-less redis-server goes
+    port, default_was_free = free_loopback_port(), not listening(6379)  # 6379: where a config-less redis-server goes
     for bad in ("", "two words", 'a"quote'):
         with pytest.raises(RedisError, match="RAY_REDIS_PASSWORD"):
             start_redis(port, tmp_path / "redis", bad)

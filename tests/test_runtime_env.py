@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ray_jobs.local_ray import keep_ray_local
-from tests.test_job_submit import BIN, _free_port, _ray, _submit, stop_cluster
+from ray_jobs.local_ray import free_loopback_port, keep_ray_local
+from tests.test_job_submit import BIN, _ray, _submit, stop_cluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,12 +54,12 @@ def ray_head(extra_env: dict[str, str] | None = None) -> Iterator[tuple[dict[str
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)
-    dash, gcs_port = _free_port(), _free_port()
+    dash, gcs_port = free_loopback_port(), free_loopback_port()
     temp = Path("/tmp") / f"rj-{uuid.uuid4().hex[:6]}"  # short: Ray's socket paths have a length limit
     started = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                   f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-                   f"--runtime-env-agent-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+                   f"--dashboard-agent-listen-port={free_loopback_port()}", f"--metrics-export-port={free_loopback_port()}",
+                   f"--runtime-env-agent-port={free_loopback_port()}", f"--ray-client-server-port={free_loopback_port()}",
                    "--disable-usage-stats", f"--temp-dir={temp}", env=env)
     try:
         assert started.returncode == 0, started.stderr[-3000:]

@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ from ray.serve import Application
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
 
-from ray_jobs.local_ray import init_ray
+from ray_jobs.local_ray import free_loopback_port, init_ray
 from serve.app import build_app
 from serve.schemas import API_KEY_ENV, ServeArgs
 from sentiment.layout import CheckpointError, resolve, save_model_dir
@@ -86,19 +85,12 @@ def make_checkpoint(tiny_model_dir: Path, folder: Path) -> Path:
     return save_model_dir(model, load_tokenizer(str(tiny_model_dir)), cfg, {"val_accuracy": 0.5}, folder)
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_serve(args: dict[str, Any]) -> str:
     """Start a loopback-only Ray and Serve, deploy ``build_app(args)`` at ``/``; return its URL.
 
     No W&B lineage run unless ``args`` asks for one (tests/test_tracking.py covers it)."""
     init_ray(num_cpus=2)
-    port = free_port()
+    port = free_loopback_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"wandb_mode": "disabled", **args}), name=APP, route_prefix="/", logging_config={"enable_access_log": False})
     return f"http://127.0.0.1:{port}"

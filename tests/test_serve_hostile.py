@@ -29,9 +29,9 @@ from hypothesis import strategies as st
 from ray import serve
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from ray_jobs.local_ray import init_ray
+from ray_jobs.local_ray import free_loopback_port, init_ray
 from serve.app import API_KEY_ENV, build_app
-from tests.test_serve import APP, free_port, make_checkpoint, stop_serve, wait_until
+from tests.test_serve import APP, make_checkpoint, stop_serve, wait_until
 from tests.test_serve_faults import serve_pids
 
 pytestmark = pytest.mark.ray
@@ -79,7 +79,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         env.setenv("WANDB_API_KEY", WANDB_KEY)
         init_ray(num_cpus=2)
         try:
-            port = free_port()
+            port = free_loopback_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             app = build_app({"checkpoint": str(checkpoint), "wandb_dir": str(folder), **ARGS})
             serve.run(app, name=APP, route_prefix="/")  # access log on: the leak test reads it

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from serve.http import make_api
 from serve.schemas import ServeArgs
 from sentiment.predict import ExplainUnavailable, KeyToken, Prediction
-from tests.test_serve import free_port
+from ray_jobs.local_ray import free_loopback_port
 
 KEY = "test-key-123"
 
@@ -54,7 +54,7 @@ def api() -> Iterator[tuple[str, StandIn]]:
     backend = StandIn()
     args = ServeArgs(checkpoint="c", api_key=SecretStr(KEY), max_text_chars=50, max_texts=3, max_body_bytes=2000,
                      explain_max_texts=2)
-    port = free_port()
+    port = free_loopback_port()
     server = uvicorn.Server(uvicorn.Config(make_api(backend, args), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

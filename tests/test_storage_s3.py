@@ -13,7 +13,7 @@ import pytest
 
 from ray_jobs.train import check_storage, launch, prepare_data
 from sentiment.config import ConfigError, load_config
-from tests.test_job_submit import _free_port
+from ray_jobs.local_ray import free_loopback_port
 from tests.test_train_ray import smoke_config
 
 moto_server = pytest.importorskip("moto.server")
@@ -105,7 +105,7 @@ def test_serve_and_evaluate_read_the_run_from_s3(s3, trained_on_s3, small_imdb, 
 
 
 def test_unreachable_s3_endpoint_fails_before_training_not_a_hang():
-    closed = _free_port()  # nothing listens there
+    closed = free_loopback_port()  # nothing listens there
     cfg = load_config(None, [f"run.storage_path=s3://bucket/runs?endpoint_override=127.0.0.1:{closed}&scheme=http"])
     t0 = time.monotonic()
     with pytest.raises(ConfigError, match=r"run\.storage_path=.*cannot be used: .*(connect|Connect)"):
