@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from datasets import ClassLabel, Dataset
 
 from sentiment.config import DataConfig
 from sentiment.data import (
@@ -14,6 +15,7 @@ from sentiment.data import (
     fit_to_length,
     load_splits,
     resolve_source,
+    stratified_split,
     truncate_ids,
 )
 from sentiment.model import load_tokenizer
@@ -106,6 +108,25 @@ def test_parquet_folder_splits_are_stratified_and_disjoint(small_imdb):
     assert sum(splits["validation"]["label"]) == 50  # stratified: half positive
     assert not set(splits["train"]["text"]) & set(splits["validation"]["text"])
     assert all("<br" not in t for t in splits["train"]["text"])
+
+
+def _labelled(labels):
+    ds = Dataset.from_dict({"text": [f"review {i}" for i in range(len(labels))], "label": labels})
+    return ds.cast_column("label", ClassLabel(names=LABELS))
+
+
+@pytest.mark.parametrize("n_first, n_second, seed", [(30, 10, 0), (7, 33, 42), (20, 20, 3)])
+def test_stratified_split_takes_the_rows_train_test_split_would(n_first, n_second, seed):
+    ds = _labelled([int(i % 3 == 0) for i in range(40)]).select(range(39, -1, -1))  # uneven classes, an index map
+    first, second = stratified_split(ds, n_first, n_second, seed)
+    ref = ds.train_test_split(train_size=n_first, test_size=n_second, stratify_by_column="label", seed=seed)
+    assert first["text"][:] == ref["train"]["text"][:] and second["text"][:] == ref["test"]["text"][:]
+    assert not set(first["text"][:]) & set(second["text"][:])
+
+
+def test_stratified_split_of_a_label_with_one_review_names_the_counts():
+    with pytest.raises(DataError, match=r"cannot split 10 reviews into 5 and 5 stratified by label \(negative 9, positive 1\): a label has fewer than 2"):
+        stratified_split(_labelled([0] * 9 + [1]), 5, 5, seed=0)
 
 
 def test_caps_apply_after_split(small_imdb):
