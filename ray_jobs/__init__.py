@@ -21,7 +21,11 @@ def local_ray_env() -> dict[str, str]:
     deployments), kept on loopback by running HAProxy through ``haproxy-loopback`` and by writing
     its log to its stderr file (Ray's default sends it over UDP to 127.0.0.1:514 from sockets
     bound to 0.0.0.0, with no syslog listening). Replicas write each log record at once (the
-    throughput mode buffers 1,000, which held back a replica's start-up line). HAProxy mode
+    throughput mode buffers 1,000, which held back a replica's start-up line). A stopping replica
+    stays reachable for 5 s, not Ray's 30, before it refuses new connections: HAProxy here runs on
+    the same node and drops it within a second of the controller's update, and a late arrival is
+    retried on another replica; the 30 s window (meant for load balancers on other machines) made
+    every ``serve.shutdown()`` and every scale-down wait 30 s. HAProxy mode
     is left off when the caller set either variable or its own ``RAY_SERVE_HAPROXY_BINARY_PATH``
     (their choice), or when no HAProxy binary is installed (or the wrapper lost its executable bit).
     """
@@ -36,7 +40,8 @@ def local_ray_env() -> dict[str, str]:
         return env
     return env | {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                   "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER), "SENTIMENT_HAPROXY_BINARY": binary,
-                  "RAY_SERVE_HAPROXY_LOG_TARGET": "stderr format raw", "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}
+                  "RAY_SERVE_HAPROXY_LOG_TARGET": "stderr format raw", "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+                  "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
 
 
 if not os.environ.get("RAY_ADDRESS"):

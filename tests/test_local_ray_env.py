@@ -35,6 +35,7 @@ def test_haproxy_mode_is_on_with_the_wrapper_when_the_caller_chose_nothing(monke
     assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(HAPROXY_WRAPPER)
     assert os.access(env["SENTIMENT_HAPROXY_BINARY"], os.X_OK) and Path(env["SENTIMENT_HAPROXY_BINARY"]) != HAPROXY_WRAPPER
     assert env["RAY_SERVE_HAPROXY_LOG_TARGET"].startswith("stderr")  # no UDP syslog sockets on 0.0.0.0
+    assert float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) <= 5  # Ray's 30 s made each shutdown wait 30 s
     assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
 
 
