@@ -3,18 +3,21 @@ its result, both SUCCEEDED; then that cluster's processes (only those) are stopp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from ray_jobs.local_ray import free_loopback_port, keep_ray_local
+from ray_jobs.local_ray import free_loopback_ports, keep_ray_local
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,23 +59,39 @@ def _submit(*args: str, env: dict, address: str) -> subprocess.CompletedProcess:
         time.sleep(3)
 
 
-@pytest.fixture()
-def head_node(tmp_path_factory):
+@contextlib.contextmanager
+def ray_head(head_only_env: dict[str, str] | None = None) -> Iterator[tuple[dict[str, str], str, str]]:
+    """A `ray start --head` on 127.0.0.1 with free ports for every agent and its own temp folder.
+
+    ``head_only_env`` goes to the head's processes only (secrets a node holds). Yields the client
+    environment (token auth on, without ``head_only_env``), the dashboard address and the GCS
+    address; stops only this cluster's processes and deletes its temp folder (runtime envs live there).
+    """
     keep_ray_local()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           **(head_only_env or {})}
     env.pop("RAY_ADDRESS", None)
-    dash = free_loopback_port()
+    # own ports for every agent: another Ray on this machine may hold the defaults
+    dash, gcs_port, agent, metrics, runtime_env, client_server = free_loopback_ports(6)
     temp = Path("/tmp") / f"rj-{uuid.uuid4().hex[:6]}"  # short: Ray's socket paths have a length limit
-    gcs_port = free_loopback_port()
     started = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                   # own ports for every agent: another Ray on this machine may hold the defaults
-                   f"--dashboard-agent-listen-port={free_loopback_port()}", f"--metrics-export-port={free_loopback_port()}",
-                   f"--runtime-env-agent-port={free_loopback_port()}", f"--ray-client-server-port={free_loopback_port()}",
+                   f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
+                   f"--runtime-env-agent-port={runtime_env}", f"--ray-client-server-port={client_server}",
                    "--disable-usage-stats", f"--temp-dir={temp}", env=env)
-    assert started.returncode == 0, started.stderr[-3000:]
-    yield env, f"http://127.0.0.1:{dash}"
-    stop_cluster(temp, gcs_port)
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        client = {k: v for k, v in env.items() if k not in (head_only_env or {})} | {"RAY_AUTH_MODE": "token"}
+        yield client, f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs_port}"
+    finally:
+        stop_cluster(temp, gcs_port)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture()
+def head_node():
+    with ray_head() as (env, address, _):
+        yield env, address
 
 
 def test_job_submit_runs_the_smoke_config(head_node, tiny_model_dir, small_imdb, tmp_path):

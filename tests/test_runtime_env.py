@@ -6,22 +6,18 @@ while `ray job list` (the job table, what the dashboard shows) never holds their
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
-import os
 import re
 import shutil
 import uuid
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ray_jobs.local_ray import free_loopback_port, keep_ray_local
-from tests.test_job_submit import BIN, _ray, _submit, stop_cluster
+from tests.test_job_submit import _ray, _submit, ray_head
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,33 +37,6 @@ ray.init()
 print("DRIVER " + json.dumps(info()))
 print("WORKER " + json.dumps(ray.get(ray.remote(info).remote())))
 '''
-
-
-@contextlib.contextmanager
-def ray_head(extra_env: dict[str, str] | None = None) -> Iterator[tuple[dict[str, str], str, str]]:
-    """A `ray start --head` on 127.0.0.1 with free ports for every agent and its own temp folder.
-
-    Yields the client environment (token auth on), the dashboard address and the GCS address;
-    stops only this cluster's processes and deletes its temp folder (runtime envs live there).
-    """
-    keep_ray_local()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           **(extra_env or {})}
-    env.pop("RAY_ADDRESS", None)
-    dash, gcs_port = free_loopback_port(), free_loopback_port()
-    temp = Path("/tmp") / f"rj-{uuid.uuid4().hex[:6]}"  # short: Ray's socket paths have a length limit
-    started = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
-                   "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                   f"--dashboard-agent-listen-port={free_loopback_port()}", f"--metrics-export-port={free_loopback_port()}",
-                   f"--runtime-env-agent-port={free_loopback_port()}", f"--ray-client-server-port={free_loopback_port()}",
-                   "--disable-usage-stats", f"--temp-dir={temp}", env=env)
-    try:
-        assert started.returncode == 0, started.stderr[-3000:]
-        client = {k: v for k, v in env.items() if k not in SECRETS} | {"RAY_AUTH_MODE": "token"}
-        yield client, f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs_port}"
-    finally:
-        stop_cluster(temp, gcs_port)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
