@@ -6,11 +6,14 @@
 Both sides get the same model (the config's, seeded alike), the same training and test reviews
 (the config's own splits and caps), the same max length, epochs, learning rate and global batch.
 ``Trainer`` otherwise keeps its defaults, as a first-time user would: head truncation, no warmup,
-AdamW, linear decay, all cores to one process. The project runs its real path: a local Ray,
-``ray_jobs.train.launch`` (Ray Train + DeepSpeed, the config's workers), which tests the best epoch
-on the test split at the end (whole reviews in windows of the max length when the config says
-``data.long_reviews: chunks``, as the quickstart's does; ``Trainer`` truncates, its default). Timed on both sides: training plus scoring the test split (and, for
-the project, starting Ray); loading and tokenizing the data are not. Printed last: the accuracy
+AdamW, linear decay, all cores to one process, fp32 (``--trainer-bf16`` gives it bf16 autocast
+where the CPU runs bf16 natively, as the quickstart's ``precision: auto`` does: the strict peer).
+The project runs its real path: a local Ray, ``ray_jobs.train.launch`` (Ray Train + DeepSpeed,
+the config's workers), which tests the best epoch on the test split at the end (whole reviews in
+windows of the max length when the config says ``data.long_reviews: chunks``, as the
+quickstart's does; ``Trainer`` truncates, its default). Timed on both sides: training plus
+scoring the test split (and, for the project, starting Ray); loading and tokenizing the data are
+not. Printed last: the accuracy
 difference in points and the time ratio, quickstart / Trainer.
 """
 
@@ -27,9 +30,11 @@ from typing import Any
 
 import numpy as np
 import ray
+import torch
 
 from sentiment.config import Config, load_config
 from sentiment.data import load_splits
+from sentiment.precision import auto_precision
 
 SMOKE = ["data.max_train_samples=64", "data.max_val_samples=32", "data.max_test_samples=32", "data.max_seq_length=32",
          "train.batch_size=8", "train.epochs=1", "train.log_every_steps=100"]
@@ -39,12 +44,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/quickstart.yaml")
     p.add_argument("--smoke", action="store_true", help="CI-sized: a tiny BERT on synthetic reviews")
+    p.add_argument("--trainer-bf16", action="store_true",
+                   help="give Trainer bf16=True too (not its default) where this CPU runs bf16 natively: the strict peer")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides for both sides")
     return p.parse_args(argv)
 
 
-def trainer_side(cfg: Config, splits: Any, workdir: Path) -> dict[str, float]:
-    """Fine-tune and test with ``transformers.Trainer``; accuracy and seconds."""
+def trainer_side(cfg: Config, splits: Any, workdir: Path, bf16: bool) -> dict[str, float]:
+    """Fine-tune and test with ``transformers.Trainer`` (bf16 autocast if ``bf16``); accuracy and seconds."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, set_seed
 
@@ -62,7 +69,7 @@ def trainer_side(cfg: Config, splits: Any, workdir: Path) -> dict[str, float]:
     args = TrainingArguments(
         output_dir=str(workdir), num_train_epochs=cfg.train.epochs, learning_rate=cfg.train.lr, seed=cfg.train.seed,
         per_device_train_batch_size=cfg.train.batch_size * cfg.scaling.num_workers * cfg.train.grad_accum_steps,
-        per_device_eval_batch_size=64, report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True,
+        per_device_eval_batch_size=64, report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, bf16=bf16,
     )
     trainer = Trainer(model=build_model(cfg.model), args=args, train_dataset=train, processing_class=tokenizer)
     trainer.train()
@@ -98,13 +105,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         cfg = load_config(args.config, [*smoke, *args.overrides, "tracking.mode=disabled",
                                         f"run.storage_path={Path(tmp) / 'runs'}", "run.name=quickstart-bench"])
         splits = load_splits(cfg.data, cfg.model.label_names)
-        trainer = trainer_side(cfg, splits, Path(tmp) / "trainer")
+        native = auto_precision(torch.device("cpu"))
+        precision = native if cfg.train.precision == "auto" else cfg.train.precision
+        trainer_precision = "bf16" if args.trainer_bf16 and native == "bf16" else "fp32"
+        trainer = trainer_side(cfg, splits, Path(tmp) / "trainer", bf16=trainer_precision == "bf16")
         project = project_side(cfg)
     n_train, n_test = len(splits["train"]), len(splits["test"])
     print(f"\n{n_train} training and {n_test} test reviews, {cfg.data.max_seq_length} tokens, {cfg.train.epochs} epoch(s), "
           f"lr {cfg.train.lr}, global batch {cfg.train.batch_size * cfg.scaling.num_workers}, {os.cpu_count()} cores")
-    print(f"transformers.Trainer: test accuracy {trainer['accuracy']:.4f}, training + test {trainer['seconds']:.0f} s")
-    print(f"quickstart (Ray Train + DeepSpeed, {cfg.scaling.num_workers} workers): test accuracy {project['accuracy']:.4f}, "
+    print(f"transformers.Trainer ({trainer_precision}): test accuracy {trainer['accuracy']:.4f}, training + test {trainer['seconds']:.0f} s")
+    print(f"quickstart (Ray Train + DeepSpeed, {cfg.scaling.num_workers} workers, {precision}): test accuracy {project['accuracy']:.4f}, "
           f"Ray start + training + test {project['seconds']:.0f} s")
     print(f"quickstart / Trainer: accuracy {100 * (project['accuracy'] - trainer['accuracy']):+.1f} points, "
           f"time {project['seconds'] / trainer['seconds']:.2f}x")

@@ -13,7 +13,7 @@ _QUIET_STEPS = 10**9
 def build_deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON for this run.
 
-    Precision: ``fp32`` adds nothing; ``bf16`` is torch autocast over fp32 weights by default
+    Precision (already resolved from ``auto``): ``fp32`` adds nothing; ``bf16`` is torch autocast over fp32 weights by default
     (``deepspeed.precision_mode=autocast``, faster than DeepSpeed's native bf16 and the weights
     stay fp32) or native ``bf16.enabled``; ``fp16`` is DeepSpeed's native fp16 with dynamic loss
     scaling. The optimizer and scheduler are not configured here: the training loop passes torch
@@ -25,6 +25,8 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
         world_size: number of training workers.
     """
     t, ds = cfg.train, cfg.deepspeed
+    if t.precision == "auto":
+        raise ValueError("train.precision=auto is resolved on the workers (train_loop.resolve_precision) before this")
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}

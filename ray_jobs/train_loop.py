@@ -34,6 +34,7 @@ from sentiment.config import Config, config_from_dict
 from sentiment.distillation import distillation_loss
 from sentiment.data import EncodedSplit, SpecialTokens, chunked_inputs, mean_by_owner, model_inputs
 from sentiment.metrics import compute_metrics, scalar_metrics
+from sentiment.precision import agreed_precision, auto_precision, autocast_dtype
 from sentiment.model import build_model, eval_frozen_bottom, freeze_bottom, layer_lr_scales, load_tokenizer
 
 DS_TAG = "state"
@@ -161,8 +162,19 @@ def class_weight_tensor(cfg: Config, labels: np.ndarray, device: torch.device) -
 
 
 def _autocast(cfg: Config, device: torch.device) -> torch.autocast:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
+    dtype = autocast_dtype(cfg.train.precision)
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def resolve_precision(cfg: Config, device: torch.device, rank: int, world: int) -> Config:
+    """``cfg`` with ``train.precision: auto`` made concrete, the same on every rank (bf16 only if
+    every worker's device runs it natively); any other precision is returned as asked."""
+    if cfg.train.precision != "auto":
+        return cfg
+    precision = agreed_precision(_gather(auto_precision(device), world))
+    why = "every worker's" if precision == "bf16" else "not every worker's"
+    _log(rank, f"precision: auto -> {precision} ({why} {device.type} runs bf16 natively)")
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
 
 
 @torch.inference_mode()
@@ -390,8 +402,10 @@ def worker_setup(config: dict[str, Any]) -> tuple[Config, int, int, torch.device
     device = _device(cfg)
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    cfg = resolve_precision(cfg, device, rank, world)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
-    return cfg, tctx.get_world_rank(), tctx.get_world_size(), device, tokenizer, _prepare_splits(config, cfg, tokenizer)
+    return cfg, rank, world, device, tokenizer, _prepare_splits(config, cfg, tokenizer)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """Inference backends: the same logits from PyTorch or from a verified ONNX Runtime export.
 
-``torch`` runs the Hugging Face model (bf16 on a GPU, fp32 on a CPU). ``onnx`` and ``onnx-int8``
+``torch`` runs the Hugging Face model (bf16 on a GPU; on a CPU, bf16 autocast for a checkpoint
+trained in bf16 where the CPU runs bf16 natively, else fp32). ``onnx`` and ``onnx-int8``
 run the graphs ``python -m ray_jobs.export`` wrote and verified beside the weights
 (``model/onnx/``): fused by ONNX Runtime's transformer optimizer, the second with int8 weights.
 ``auto`` picks the fastest verified one for the device: a GPU gets torch bf16; a CPU gets the int8
@@ -25,6 +26,7 @@ class Backend(Protocol):
     """What :class:`~sentiment.predict.Predictor` needs from a backend."""
 
     name: str
+    dtype: str  # what the matrix products run in: float32, bfloat16, int8 ...
 
     def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         """Raw logits (float32, one row per example) for a padded batch."""
@@ -32,18 +34,26 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """The Hugging Face model itself; bf16 autocast on CUDA."""
+    """The Hugging Face model itself, in its weights' dtype or under autocast to ``autocast``
+    (see :func:`sentiment.precision.inference_autocast`)."""
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, autocast: torch.dtype | None = None) -> None:
         self.model = model.eval()
         self.device = next(model.parameters()).device
+        self.autocast = autocast
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the matrix products run in (``bfloat16``, ``float32`` ...)."""
+        return str(self.autocast or next(self.model.parameters()).dtype).removeprefix("torch.")
 
     @torch.inference_mode()
     def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        return self.model(**batch).logits.float().cpu().numpy()
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            return self.model(**batch).logits.float().cpu().numpy()
 
 
 class OnnxBackend:
@@ -61,6 +71,7 @@ class OnnxBackend:
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise CheckpointError(f"{path} cannot be loaded by ONNX Runtime: {reason}") from None
         self.name = name
+        self.dtype = "int8" if name == "onnx-int8" else "float32"
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:

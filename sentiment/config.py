@@ -151,7 +151,11 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.01, ge=0.0)
     adam_epsilon: float = Field(1e-8, gt=0.0)
     max_grad_norm: float = Field(1.0, ge=0.0, description="0 disables clipping.")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="auto: bf16 where the device runs it natively (a CPU with AVX-512 BF16 or AMX, a GPU with bf16), "
+        "else fp32; decided on the workers, recorded in the checkpoint's config (sentiment/precision.py).",
+    )
     class_weights: Literal["balanced"] | list[float] | None = None
     early_stopping_patience: int | None = Field(None, ge=1)
     teacher: str | None = Field(

@@ -17,6 +17,7 @@ from sentiment.node_cache import LocalModel
 from sentiment.config import Config
 from sentiment.data import SpecialTokens, chunked_inputs, encode_texts, fit_to_length, mean_by_owner
 from sentiment.metrics import softmax
+from sentiment.precision import inference_autocast
 
 
 class ExplainUnavailable(ValueError):
@@ -133,7 +134,10 @@ class Predictor:
         (``calibration.json``) scales the probabilities it returns. ``backend`` is ``torch``,
         ``onnx``, ``onnx-int8`` or ``auto`` (see :mod:`sentiment.backends`); every backend gives the
         same outputs within its verified tolerance, and the same errors. ``long_reviews``
-        (``truncate`` or ``chunks``) overrides the checkpoint's ``data.long_reviews``.
+        (``truncate`` or ``chunks``) overrides the checkpoint's ``data.long_reviews``. ``dtype`` is
+        the torch backend's weights; with float32 weights, a checkpoint trained in bf16 predicts
+        under bf16 autocast where the device runs bf16 natively, as its test was scored
+        (:func:`sentiment.precision.inference_autocast`).
 
         Raises:
             CheckpointError: missing, incomplete or corrupt checkpoint, not a sequence classifier,
@@ -147,7 +151,8 @@ class Predictor:
             tokenizer = AutoTokenizer.from_pretrained(local.path, use_fast=True)
             if kind == "torch":
                 model = AutoModelForSequenceClassification.from_pretrained(local.path, use_safetensors=True, dtype=dtype)
-                runner: Backend = TorchBackend(model.to(device))
+                autocast = inference_autocast(resolved.config.train.precision, device) if dtype == torch.float32 else None
+                runner: Backend = TorchBackend(model.to(device), autocast)
             else:
                 model, runner = None, onnx_backend(kind, resolved, local.path)
         except Exception as err:

@@ -73,7 +73,7 @@ class SentimentModel:
                 "pad_to_multiple_of": cfg.data.pad_to_multiple_of,
             },
             "device": device,
-            "dtype": str(dtype).removeprefix("torch."),
+            "dtype": self.predictor.backend.dtype,
         }
         logger.info(
             "serving checkpoint %s (%s sha256 %s) with %s on %s/%s",

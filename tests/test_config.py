@@ -41,6 +41,7 @@ def test_override_wins_over_file(tmp_path):
         ("data.validation_fraction=1.5", "data.validation_fraction"),
         ("model.label_names=[a,b,c]", "model.label_names"),
         ("train.precision=fp16", "train.precision=fp16"),
+        ("train.precision=fp8", "train.precision"),
         ("run.metric=val_auc", "run.metric"),
         ("deepspeed.offload_param=true", "deepspeed.offload_param"),
     ],

@@ -34,3 +34,8 @@ def test_offload_and_raw_overrides_merge():
     z = ds["zero_optimization"]
     assert z["stage"] == 3 and z["overlap_comm"] is True and z["offload_param"]["device"] == "cpu"
     assert z["offload_optimizer"]["device"] == "cpu" and ds["steps_per_print"] == 5
+
+
+def test_auto_precision_must_be_resolved_on_the_workers_first():
+    with pytest.raises(ValueError, match="resolved on the workers"):
+        _ds("train.precision=auto")

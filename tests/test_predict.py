@@ -133,3 +133,24 @@ def test_long_reviews_benchmark_compares_both_ways_on_long_reviews_only(checkpoi
     assert windows == pytest.approx(np.mean([chunked.encode([t]).counts[0] for t in scored]), abs=1e-4)
     assert re.fullmatch(r"chunks \(default\) - truncated on long reviews: [+-][\d.]+ points, 95% CI \[[+-][\d.]+, [+-][\d.]+\], "
                         r"at [\d.]+x the time", out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_a_bf16_trained_checkpoint_predicts_in_bf16_only_where_the_cpu_runs_it(tiny_model_dir, tmp_path, monkeypatch, native_bf16):
+    from sentiment.config import load_config
+    from sentiment.layout import CONFIG_FILE
+
+    folder = make_checkpoint(tiny_model_dir, tmp_path / "model")
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "data.max_seq_length=64", "train.precision=bf16"])
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json")))
+    fp32 = Predictor.load(make_checkpoint(tiny_model_dir, tmp_path / "fp32-model"))
+    monkeypatch.setattr("sentiment.precision.cpu_has_fast_bf16", lambda: native_bf16)
+    bf16 = Predictor.load(folder)
+    assert fp32.backend.dtype == "float32"
+    assert bf16.backend.dtype == ("bfloat16" if native_bf16 else "float32")
+    got, want = bf16.predict(TEXTS, return_proba=True), fp32.predict(TEXTS, return_proba=True)
+    if native_bf16:  # the same weights, products rounded to bf16: close, not equal
+        assert not np.array_equal(got, want)
+        np.testing.assert_allclose(got, want, atol=0.05)
+    else:
+        np.testing.assert_array_equal(got, want)

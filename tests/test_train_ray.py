@@ -27,6 +27,7 @@ def smoke_config(model_dir, data_dir, storage, name, *extra):
         "train.epochs=2", "train.batch_size=16", "train.log_every_steps=2", "train.lr=5e-4",
         "deepspeed.zero_stage=2", "scaling.num_workers=2", "tracking.mode=offline", "run.max_failures=0",
         "data.long_reviews=chunks",  # the test at the end scores whole reviews (windows of 64 tokens)
+        "train.precision=auto",  # bf16 where the CPU runs it natively (the quickstart's setting), else fp32
         f"run.storage_path={storage}", f"run.name={name}", *extra,
     ])
 

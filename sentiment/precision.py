@@ -1,0 +1,53 @@
+"""Which numeric precision a device runs fast: the one place ``precision: auto`` is decided.
+
+bf16 pays on a CPU only where the hardware multiplies in bf16 (AVX-512 BF16, AMX): there torch
+autocast runs MiniLM's training steps ~1.9x and inference ~3.7x faster than fp32 (measured on a
+2-core Xeon with AMX, bench/RESULTS.md "bf16 on CPUs that have it"). Elsewhere (AVX2 only, or
+AVX-512 without BF16) oneDNN emulates it and it is slower than fp32, so ``auto`` keeps fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), by torch's own CPU probe."""
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(probe() for probe in probes if probe is not None)
+
+
+def auto_precision(device: torch.device) -> Precision:
+    """What ``precision: auto`` means on ``device``: bf16 where it is native (a CUDA GPU that
+    supports it, a CPU with AVX-512 BF16 or AMX), else fp32 (fp16 needs loss scaling: asked for,
+    never picked)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+
+
+def agreed_precision(per_worker: list[Precision]) -> Precision:
+    """One precision for all workers of a run from what ``auto`` picked on each: bf16 only if every
+    worker picked it (a mixed cluster runs fp32 rather than a different numeric path per rank)."""
+    return per_worker[0] if len(set(per_worker)) == 1 else "fp32"
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype for a resolved precision (None: fp32, autocast off)."""
+    if precision == "auto":
+        raise ValueError("precision 'auto' must be resolved for the device first (auto_precision)")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def inference_autocast(trained: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype a checkpoint predicts with on ``device``: bf16 if it was trained in bf16
+    (so its validation and test scores were computed in bf16) and the device runs bf16 natively;
+    otherwise None, fp32 (as accurate, and what a CPU without bf16 runs fastest)."""
+    if trained == "bf16" and auto_precision(torch.device(device)) == "bf16":
+        return torch.bfloat16
+    return None
