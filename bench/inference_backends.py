@@ -3,7 +3,8 @@
     python -m bench.inference_backends --checkpoint <fine-tuned model folder with onnx/>   # 1,000 reviews, 128 and 512
     python -m bench.inference_backends --smoke                                             # CI-sized
 
-Every backend the checkpoint has a verified export for (``python -m ray_jobs.export --int8``) runs
+Every backend the checkpoint has a verified export for (``python -m ray_jobs.export --int8``), and
+torch under bf16 autocast where the CPU runs bf16 natively (AVX-512 BF16, AMX), runs
 the same labelled IMDB test reviews (a seeded, stratified sample from ``$IMDB_DATA_DIR``) through
 ``Predictor.logits_for_ids``: the same tokenization, length-sorted batches of ``--batch-size``, and
 this process's threads (all cores unless ``--threads``). Each backend is warmed up first. At 512
@@ -27,6 +28,7 @@ import pandas as pd
 import torch
 
 from sentiment.layout import resolve
+from sentiment.precision import cpu_has_fast_bf16
 from sentiment.predict import Predictor
 
 DATA_DIR_ENV = "IMDB_DATA_DIR"
@@ -92,6 +94,17 @@ def smoke_checkpoint(folder: Path) -> Path:
     return model
 
 
+def load(model: Any, backend: str) -> Predictor:
+    """``backend`` of ``model``: ``torch`` is exactly fp32 (the baseline), ``torch-bf16`` the same
+    weights under bf16 autocast (measured only where the CPU runs bf16 natively)."""
+    if not backend.startswith("torch"):
+        return Predictor.load(model, backend=backend)
+    predictor = Predictor.load(model, backend="torch", dtype=torch.float32)
+    if backend == "torch-bf16":
+        predictor.backend.autocast = torch.bfloat16
+    return predictor
+
+
 def commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
@@ -109,10 +122,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = smoke_checkpoint(Path(tmp)) if args.smoke else Path(args.checkpoint)
         model = resolve(checkpoint)
-        backends = ["torch", *[b for b in ("onnx", "onnx-int8") if b in model.exports]]
+        backends = ["torch", *(["torch-bf16"] if cpu_has_fast_bf16() else []),
+                    *[b for b in ("onnx", "onnx-int8") if b in model.exports]]
         for length in args.lengths:
             for backend in backends:
-                predictor = at_length(Predictor.load(model, backend=backend), length)
+                predictor = at_length(load(model, backend), length)
                 rows.append({"length": length, "backend": backend, **measure(predictor, texts, labels, args.batch_size)})
                 predictor.close()
     table = pd.DataFrame(rows)

@@ -121,7 +121,7 @@ class Predictor:
         checkpoint: str | os.PathLike[str] | ResolvedModel,
         which: str = "best",
         device: str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         storage_path: str | None = None,
         backend: str = "torch",
         long_reviews: str | None = None,
@@ -135,9 +135,9 @@ class Predictor:
         ``onnx``, ``onnx-int8`` or ``auto`` (see :mod:`sentiment.backends`); every backend gives the
         same outputs within its verified tolerance, and the same errors. ``long_reviews``
         (``truncate`` or ``chunks``) overrides the checkpoint's ``data.long_reviews``. ``dtype`` is
-        the torch backend's weights; with float32 weights, a checkpoint trained in bf16 predicts
-        under bf16 autocast where the device runs bf16 natively, as its test was scored
-        (:func:`sentiment.precision.inference_autocast`).
+        the torch backend's weights, exactly; None (the default) keeps them float32 and runs a
+        checkpoint trained in bf16 under bf16 autocast where the device runs bf16 natively, as its
+        test was scored (:func:`sentiment.precision.inference_autocast`).
 
         Raises:
             CheckpointError: missing, incomplete or corrupt checkpoint, not a sequence classifier,
@@ -150,8 +150,9 @@ class Predictor:
             temperature = read_temperature(local.path)
             tokenizer = AutoTokenizer.from_pretrained(local.path, use_fast=True)
             if kind == "torch":
-                model = AutoModelForSequenceClassification.from_pretrained(local.path, use_safetensors=True, dtype=dtype)
-                autocast = inference_autocast(resolved.config.train.precision, device) if dtype == torch.float32 else None
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    local.path, use_safetensors=True, dtype=dtype or torch.float32)
+                autocast = inference_autocast(resolved.config.train.precision, device) if dtype is None else None
                 runner: Backend = TorchBackend(model.to(device), autocast)
             else:
                 model, runner = None, onnx_backend(kind, resolved, local.path)

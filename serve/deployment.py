@@ -44,7 +44,7 @@ class SentimentModel:
         """
         if use_gpu and not torch.cuda.is_available():
             raise RuntimeError("num_gpus > 0 but this replica sees no CUDA device")
-        device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", torch.float32)
+        device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", None)  # CPU: the checkpoint's precision where native
         self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend, long_reviews=long_reviews)
         self.explainer: Predictor | None = None  # loaded by the first explained request
         self.explain_lock = asyncio.Lock()
