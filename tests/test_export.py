@@ -17,7 +17,7 @@ import sentiment.export
 from sentiment.attribution import explain
 from sentiment.config import load_config
 from sentiment.export import INT8_RECIPES, ExportError
-from sentiment.layout import CheckpointError, resolve, save_model_dir
+from sentiment.layout import CONFIG_FILE, CheckpointError, resolve, save_model_dir
 from sentiment.model import build_model, load_tokenizer
 from sentiment.predict import ExplainUnavailable, Predictor
 from tests.test_serve import make_checkpoint
@@ -163,3 +163,16 @@ def test_backends_benchmark_smoke_run_prints_the_ratios_last(small_imdb):
     last = out.stdout.strip().splitlines()[-2:]
     assert [line.split(" / ")[0] for line in last] == ["onnx", "onnx-int8"]
     assert all(float(line.split(": ")[1].split("x")[0]) > 0 for line in last)
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_auto_serves_a_bf16_trained_checkpoint_in_torch_bf16_where_the_cpu_runs_it(exported_int8, tmp_path, monkeypatch, native_bf16):
+    model = tmp_path / "bf16-trained"
+    shutil.copytree(exported_int8[0], model)
+    cfg = json.loads((model / CONFIG_FILE).read_text())
+    cfg["train"]["precision"] = "bf16"
+    (model / CONFIG_FILE).write_text(json.dumps(cfg))
+    monkeypatch.setattr("sentiment.precision.cpu_has_fast_bf16", lambda: native_bf16)
+    backend = Predictor.load(model, backend="auto").backend
+    assert (backend.name, backend.dtype) == (("torch", "bfloat16") if native_bf16 else ("onnx-int8", "int8"))
+    assert Predictor.load(exported_int8[0], backend="auto").backend.name == "onnx-int8"  # trained in fp32
