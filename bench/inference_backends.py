@@ -4,7 +4,7 @@
     python -m bench.inference_backends --smoke                                             # CI-sized
 
 Every backend the checkpoint has a verified export for (``python -m ray_jobs.export --int8``), and
-torch under bf16 autocast where the CPU runs bf16 natively (AVX-512 BF16, AMX), runs
+torch with bf16 weights where the CPU runs bf16 natively (AVX-512 BF16, AMX), runs
 the same labelled IMDB test reviews (a seeded, stratified sample from ``$IMDB_DATA_DIR``) through
 ``Predictor.logits_for_ids``: the same tokenization, length-sorted batches of ``--batch-size``, and
 this process's threads (all cores unless ``--threads``). Each backend is warmed up first. At 512
@@ -96,13 +96,10 @@ def smoke_checkpoint(folder: Path) -> Path:
 
 def load(model: Any, backend: str) -> Predictor:
     """``backend`` of ``model``: ``torch`` is exactly fp32 (the baseline), ``torch-bf16`` the same
-    weights under bf16 autocast (measured only where the CPU runs bf16 natively)."""
+    weights in bf16 (measured only where the CPU runs bf16 natively)."""
     if not backend.startswith("torch"):
         return Predictor.load(model, backend=backend)
-    predictor = Predictor.load(model, backend="torch", dtype=torch.float32)
-    if backend == "torch-bf16":
-        predictor.backend.autocast = torch.bfloat16
-    return predictor
+    return Predictor.load(model, backend="torch", dtype=torch.bfloat16 if backend == "torch-bf16" else torch.float32)
 
 
 def commit() -> str:

@@ -59,7 +59,8 @@ class ReviewScorer:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise in job logs
-        device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", None)  # CPU: the checkpoint's precision where native
+        # CPU: the checkpoint's precision where native; attributions' gradients in fp32
+        device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", torch.float32 if explain else None)
         self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend,
                                         long_reviews="chunks" if compare else long_reviews)
         self.batch_size = batch_size

@@ -34,7 +34,7 @@ from sentiment.config import Config, config_from_dict
 from sentiment.distillation import distillation_loss
 from sentiment.data import EncodedSplit, SpecialTokens, chunked_inputs, mean_by_owner, model_inputs
 from sentiment.metrics import compute_metrics, scalar_metrics
-from sentiment.precision import agreed_precision, auto_precision, autocast_dtype
+from sentiment.precision import agreed_precision, auto_precision, autocast_dtype, inference_dtype
 from sentiment.model import build_model, eval_frozen_bottom, freeze_bottom, layer_lr_scales, load_tokenizer
 
 DS_TAG = "state"
@@ -370,7 +370,8 @@ def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ct
         if not isinstance(fs, pafs.LocalFileSystem):  # a remote run: copied for this test, then removed
             local = tmp
             layout.download(fs, model_dir, tmp)
-        model = AutoModelForSequenceClassification.from_pretrained(local, use_safetensors=True).to(ctx.device)
+        dtype = inference_dtype(cfg.train.precision, ctx.device)  # scored as Predictor will predict on this device
+        model = AutoModelForSequenceClassification.from_pretrained(local, use_safetensors=True, dtype=dtype).to(ctx.device)
         metrics = evaluate(model, splits["test"], cfg, ctx.collate, ctx.device, prefix="test_")
         metrics["test_epoch"], metrics["test_checkpoint"] = state.best_epoch, state.best_checkpoint
         if ctx.rank == 0:

@@ -1,7 +1,7 @@
 """Inference backends: the same logits from PyTorch or from a verified ONNX Runtime export.
 
-``torch`` runs the Hugging Face model (bf16 on a GPU; on a CPU, bf16 autocast for a checkpoint
-trained in bf16 where the CPU runs bf16 natively, else fp32). ``onnx`` and ``onnx-int8``
+``torch`` runs the Hugging Face model (bf16 on a GPU; on a CPU, bf16 for a checkpoint trained in
+bf16 where the CPU runs bf16 natively, else fp32). ``onnx`` and ``onnx-int8``
 run the graphs ``python -m ray_jobs.export`` wrote and verified beside the weights
 (``model/onnx/``): fused by ONNX Runtime's transformer optimizer, the second with int8 weights.
 ``auto`` picks the fastest verified one for the device: a GPU gets torch bf16; a CPU that runs
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from sentiment.layout import ONNX_DIR, CheckpointError, ResolvedModel
-from sentiment.precision import inference_autocast
+from sentiment.precision import inference_dtype
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 ONNX_BACKENDS = ("onnx-int8", "onnx")  # auto's order of preference on a CPU
@@ -37,26 +37,19 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """The Hugging Face model itself, in its weights' dtype or under autocast to ``autocast``
-    (see :func:`sentiment.precision.inference_autocast`)."""
+    """The Hugging Face model itself, in its weights' dtype (see :func:`sentiment.precision.inference_dtype`)."""
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, autocast: torch.dtype | None = None) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         self.model = model.eval()
-        self.device = next(model.parameters()).device
-        self.autocast = autocast
-
-    @property
-    def dtype(self) -> str:
-        """The dtype the matrix products run in (``bfloat16``, ``float32`` ...)."""
-        return str(self.autocast or next(self.model.parameters()).dtype).removeprefix("torch.")
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, str(first.dtype).removeprefix("torch.")
 
     @torch.inference_mode()
     def logits(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
-            return self.model(**batch).logits.float().cpu().numpy()
+        return self.model(**batch).logits.float().cpu().numpy()
 
 
 class OnnxBackend:
@@ -93,7 +86,7 @@ def choose_backend(requested: str, model: ResolvedModel, device: str) -> str:
     if requested not in BACKENDS:
         raise CheckpointError(f"backend {requested!r} is not one of {', '.join(BACKENDS)}")
     if requested == "auto":
-        if device != "cpu" or inference_autocast(model.config.train.precision, device) is not None:
+        if device != "cpu" or inference_dtype(model.config.train.precision, device) == torch.bfloat16:
             return "torch"  # a GPU, or bf16 as the run was tested, on a CPU that runs it natively
         return next((b for b in ONNX_BACKENDS if b in model.exports), "torch")
     if requested != "torch":

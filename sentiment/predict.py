@@ -17,7 +17,7 @@ from sentiment.node_cache import LocalModel
 from sentiment.config import Config
 from sentiment.data import SpecialTokens, chunked_inputs, encode_texts, fit_to_length, mean_by_owner
 from sentiment.metrics import softmax
-from sentiment.precision import inference_autocast
+from sentiment.precision import inference_dtype
 
 
 class ExplainUnavailable(ValueError):
@@ -135,9 +135,9 @@ class Predictor:
         ``onnx``, ``onnx-int8`` or ``auto`` (see :mod:`sentiment.backends`); every backend gives the
         same outputs within its verified tolerance, and the same errors. ``long_reviews``
         (``truncate`` or ``chunks``) overrides the checkpoint's ``data.long_reviews``. ``dtype`` is
-        the torch backend's weights, exactly; None (the default) keeps them float32 and runs a
-        checkpoint trained in bf16 under bf16 autocast where the device runs bf16 natively, as its
-        test was scored (:func:`sentiment.precision.inference_autocast`).
+        the torch backend's weights, exactly; None (the default) is bf16 for a checkpoint trained in
+        bf16 on a device that runs bf16 natively, as its test was scored, else float32
+        (:func:`sentiment.precision.inference_dtype`).
 
         Raises:
             CheckpointError: missing, incomplete or corrupt checkpoint, not a sequence classifier,
@@ -150,10 +150,9 @@ class Predictor:
             temperature = read_temperature(local.path)
             tokenizer = AutoTokenizer.from_pretrained(local.path, use_fast=True)
             if kind == "torch":
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    local.path, use_safetensors=True, dtype=dtype or torch.float32)
-                autocast = inference_autocast(resolved.config.train.precision, device) if dtype is None else None
-                runner: Backend = TorchBackend(model.to(device), autocast)
+                dtype = dtype or inference_dtype(resolved.config.train.precision, device)
+                model = AutoModelForSequenceClassification.from_pretrained(local.path, use_safetensors=True, dtype=dtype)
+                runner: Backend = TorchBackend(model.to(device))
             else:
                 model, runner = None, onnx_backend(kind, resolved, local.path)
         except Exception as err:

@@ -48,7 +48,7 @@ class SentimentModel:
         self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend, long_reviews=long_reviews)
         self.explainer: Predictor | None = None  # loaded by the first explained request
         self.explain_lock = asyncio.Lock()
-        self.load_args = {"checkpoint": model, "device": device, "dtype": dtype, "backend": "torch",
+        self.load_args = {"checkpoint": model, "device": device, "dtype": dtype or torch.float32, "backend": "torch",
                           "long_reviews": long_reviews}
         self.batcher = ContinuousBatcher(self._details, tokens=lambda encoded: sum(map(len, encoded.windows)))
         cfg = model.config

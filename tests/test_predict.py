@@ -149,7 +149,7 @@ def test_a_bf16_trained_checkpoint_predicts_in_bf16_only_where_the_cpu_runs_it(t
     assert fp32.backend.dtype == "float32"
     assert bf16.backend.dtype == ("bfloat16" if native_bf16 else "float32")
     got, want = bf16.predict(TEXTS, return_proba=True), fp32.predict(TEXTS, return_proba=True)
-    if native_bf16:  # the same weights, products rounded to bf16: close, not equal
+    if native_bf16:  # the same weights rounded to bf16: close, not equal
         assert not np.array_equal(got, want)
         np.testing.assert_allclose(got, want, atol=0.05)
     else:
