@@ -13,9 +13,9 @@ _QUIET_STEPS = 10**9
 def build_deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON for this run.
 
-    Precision (already resolved from ``auto``): ``fp32`` adds nothing; ``bf16`` is torch autocast over fp32 weights by default
-    (``deepspeed.precision_mode=autocast``, faster than DeepSpeed's native bf16 and the weights
-    stay fp32) or native ``bf16.enabled``; ``fp16`` is DeepSpeed's native fp16 with dynamic loss
+    Precision (``auto`` already resolved on the workers): ``fp32`` adds nothing; ``bf16`` is torch
+    autocast over fp32 weights by default (``deepspeed.precision_mode=autocast``, faster than
+    DeepSpeed's native bf16 and the weights stay fp32) or native ``bf16.enabled``; ``fp16`` is DeepSpeed's native fp16 with dynamic loss
     scaling. The optimizer and scheduler are not configured here: the training loop passes torch
     objects in (a DeepSpeed-defined optimizer JIT-compiles fused Adam). ``deepspeed.overrides``
     is merged in last.

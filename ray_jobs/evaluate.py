@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ray_jobs.batch_inference import (
@@ -274,7 +275,8 @@ def run(args: EvaluateConfig) -> dict[str, Any]:
     long_reviews = args.long_reviews or cfg.data.long_reviews
     print(f"evaluate: {len(split)} {args.split} reviews, {model.location} ({backend}, long reviews: {long_reviews}), "
           f"{workers} {'GPU' if use_gpu else 'CPU'} worker(s)", flush=True)
-    predictor = Predictor.load(model, long_reviews=long_reviews)  # in-process: the seed's examples and the word attributions
+    # in-process: the seed's examples and the word attributions, whose gradients want fp32 weights
+    predictor = Predictor.load(model, dtype=torch.float32, long_reviews=long_reviews)
     try:
         temperature = saved_temperature(predictor)
         if args.calibrate:

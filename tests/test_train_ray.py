@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ray_jobs.train import check_resources, check_resume_from, launch, prepare_data
 from sentiment.config import ConfigError, load_config
+from sentiment.precision import auto_precision
+from sentiment.predict import Predictor
 from tests.conftest import imdb_dir
 from tests.wandb_log import logged_keys, records
 
@@ -79,6 +82,14 @@ def test_checkpoint_loads_without_ray_and_reproduces_the_workers_logits(trained)
     assert got["loss"] == pytest.approx(test["test_loss"], abs=1e-5)
     assert got["accuracy"] == test["test_accuracy"]
     assert got["windows"] > test["test_count"] or imdb_dir() is None  # real reviews: chunked (synthetic ones are short)
+
+
+def test_auto_precision_is_recorded_as_what_ran_on_this_cpu(trained):
+    cfg, summary = trained
+    model = Path(summary["best_checkpoint"]) / "model"
+    recorded = json.loads((model / "train_config.json").read_text())["train"]["precision"]
+    assert cfg.train.precision == "auto" and recorded == auto_precision(torch.device("cpu"))
+    assert Predictor.load(model).backend.dtype == ("bfloat16" if recorded == "bf16" else "float32")
 
 
 def test_resume_continues_at_the_saved_step_with_the_same_result(trained, tiny_model_dir, small_imdb):
