@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from sentiment.precision import auto_precision
 
 pytestmark = [pytest.mark.ray, pytest.mark.bench]
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,10 +43,11 @@ def test_time_to_accuracy_smoke_reports_accuracy_and_time_last(tiny_model_dir, s
 
 def test_quickstart_vs_trainer_smoke_prints_both_sides_and_the_ratios_last(small_imdb):
     lines = _run("bench.quickstart_vs_trainer", "--smoke", data=small_imdb)
-    trainer = re.fullmatch(r"transformers\.Trainer: test accuracy (\d\.\d{4}), training \+ test (\d+) s", lines[-3])
-    ours = re.fullmatch(r"quickstart \(Ray Train \+ DeepSpeed, 2 workers\): test accuracy (\d\.\d{4}), "
+    trainer = re.fullmatch(r"transformers\.Trainer \(fp32\): test accuracy (\d\.\d{4}), training \+ test (\d+) s", lines[-3])
+    ours = re.fullmatch(r"quickstart \(Ray Train \+ DeepSpeed, 2 workers, (fp32|bf16)\): test accuracy (\d\.\d{4}), "
                         r"Ray start \+ training \+ test (\d+) s", lines[-2])
     assert trainer and ours, lines[-4:]
+    assert ours.group(1) == auto_precision(torch.device("cpu"))  # the quickstart's precision: auto, resolved on this CPU
     assert lines[-4].startswith("64 training and 32 test reviews, 32 tokens")
     assert re.fullmatch(r"quickstart / Trainer: accuracy [+-]\d+\.\d points, time \d+\.\d\dx", lines[-1])
 
