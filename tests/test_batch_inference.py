@@ -36,8 +36,10 @@ def run_dir(local_ray, smoke_run) -> Path:
 
 @pytest.fixture(scope="module")
 def reviews(small_imdb, tmp_path_factory) -> Path:
-    """400 real (or synthetic) reviews in a CSV, with ids, four empty texts among them."""
+    """400 real (or synthetic) reviews in a CSV, with ids, four empty texts among them and one
+    review longer than any model's window (synthetic reviews are short)."""
     df = pd.read_parquet(small_imdb / "train.parquet").reset_index(drop=True)
+    df.loc[7, "text"] = " ".join(df["text"].head(12))
     df.insert(0, "review_no", np.arange(len(df)) * 7 % 1000)  # ids not in sorted order
     df.loc[[3, 50, 51, 399], "text"] = ["", "   ", None, "\n"]
     path = tmp_path_factory.mktemp("in") / "reviews.csv"
