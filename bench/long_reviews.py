@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     predictor = Predictor.load(args.checkpoint)
     data = predictor.cfg.data
     texts, labels = long_reviews(predictor, args.reviews)
-    budget = data.max_seq_length - len(predictor.specials)
+    budget = data.max_seq_length - len(predictor.encoder.specials)
     print(f"# long reviews: {device_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{dt.date.today()}, commit {commit()}")
     print(f"checkpoint {predictor.path}: {data.max_seq_length} tokens, truncation {data.truncation}; "

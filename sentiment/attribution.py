@@ -132,13 +132,30 @@ def top_words(
     return {"positive": ranked[::-1][:top_k], "negative": ranked[:top_k]}
 
 
-def explain(predictor: Predictor, texts: list[str], top_k: int = 5, n_steps: int = 16) -> list[Prediction]:
-    """Predictions for ``texts``, each with its ``key_tokens``: the ``top_k`` words that push it
-    most toward its own predicted label (positive attribution only, strongest first).
+def key_tokens(predictor: Predictor, encoded: Encoded, targets: list[int], top_k: int = 5, n_steps: int = 16) -> list[list[KeyToken]]:
+    """Each encoded text's ``top_k`` words pushing it most toward its label ``targets[i]`` (positive
+    attribution only, strongest first).
 
     A word's score is the sum over its subword tokens and its occurrences in the text; words are
     lowercased, with punctuation at their ends stripped (as :func:`words_of` merges them). The
-    cost is ``n_steps`` forward and backward passes per text.
+    cost is ``n_steps`` forward and backward passes per window.
+
+    Raises:
+        ExplainUnavailable: the predictor's backend is not torch.
+    """
+    out = []
+    for text_words in window_words(predictor, encoded, targets, n_steps):
+        per_word: dict[str, float] = defaultdict(float)
+        for word, score in text_words:
+            per_word[word] += score
+        ranked = sorted(((w, s) for w, s in per_word.items() if s > 0), key=lambda ws: -ws[1])[:top_k]
+        out.append([KeyToken(w, round(s, 4)) for w, s in ranked])
+    return out
+
+
+def explain(predictor: Predictor, texts: list[str], top_k: int = 5, n_steps: int = 16) -> list[Prediction]:
+    """Predictions for ``texts``, each with its ``key_tokens`` toward its own predicted label
+    (:func:`key_tokens`).
 
     Raises:
         ExplainUnavailable: the predictor's backend is not torch.
@@ -146,10 +163,6 @@ def explain(predictor: Predictor, texts: list[str], top_k: int = 5, n_steps: int
     encoded = predictor.encode(texts)  # once, for the predictions and the attributions
     predictions = predictor.details(encoded)
     targets = [predictor.label_names.index(p.label) for p in predictions]
-    for prediction, text_words in zip(predictions, window_words(predictor, encoded, targets, n_steps)):
-        per_word: dict[str, float] = defaultdict(float)
-        for word, score in text_words:
-            per_word[word] += score
-        ranked = sorted(((w, s) for w, s in per_word.items() if s > 0), key=lambda ws: -ws[1])[:top_k]
-        prediction.key_tokens = [KeyToken(w, round(s, 4)) for w, s in ranked]
+    for prediction, tokens in zip(predictions, key_tokens(predictor, encoded, targets, top_k, n_steps)):
+        prediction.key_tokens = tokens
     return predictions

@@ -84,6 +84,25 @@ def is_uri(location: str | os.PathLike[str]) -> bool:
     return "://" in str(location)
 
 
+def refuse_credentials(location: str, what: str) -> str:
+    """``location`` unchanged, unless it is a URI carrying credentials (``s3://KEY:SECRET@bucket/...``).
+
+    Such a URI would be shown and recorded wherever the location is (configs in checkpoints, W&B,
+    ``/v1/model``, error messages), so it is refused; the message never repeats the credentials.
+
+    Raises:
+        ValueError: naming ``what`` and where credentials belong instead.
+    """
+    scheme, sep, rest = str(location).partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        raise ValueError(
+            f"{what}: a {scheme}:// URI with credentials in it (user:secret@...) is refused, as it would be recorded "
+            "wherever the location is shown; give the filesystem its credentials through the environment instead "
+            "(for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+        )
+    return location
+
+
 def filesystem(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and the path on it for a local path (made absolute) or a URI.
 

@@ -14,7 +14,7 @@ from sentiment.backends import Backend, TorchBackend, choose_backend, onnx_backe
 from sentiment.batching import eval_batches, iterate, make_collator
 from sentiment.layout import WEIGHTS_FILE, CheckpointError, ResolvedModel, read_temperature, resolve
 from sentiment.node_cache import LocalModel
-from sentiment.config import Config
+from sentiment.config import Config, DataConfig
 from sentiment.data import SpecialTokens, chunked_inputs, encode_texts, fit_to_length, mean_by_owner
 from sentiment.metrics import softmax
 from sentiment.precision import inference_dtype
@@ -78,6 +78,12 @@ class Encoded:
         logits exactly)."""
         return mean_by_owner(window_logits, self.owners, len(self.full_lengths))
 
+    def split(self) -> list[Encoded]:
+        """One encoding per text, in order (the inverse of :meth:`join`)."""
+        ends = np.cumsum(self.counts)
+        return [Encoded(self.windows[end - n:end], np.zeros(n, dtype=self.owners.dtype), self.full_lengths[i:i + 1],
+                        self.seen[i:i + 1]) for i, (n, end) in enumerate(zip(self.counts.tolist(), ends.tolist()))]
+
     @classmethod
     def join(cls, parts: Sequence[Encoded]) -> Encoded:
         """The texts of ``parts`` (at least one) as one encoding, in order; each window keeps its text."""
@@ -88,6 +94,55 @@ class Encoded:
             np.concatenate([p.full_lengths for p in parts]),
             np.concatenate([p.seen for p in parts]),
         )
+
+
+class TextEncoder:
+    """Texts to model-ready windows, cleaned and tokenized exactly as training did.
+
+    Args:
+        tokenizer: the checkpoint's tokenizer.
+        data: the checkpoint's data config (max length, truncation, chunk stride).
+        long_reviews: ``truncate`` or ``chunks``; None: the config's ``long_reviews``.
+
+    Raises:
+        ValueError: ``long_reviews`` is neither.
+    """
+
+    def __init__(self, tokenizer: object, data: DataConfig, long_reviews: str | None = None) -> None:
+        if long_reviews not in (None, "truncate", "chunks"):
+            raise ValueError(f"long_reviews={long_reviews!r}: choose truncate or chunks")
+        self.tokenizer, self.data = tokenizer, data
+        self.long_reviews: str = long_reviews or data.long_reviews
+        self.specials = SpecialTokens.of(tokenizer)
+
+    @classmethod
+    def load(cls, model: ResolvedModel, long_reviews: str | None = None) -> TextEncoder:
+        """The encoder of a resolved checkpoint: its tokenizer (from the model folder, or this
+        node's cached copy of a remote one, given back at once) and its data config.
+
+        Raises:
+            CheckpointError: the tokenizer cannot be loaded.
+            ValueError: ``long_reviews`` is neither ``truncate`` nor ``chunks``.
+        """
+        with model.open_local() as local:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(local.path, use_fast=True)
+            except Exception as err:
+                raise CheckpointError(f"checkpoint {model.location!r}: tokenizer cannot be loaded: {err}") from None
+        return cls(tokenizer, model.config.data, long_reviews)
+
+    def encode(self, texts: list[str], long_reviews: str | None = None) -> Encoded:
+        """Model-ready windows of each text, cleaned like training: the one window ``data.truncation``
+        keeps, or with ``chunks`` windows covering the whole text (``long_reviews`` defaults to the
+        encoder's)."""
+        data = self.data
+        content = encode_texts(self.tokenizer, texts)  # cleans like training
+        full = np.asarray([len(c) + len(self.specials) for c in content], dtype=np.int64)
+        if (long_reviews or self.long_reviews) == "chunks":
+            windows, owners = chunked_inputs(content, self.specials, data.max_seq_length, data.chunk_stride)
+            return Encoded(windows, owners, full, full.copy())
+        windows = [fit_to_length(c, self.specials, data.max_seq_length, data.truncation, data.head_fraction) for c in content]
+        return Encoded(windows, np.arange(len(texts)), full, np.asarray([len(w) for w in windows], dtype=np.int64))
 
 
 class Predictor:
@@ -109,10 +164,9 @@ class Predictor:
         self.local = local
         self.cfg: Config = resolved.config
         self.metrics = resolved.metrics
-        self.long_reviews = self.cfg.data.long_reviews  # "truncate" or "chunks"; :meth:`load` may override it
+        self.encoder = TextEncoder(tokenizer, self.cfg.data)  # :meth:`load` may override its long_reviews
         self.path = str(local.path)
         self.label_names = list(self.cfg.model.label_names)
-        self.specials = SpecialTokens.of(tokenizer)
         self.collate = make_collator(tokenizer, self.cfg.data.pad_to_multiple_of)
 
     @classmethod
@@ -166,11 +220,11 @@ class Predictor:
                 f"{resolved.location}: model has {model.config.num_labels} labels, config {resolved.config.model.num_labels}"
             )
         predictor = cls(runner, tokenizer, resolved, local, temperature)
-        if long_reviews is not None:
-            if long_reviews not in ("truncate", "chunks"):
-                local.close()
-                raise ValueError(f"long_reviews={long_reviews!r}: choose truncate or chunks")
-            predictor.long_reviews = long_reviews
+        try:
+            predictor.encoder = TextEncoder(tokenizer, resolved.config.data, long_reviews)
+        except ValueError:
+            local.close()
+            raise
         return predictor
 
     @property
@@ -185,18 +239,14 @@ class Predictor:
         """Give up this node's cached copy of a remote checkpoint (nothing to do for a local one)."""
         self.local.close()
 
+    @property
+    def long_reviews(self) -> str:
+        """How long texts are scored: ``truncate`` or ``chunks`` (the encoder's setting)."""
+        return self.encoder.long_reviews
+
     def encode(self, texts: list[str], long_reviews: str | None = None) -> Encoded:
-        """Model-ready windows of each text, cleaned like training: the one window ``data.truncation``
-        keeps, or with ``chunks`` windows covering the whole text (``long_reviews`` defaults to the
-        predictor's)."""
-        data = self.cfg.data
-        content = encode_texts(self.tokenizer, texts)  # cleans like training
-        full = np.asarray([len(c) + len(self.specials) for c in content], dtype=np.int64)
-        if (long_reviews or self.long_reviews) == "chunks":
-            windows, owners = chunked_inputs(content, self.specials, data.max_seq_length, data.chunk_stride)
-            return Encoded(windows, owners, full, full.copy())
-        windows = [fit_to_length(c, self.specials, data.max_seq_length, data.truncation, data.head_fraction) for c in content]
-        return Encoded(windows, np.arange(len(texts)), full, np.asarray([len(w) for w in windows], dtype=np.int64))
+        """:meth:`TextEncoder.encode` with this predictor's tokenizer and settings."""
+        return self.encoder.encode(texts, long_reviews)
 
     def logits_for_ids(self, ids: list[list[int]], batch_size: int = 64) -> np.ndarray:
         """Raw logits (no temperature) for already-encoded inputs, batched by length, in input order."""

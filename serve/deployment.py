@@ -1,4 +1,5 @@
-"""The model replica: one checkpoint, loaded once, answering dynamically batched requests.
+"""The model replicas: one checkpoint, loaded once, answering dynamically batched requests; and
+the explainer replicas, which attribute predictions apart from them.
 
 The checkpoint is resolved once, when the app is built (:func:`sentiment.layout.resolve`), and
 each replica gets that record: where the model folder is, the sha256 of its weights, its training
@@ -17,9 +18,10 @@ from typing import Any
 import torch
 from ray import serve
 
-from serve.batcher import DEFAULT_MAX_TEXTS, ContinuousBatcher
+from serve.batcher import ContinuousBatcher
+from serve.schemas import BatchConfig
 from sentiment.layout import ResolvedModel
-from sentiment.predict import Encoded, Prediction, Predictor
+from sentiment.predict import Encoded, KeyToken, Prediction, Predictor
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,10 +48,6 @@ class SentimentModel:
             raise RuntimeError("num_gpus > 0 but this replica sees no CUDA device")
         device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", None)  # CPU: the checkpoint's precision where native
         self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend, long_reviews=long_reviews)
-        self.explainer: Predictor | None = None  # loaded by the first explained request
-        self.explain_lock = asyncio.Lock()
-        self.load_args = {"checkpoint": model, "device": device, "dtype": dtype or torch.float32, "backend": "torch",
-                          "long_reviews": long_reviews}
         self.batcher = ContinuousBatcher(self._details, tokens=lambda encoded: sum(map(len, encoded.windows)))
         cfg = model.config
         served_file, served_sha = self.predictor.served_file
@@ -82,41 +80,60 @@ class SentimentModel:
 
     def __del__(self) -> None:
         """Serve calls this when the replica stops: give up this node's copy of a remote checkpoint."""
-        for predictor in (getattr(self, "predictor", None), getattr(self, "explainer", None)):
-            if predictor is not None:
-                predictor.close()
+        if getattr(self, "predictor", None) is not None:
+            self.predictor.close()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """Apply ``{"max_batch_size": int, "max_batch_tokens": int | None, "batch_wait_timeout_s": float}``
-        from ``user_config``."""
-        self.batcher.max_texts = config.get("max_batch_size", DEFAULT_MAX_TEXTS)
-        self.batcher.max_tokens = config.get("max_batch_tokens")
-        self.batcher.wait_s = config.get("batch_wait_timeout_s", 0.0)
+        """Apply a :class:`~serve.schemas.BatchConfig` from ``user_config``.
 
-    async def predict(self, text: str) -> Prediction:
-        """Predict one text, in a batch with the texts of other requests (the forward pass runs in a
-        thread, so texts keep arriving while a batch computes). The text is tokenized once, here: its
-        windows give the batcher its token count and then go to the model as they are."""
-        return await self.batcher(self.predictor.encode([text]))
+        Raises:
+            pydantic.ValidationError: a limit out of range (``max_batch_size: 0`` would never run a batch).
+        """
+        batch = BatchConfig.model_validate(config)
+        self.batcher.max_texts, self.batcher.max_tokens = batch.max_batch_size, batch.max_batch_tokens
+        self.batcher.wait_s = batch.batch_wait_timeout_s
+
+    async def predict(self, text: Encoded) -> Prediction:
+        """Predict one text, encoded once by the ingress (:class:`~sentiment.predict.TextEncoder`),
+        in a batch with the texts of other requests (the forward pass runs in a thread, so texts
+        keep arriving while a batch computes); its windows give the batcher its token count."""
+        return await self.batcher(text)
 
     def _details(self, texts: list[Encoded]) -> list[Prediction]:
         """One batch of encoded texts, scored in one pass."""
         return self.predictor.details(Encoded.join(texts), batch_size=max(len(texts), self.batcher.max_texts))
 
-    async def explain(self, texts: list[str], top_k: int, n_steps: int) -> list[Prediction]:
-        """Predictions with key tokens (:func:`sentiment.attribution.explain`), outside the batches.
-
-        They run on a second torch copy of the model, one request at a time: Captum hooks the
-        embedding layer while it attributes, which must not touch the batched predictions that go
-        on meanwhile in another thread.
-        """
-        from sentiment.attribution import explain  # Captum: imported by the first explained request only
-
-        async with self.explain_lock:
-            if self.explainer is None:
-                self.explainer = await asyncio.to_thread(Predictor.load, **self.load_args)
-            return await asyncio.to_thread(explain, self.explainer, texts, top_k, n_steps)
-
     def info(self) -> dict[str, Any]:
         """What this replica serves: checkpoint, path, sha256, labels, metrics, config summary."""
         return self.model_info
+
+
+@serve.deployment
+class SentimentExplainer:
+    """An explainer replica: integrated-gradients key tokens toward labels the model replicas chose.
+
+    It runs apart from the model replicas, so explained requests never hold a prediction slot: its
+    own ``max_ongoing_requests`` (1: Captum hooks the embedding layer while it attributes) and
+    ``max_queued_requests`` bound them, and a full queue is refused at once. It holds a torch fp32
+    copy of the checkpoint (gradients need torch; loaded by the first explained request) and runs
+    on ``threads`` CPU threads, so explaining takes at most that share of the cores from predictions.
+    """
+
+    def __init__(self, model: ResolvedModel, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.model = model
+        self.predictor: Predictor | None = None
+
+    def __del__(self) -> None:
+        """Give up this node's copy of a remote checkpoint."""
+        if getattr(self, "predictor", None) is not None:
+            self.predictor.close()
+
+    async def explain(self, encoded: Encoded, targets: list[int], top_k: int, n_steps: int) -> list[list[KeyToken]]:
+        """Each encoded text's ``top_k`` key tokens toward its label ``targets[i]``
+        (:func:`sentiment.attribution.key_tokens`)."""
+        from sentiment.attribution import key_tokens  # Captum: imported by the first explained request only
+
+        if self.predictor is None:
+            self.predictor = await asyncio.to_thread(Predictor.load, self.model, dtype=torch.float32, backend="torch")
+        return await asyncio.to_thread(key_tokens, self.predictor, encoded, targets, top_k, n_steps)

@@ -5,27 +5,30 @@
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route annotations at run time.
+import asyncio
+import base64
+import binascii
 import hmac
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, Security
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import AfterValidator, SecretStr
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve.admission import Overloaded, RequestTooCostly
 from serve.schemas import (
     BODY_ERRORS, Health, ModelInfo, PredictResponse, ServeArgs, TextPrediction, errors, not_blank, request_model,
 )
 from sentiment.predict import ExplainUnavailable, Prediction
 
 STATIC = Path(__file__).parent / "static"
+UNAUTHORIZED = "missing or wrong API key: send 'Authorization: Bearer <key>' or basic auth with the key as user"
 
 
 class Backend(Protocol):
@@ -42,25 +45,19 @@ class Backend(Protocol):
     async def info(self) -> dict[str, Any]: ...
 
 
-def api_key_check(key: SecretStr) -> Callable[..., Awaitable[None]]:
-    """A FastAPI dependency accepting ``key`` as a bearer token or as the basic-auth user.
-
-    The comparison runs in constant time; the key is never logged or echoed.
-    """
-
-    async def check(
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(HTTPBearer(auto_error=False))],
-        basic: Annotated[HTTPBasicCredentials | None, Security(HTTPBasic(auto_error=False))],
-    ) -> None:
-        given = bearer.credentials if bearer else basic.username if basic else ""
-        if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
-            raise HTTPException(
-                401,
-                "missing or wrong API key: send 'Authorization: Bearer <key>' or basic auth with the key as user",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    return check
+def key_matches(headers: Headers, key: SecretStr) -> bool:
+    """Whether ``headers`` carry ``key`` as a bearer token or as the basic-auth user, compared in
+    constant time; the key is never logged or echoed."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    given = ""
+    if scheme.lower() == "bearer":
+        given = value.strip()
+    elif scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(value.strip(), validate=True).decode().partition(":")[0]
+        except (binascii.Error, UnicodeDecodeError):
+            given = ""
+    return hmac.compare_digest(given.encode(), key.get_secret_value().encode())
 
 
 async def require_json(request: Request) -> None:
@@ -78,47 +75,73 @@ async def validation_error(_: Request, exc: RequestValidationError) -> JSONRespo
     return JSONResponse({"detail": errors}, status_code=422)
 
 
-class BodySizeLimit:
-    """ASGI middleware: a JSON 413 for a request body over ``max_bytes``, without reading it whole.
+class RequestGate:
+    """ASGI middleware: what a request must pass before its body is read, and a deadline on the body.
 
-    A declared ``Content-Length`` over the cap is answered before any byte is read; a body without
-    one (chunked) is counted as it streams in and reading stops at the cap. (FastAPI's own
-    ``max_body_size`` answers a declared oversize in plain text, hence this.)
+    From the headers alone: a request to a protected path without the key gets its 401, and a
+    declared ``Content-Length`` over ``max_bytes`` its 413, before any byte of the body is read (an
+    unauthenticated client cannot hold the endpoint with slow uploads). Then the body must arrive
+    within ``body_timeout_s`` plus its declared length at ``min_rate`` bytes per second, or the
+    request ends with 408; a body without a length (chunked) is counted as it streams in and cut at
+    ``max_bytes`` with 413. (FastAPI's own ``max_body_size`` answers in plain text, hence the JSON here.)
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    def too_large(self) -> HTTPException:
-        """The 413 this middleware answers with."""
-        return HTTPException(413, f"request body over {self.max_bytes} bytes")
+    def __init__(self, app: ASGIApp, key: SecretStr | None, protected: tuple[str, ...], max_bytes: int,
+                 body_timeout_s: float, min_rate: int) -> None:
+        self.app, self.key, self.protected = app, key, protected
+        self.max_bytes, self.body_timeout_s, self.min_rate = max_bytes, body_timeout_s, min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = Headers(scope=scope).get("content-length", "")
+        headers = Headers(scope=scope)
+        if self.key is not None and scope["path"].startswith(self.protected) and not key_matches(headers, self.key):
+            return await JSONResponse({"detail": UNAUTHORIZED}, 401, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            error = self.too_large()
-            return await JSONResponse({"detail": error.detail}, 413)(scope, receive, send)
-        received = 0
+            return await JSONResponse({"detail": self.too_large}, 413)(scope, receive, send)
+        await self.app(scope, self.deadlined(receive, int(declared) if declared.isdigit() else self.max_bytes), send)
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+    @property
+    def too_large(self) -> str:
+        """The 413's message."""
+        return f"request body over {self.max_bytes} bytes"
+
+    def deadlined(self, receive: Receive, length: int) -> Receive:
+        """``receive`` with the body's deadline and size cap."""
+        allowed_s = self.body_timeout_s + length / self.min_rate
+        deadline = asyncio.get_running_loop().time() + allowed_s
+        received = 0
+        body_done = False
+
+        async def receive_body() -> Message:
+            nonlocal received, body_done
+            if body_done:  # after the body, receive only waits for a disconnect: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except TimeoutError:
+                raise HTTPException(408, f"request body not received within {allowed_s:.1f} s "
+                                         f"(body_timeout_s plus its length at min_body_rate)") from None
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise self.too_large()  # FastAPI turns it into the JSON 413
+                raise HTTPException(413, self.too_large)  # FastAPI turns it into the JSON 413
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        await self.app(scope, limited_receive, send)
+        return receive_body
 
 
-def make_api(backend: Backend, args: ServeArgs) -> FastAPI:
+def make_api(backend: Backend, args: ServeArgs, key: SecretStr | None) -> FastAPI:
     """The HTTP API: ``/v1`` predictions and model info, ``/healthz``, the page at ``/``, and the
     API docs (Swagger UI at ``/docs``, ReDoc at ``/redoc``, ``/openapi.json``).
 
-    Bodies over ``args.max_body_bytes`` get a JSON 413 (by their Content-Length before they are
-    read, or as soon as a streamed body passes the cap). The docs' JavaScript and CSS come from
+    With a ``key``, ``/v1`` answers 401 from the headers alone when it is missing or wrong
+    (:class:`RequestGate`). Bodies over ``args.max_body_bytes`` get a JSON 413 (by their
+    Content-Length before they are read, or as soon as a streamed body passes the cap), bodies
+    slower than ``args.body_timeout_s`` plus their length at ``args.min_body_rate`` a 408. A
+    request the backend refuses as :class:`~serve.admission.Overloaded` gets 503 with
+    ``Retry-After``, one over a cost cap (:class:`~serve.admission.RequestTooCostly`) 422. The docs' JavaScript and CSS come from
     the ``fastapi-offline`` package under ``/static-offline-docs``, never from a CDN: they work
     offline and put no third-party code in front of the key. Like the page, the docs are open;
     their "Try it out" needs the key as any client does.
@@ -130,16 +153,18 @@ def make_api(backend: Backend, args: ServeArgs) -> FastAPI:
         "deployment has one (`Authorization: Bearer <key>`, or basic auth with the key as user).",
         exception_handlers={RequestValidationError: validation_error},
     )
-    app.add_middleware(BodySizeLimit, max_bytes=args.max_body_bytes)
-    auth = [Depends(api_key_check(args.api_key))] if args.api_key else []
-    v1 = APIRouter(prefix="/v1", dependencies=auth, responses=errors(e401="Missing or wrong API key.") if auth else {})
+    app.add_middleware(RequestGate, key=key, protected=("/v1",), max_bytes=args.max_body_bytes,
+                       body_timeout_s=args.body_timeout_s, min_rate=args.min_body_rate)
+    v1 = APIRouter(prefix="/v1", responses=errors(e401="Missing or wrong API key.") if key else {})
     PredictRequest = request_model(args.max_text_chars, args.max_texts, args.explain_max_texts)
 
     async def respond(texts: list[str], explain: bool = False) -> PredictResponse:
         try:
             predictions = await backend.predict(texts, explain)
-        except ExplainUnavailable as err:
+        except (ExplainUnavailable, RequestTooCostly) as err:
             raise HTTPException(422, str(err)) from None
+        except Overloaded as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": str(err.retry_after_s)}) from None
         return PredictResponse(predictions=[
             TextPrediction(**{**vars(p), "key_tokens": p.key_tokens and [vars(k) for k in p.key_tokens]},
                            uncertain=p.score < args.uncertain_below)
@@ -175,7 +200,7 @@ def make_api(backend: Backend, args: ServeArgs) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> Health:
         """Liveness; open without a key. Says whether ``/v1`` needs one."""
-        return Health(auth_required=args.api_key is not None, explain=args.explain_max_texts > 0 and backend.explains)
+        return Health(auth_required=key is not None, explain=args.explain_max_texts > 0 and backend.explains)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

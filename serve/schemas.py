@@ -4,12 +4,15 @@ Every limit a deployment enforces is in these models, so ``/openapi.json`` docum
 """
 
 # No ``from __future__ import annotations``: Serve and FastAPI read these annotations at run time.
+import os
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from ray.serve.config import AutoscalingConfig
 
 from sentiment.data import clean_text
+from sentiment.layout import refuse_credentials
 
 API_KEY_ENV = "SENTIMENT_API_KEY"
 
@@ -44,6 +47,19 @@ class ServeArgs(BaseModel):
         "(0: none; batches fill while the previous one computes).",
     )
     max_ongoing_requests: int = Field(64, ge=1, description="Texts a model replica holds at once; caps its batches.")
+    max_queued_requests: int = Field(
+        128, ge=1, description="Requests waiting for an ingress replica, and texts waiting (in each ingress) for a "
+        "model replica, beyond max_ongoing_requests; past it a request gets 503 with Retry-After at once.",
+    )
+    max_queue_wait_s: float = Field(
+        1.0, gt=0, description="Load shedding: a request whose windows would wait longer than this behind the "
+        "windows in flight (at the completion rate the ingress measures) gets 503 with Retry-After at once.",
+    )
+    request_timeout_s: float = Field(30.0, gt=0, description="A request not answered by then gets 503 with Retry-After.")
+    max_request_windows: int = Field(
+        512, ge=1, description="Most windows of max_seq_length one request may cost (texts in truncate mode; "
+        "every window of every text with long_reviews=chunks); more gets 422 naming the cap.",
+    )
     min_replicas: int = Field(1, ge=0, description="0 allows scale-to-zero (cold starts).")
     initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time (default min_replicas).")
     max_replicas: int = Field(2, ge=1)
@@ -52,7 +68,13 @@ class ServeArgs(BaseModel):
     downscale_delay_s: float = Field(300.0, ge=0)
     look_back_period_s: float = Field(30.0, gt=0, description="Window the autoscaler averages load over.")
     ingress_replicas: int = Field(1, ge=1, description="HTTP ingress replicas (they only parse and await).")
-    api_key: SecretStr | None = Field(None, description=f"Required API key; default ${API_KEY_ENV}, none: open.")
+    api_key_file: str | None = Field(
+        None, description=f"A file (on every node) holding the API key; default: ${API_KEY_ENV} on every node, "
+        "none: open. The key itself is never an argument (arguments are stored in Ray's state).",
+    )
+    body_timeout_s: float = Field(5.0, gt=0, description="Seconds a request body may take to arrive, plus "
+                                  "its length at min_body_rate; past it 408.")
+    min_body_rate: int = Field(50_000, ge=1, description="Slowest body upload accepted, in bytes per second.")
     max_text_chars: int = Field(20_000, ge=1, description="Longest text accepted (characters).")
     max_texts: int = Field(64, ge=1, description="Most texts in one request.")
     max_body_bytes: int = Field(
@@ -62,18 +84,37 @@ class ServeArgs(BaseModel):
     uncertain_below: float = Field(0.8, gt=0, le=1, description="Top probability under this marks 'uncertain'.")
     explain_max_texts: int = Field(
         4, ge=0, description="Most texts in one request with explain=true (0 turns explain off). Explaining costs "
-        "explain_steps forward and backward passes per text, outside the prediction batches.",
+        "explain_steps forward and backward passes per window, on an explainer replica of its own (torch fp32, "
+        "one thread), never on the prediction replicas.",
     )
-    explain_steps: int = Field(16, ge=2, le=256, description="Integrated-gradients steps per explained text.")
+    explain_max_windows: int = Field(8, ge=1, description="Most windows one explained request may cost; more gets 422.")
+    explain_steps: int = Field(16, ge=2, le=64, description="Integrated-gradients steps per explained window.")
     explain_top_k: int = Field(5, ge=1, le=50, description="Key tokens returned per explained text.")
+    explain_replicas: int = Field(1, ge=1, description="Explainer replicas; each explains one request at a time.")
+    explain_queue: int = Field(
+        2, ge=1, description="Explained requests waiting (per ingress) for an explainer; past it 503 with Retry-After.",
+    )
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = Field(
         "auto", description="Lineage run at deploy time; 'auto': online with WANDB_API_KEY, else offline (as training)."
     )
     wandb_project: str = Field("bert-imdb", description="W&B project of the lineage run.")
     wandb_dir: str | None = Field(None, description="Where W&B writes locally (default ./wandb).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key_argument(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError(
+                f"api_key is not an argument (arguments are stored in Ray's state): set ${API_KEY_ENV} where Serve "
+                "runs, or name a file holding the key with api_key_file=..."
+            )
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> "ServeArgs":
+        for field in ("checkpoint", "storage_path"):
+            if getattr(self, field):
+                refuse_credentials(getattr(self, field), field)
         self.autoscaling_config()  # min <= initial <= max
         if self.max_ongoing_requests < self.max_batch_size:
             raise ValueError(
@@ -81,6 +122,28 @@ class ServeArgs(BaseModel):
                 f"({self.max_batch_size}): a replica could never fill a batch"
             )
         return self
+
+    def read_api_key(self, required: bool) -> SecretStr | None:
+        """The API key from ``api_key_file``, else ``$SENTIMENT_API_KEY``; None when neither is set.
+
+        Raises:
+            ValueError: the key is empty, the file cannot be read, or ``required`` and no key is set here.
+        """
+        if self.api_key_file:
+            try:
+                key = Path(self.api_key_file).expanduser().read_text().strip()
+            except OSError as err:
+                raise ValueError(f"api_key_file {self.api_key_file!r} cannot be read: {err.strerror}") from None
+            where = f"api_key_file {self.api_key_file!r}"
+        else:
+            key, where = os.environ.get(API_KEY_ENV), f"${API_KEY_ENV}"
+            if key is None:
+                if required:
+                    raise ValueError(f"the deployment requires an API key but ${API_KEY_ENV} is not set on this node")
+                return None
+        if not key.strip():
+            raise ValueError(f"{where} is empty: set a key, or unset it to serve without one")
+        return SecretStr(key)
 
     def autoscaling_config(self) -> AutoscalingConfig:
         """The model deployment's autoscaling config."""
@@ -93,6 +156,16 @@ class ServeArgs(BaseModel):
             downscale_delay_s=self.downscale_delay_s,
             look_back_period_s=self.look_back_period_s,
         )
+
+
+class BatchConfig(BaseModel):
+    """The model replicas' ``user_config``: batch limits ``serve deploy`` may change without a reload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(ge=1)
+    max_batch_tokens: int | None = Field(ge=1)
+    batch_wait_timeout_s: float = Field(ge=0)
 
 
 def not_blank(text: str) -> str:
@@ -204,6 +277,8 @@ def errors(**descriptions: str) -> dict[int | str, dict[str, Any]]:
 
 BODY_ERRORS = errors(
     e400="The body cannot be parsed (invalid UTF-8, JSON nested too deeply).",
+    e408="The body arrived slower than body_timeout_s plus its length at min_body_rate.",
     e413="The body is over the deployment's max_body_bytes.",
-    e503="A model replica failed twice; retry after Retry-After seconds.",
+    e503="Overloaded (queues full, the estimated wait over max_queue_wait_s, no answer within request_timeout_s, "
+    "or a model replica failed twice); retry after Retry-After seconds.",
 )

@@ -184,18 +184,24 @@ def test_ingress_retries_once_on_a_dead_replica_then_answers_503() -> None:
     import asyncio
     from types import SimpleNamespace
 
-    from fastapi import HTTPException
     from ray.exceptions import ActorDiedError
+    from ray.serve.exceptions import BackPressureError
 
+    from serve.admission import Overloaded
     from serve.app import SentimentAPI
 
-    call = SentimentAPI.func_or_class._call  # predictions and explanations both go through it
+    call = SentimentAPI.func_or_class._call
     once = SimpleNamespace(model=SimpleNamespace(predict=FakeResponse([ActorDiedError()])))
     assert asyncio.run(call(once, "predict", "good")) == "prediction" and once.model.predict.calls == 2
-    twice = SimpleNamespace(model=SimpleNamespace(explain=FakeResponse([ActorDiedError(), ActorDiedError()])))
-    with pytest.raises(HTTPException) as error:
-        asyncio.run(call(twice, "explain", ["good"], 5, 16))
-    assert error.value.status_code == 503 and error.value.headers == {"Retry-After": "1"}
+    twice = SimpleNamespace(model=SimpleNamespace(predict=FakeResponse([ActorDiedError(), ActorDiedError()])))
+    with pytest.raises(Overloaded, match="model replica unavailable") as error:  # the HTTP layer's 503
+        asyncio.run(call(twice, "predict", "good"))
+    assert error.value.retry_after_s == 1
+    full = SimpleNamespace(model=SimpleNamespace(predict=FakeResponse([BackPressureError(num_queued_requests=8,
+                                                                                         max_queued_requests=8)])))
+    with pytest.raises(Overloaded, match="max_queued_requests"):  # a full queue is not retried: 503 at once
+        asyncio.run(call(full, "predict", "good"))
+    assert full.model.predict.calls == 1
     other = SimpleNamespace(model=SimpleNamespace(predict=FakeResponse([ValueError("a bug")])))
     with pytest.raises(ValueError):  # only a dead replica is retried
         asyncio.run(call(other, "predict", "good"))

@@ -30,7 +30,8 @@ from ray import serve
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from ray_jobs.local_ray import free_loopback_port, init_ray
-from serve.app import API_KEY_ENV, build_app
+from serve.app import build_app
+from serve.schemas import API_KEY_ENV
 from tests.test_serve import APP, make_checkpoint, stop_serve, wait_until
 from tests.test_serve_faults import serve_pids
 

@@ -8,6 +8,7 @@ app on Ray Serve with a real checkpoint.
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,12 +19,14 @@ import requests
 import uvicorn
 from pydantic import SecretStr
 
+from serve.admission import Overloaded, RequestTooCostly
 from serve.http import make_api
 from serve.schemas import ServeArgs
 from sentiment.predict import ExplainUnavailable, KeyToken, Prediction
 from ray_jobs.local_ray import free_loopback_port
 
 KEY = "test-key-123"
+BODY_TIMEOUT_S = 1.0
 
 
 class StandIn:
@@ -37,6 +40,10 @@ class StandIn:
     async def predict(self, texts: list[str], explain: bool = False) -> list[Prediction]:
         if explain and not self.explains:
             raise ExplainUnavailable("explain needs gradients, which backend 'onnx-int8' cannot give")
+        if "overload" in texts:
+            raise Overloaded("overloaded: 40 windows in flight", retry_after_s=2)
+        if "costly" in texts:
+            raise RequestTooCostly("over max_request_windows=512 per request")
         self.seen.append(texts)
         return [Prediction("positive" if "good" in t else "negative", 0.9 if "good" in t else 0.6,
                            {"negative": 0.1, "positive": 0.9} if "good" in t else {"negative": 0.6, "positive": 0.4},
@@ -52,10 +59,11 @@ class StandIn:
 @pytest.fixture(scope="module")
 def api() -> Iterator[tuple[str, StandIn]]:
     backend = StandIn()
-    args = ServeArgs(checkpoint="c", api_key=SecretStr(KEY), max_text_chars=50, max_texts=3, max_body_bytes=2000,
-                     explain_max_texts=2)
+    args = ServeArgs(checkpoint="c", max_text_chars=50, max_texts=3, max_body_bytes=2000, explain_max_texts=2,
+                     body_timeout_s=BODY_TIMEOUT_S, min_body_rate=1_000_000)
     port = free_loopback_port()
-    server = uvicorn.Server(uvicorn.Config(make_api(backend, args), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(make_api(backend, args, SecretStr(KEY)), host="127.0.0.1", port=port,
+                                           log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -152,3 +160,48 @@ def test_explain_beyond_its_limits_or_backend_gets_a_422_naming_it(api, body, ex
         assert requests.get(f"{url}/healthz", timeout=10).json()["explain"] is explains
     finally:
         backend.explains = True
+
+
+@pytest.mark.parametrize("text, status, message", [
+    ("overload", 503, "overloaded: 40 windows in flight"),
+    ("costly", 422, "over max_request_windows=512"),
+])
+def test_overload_gets_a_503_with_retry_after_and_cost_caps_a_422(api, text, status, message):
+    url, _ = api
+    reply = requests.post(f"{url}/v1/predict", json={"text": text}, headers=AUTH, timeout=10)
+    assert reply.status_code == status and message in reply.json()["detail"]
+    assert reply.headers.get("Retry-After") == ("2" if status == 503 else None)
+
+
+def raw_request(url: str, headers: str) -> socket.socket:
+    """A socket that has sent a POST's request line and ``headers`` to ``url``, and no body."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{headers}\r\n".encode())
+    return sock
+
+
+def test_a_request_without_the_key_gets_its_401_before_sending_its_body(api):
+    url, backend = api
+    calls = len(backend.seen)
+    with raw_request(url, "Content-Length: 1000000\r\n") as sock:
+        started = time.monotonic()
+        reply = sock.recv(4096).decode()
+        assert reply.startswith("HTTP/1.1 401") and "missing or wrong API key" in reply
+        assert time.monotonic() - started < BODY_TIMEOUT_S  # from the headers alone, not after a body deadline
+    assert len(backend.seen) == calls
+
+
+def test_a_body_slower_than_its_deadline_is_cut_with_408(api):
+    url, backend = api
+    calls = len(backend.seen)
+    with raw_request(url, f"Authorization: Bearer {KEY}\r\nContent-Length: 100\r\n") as sock:
+        started = time.monotonic()
+        sock.sendall(b'{"text": ')  # then nothing more: a client stalling mid-body
+        reply = sock.recv(4096).decode()
+        waited = time.monotonic() - started
+    assert reply.startswith("HTTP/1.1 408") and "not received within 1.0 s" in reply
+    assert BODY_TIMEOUT_S <= waited < BODY_TIMEOUT_S + 2
+    assert len(backend.seen) == calls
+    ok = requests.post(f"{url}/v1/predict", json={"text": "good"}, headers=AUTH, timeout=10)
+    assert ok.status_code == 200

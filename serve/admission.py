@@ -1,0 +1,85 @@
+"""Load shedding at the ingress: admit a request only if its windows would start within a time budget.
+
+Serve's ``max_queued_requests`` caps a queue by count, but the time a request waits depends on
+what it holds (one short review, or 64 long ones in chunks) and on the hardware (a GPU clears in a
+millisecond what two CPU cores clear in a second). :class:`Admission` counts the windows in flight
+through this ingress and measures how fast they complete while there is work; a request whose
+windows would push the estimated wait past ``max_wait_s`` is refused at once (the HTTP layer
+answers 503 with ``Retry-After``) instead of queueing. A floor of ``min_windows`` in flight is
+always admitted, so a cold ingress with no measurement yet, or one big request, is never refused
+for want of a rate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+RATE_INTERVAL_S = 0.5  # completions are folded into the rate at most this often
+RATE_WEIGHT = 0.3  # weight of the newest interval in the moving average
+
+
+class Overloaded(Exception):
+    """The endpoint is past its budget; retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTooCostly(ValueError):
+    """A request over a per-request cost cap (windows); the message names the cap."""
+
+
+class Admission:
+    """Windows in flight and their measured completion rate; :meth:`admitted` admits or refuses.
+
+    Args:
+        max_wait_s: the longest estimated wait (windows ahead / windows per second) to admit.
+        min_windows: windows in flight that are always admitted.
+        clock: seconds, monotonic (a stand-in in tests).
+    """
+
+    def __init__(self, max_wait_s: float, min_windows: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_wait_s, self.min_windows, self.clock = max_wait_s, min_windows, clock
+        self.in_flight = 0
+        self.rate: float | None = None  # windows completed per second of busy time
+        self._done = 0  # windows completed since the rate was last updated
+        self._busy = 0.0  # busy seconds since then
+        self._busy_since: float | None = None  # start of the current busy stretch
+
+    def budget(self) -> float:
+        """Windows that may be in flight now."""
+        return max(self.min_windows, (self.rate or 0.0) * self.max_wait_s)
+
+    @contextmanager
+    def admitted(self, windows: int) -> Iterator[None]:
+        """Hold ``windows`` in flight for the block.
+
+        Raises:
+            Overloaded: the windows ahead plus these would wait longer than ``max_wait_s``.
+        """
+        if self.in_flight and self.in_flight + windows > self.budget():
+            raise Overloaded(f"overloaded: {self.in_flight} windows in flight, about "
+                             f"{self.in_flight / (self.rate or 1):.1f} s of work; retry shortly")
+        if self._busy_since is None:
+            self._busy_since = self.clock()
+        self.in_flight += windows
+        try:
+            yield
+        finally:
+            self.in_flight -= windows
+            self._finished(windows)
+
+    def _finished(self, windows: int) -> None:
+        """Count completed windows and busy time; fold them into the rate every interval."""
+        now = self.clock()
+        self._done += windows
+        if self._busy_since is not None:
+            self._busy += now - self._busy_since
+        self._busy_since = now if self.in_flight else None  # idle time never counts
+        if self._busy >= RATE_INTERVAL_S:
+            sample = self._done / self._busy
+            self.rate = sample if self.rate is None else (1 - RATE_WEIGHT) * self.rate + RATE_WEIGHT * sample
+            self._done, self._busy = 0, 0.0
