@@ -22,6 +22,7 @@ accuracy-by-length plot and ``metrics.json`` (``truncated_scoring``) show trunca
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import sys
 from pathlib import Path
@@ -156,13 +157,16 @@ def load_split(cfg: Config, args: EvaluateConfig) -> tuple[pd.DataFrame, pd.Data
     return splits[args.split].to_pandas(), splits["validation"].to_pandas()
 
 
-def save_temperature(model: ResolvedModel, temperature: float, n: int) -> None:
-    """Store the fitted temperature with the model folder (replacing an earlier one atomically)."""
+def save_temperature(model: ResolvedModel, temperature: float, n: int) -> ResolvedModel:
+    """Store the fitted temperature with the model folder (replacing an earlier one atomically);
+    returns ``model`` expecting the new file's sha256 (what later loads verify)."""
     fs, path = layout.filesystem(model.location)
-    layout.write_json(fs, layout.join(path, CALIBRATION_FILE), {
+    file = layout.join(path, CALIBRATION_FILE)
+    layout.write_json(fs, file, {
         "temperature": temperature, "fitted_on": "validation", "reviews": n,
         "fitted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     })
+    return dataclasses.replace(model, calibration_sha256=layout.file_sha256(fs, file))
 
 
 def scenario_examples(predictor: Predictor) -> list[Example]:
@@ -199,16 +203,16 @@ def log_to_wandb(tracker: Tracker, metrics: dict[str, Any], plots: dict[str, Pat
 
 def calibrate(
     validation: pd.DataFrame, model: ResolvedModel, workers: int, use_gpu: bool, batch_size: int, backend: str, long_reviews: str
-) -> float:
+) -> tuple[float, ResolvedModel]:
     """Fit a temperature on the validation split (scored by ``backend``, long reviews as ``long_reviews``
-    says) and save it with the model folder."""
+    says) and save it with the model folder; returns it and ``model`` expecting the new calibration file."""
     names = model.config.model.label_names
     scores, _ = score_texts(validation["text"].tolist(), model, workers, use_gpu, batch_size, "calibrate", backend,
                             long_reviews=long_reviews)
     temperature = fit_temperature(scores[[logit_column(n) for n in names]].to_numpy(), validation["label"].to_numpy())
-    save_temperature(model, temperature, len(validation))
+    model = save_temperature(model, temperature, len(validation))
     print(f"evaluate: temperature {temperature:.4f} fitted on {len(validation)} validation reviews, saved with the checkpoint")
-    return temperature
+    return temperature, model
 
 
 def predictions_table(split: pd.DataFrame, scores: pd.DataFrame, names: list[str], temperature: float | None) -> pd.DataFrame:
@@ -280,7 +284,7 @@ def run(args: EvaluateConfig) -> dict[str, Any]:
     try:
         temperature = saved_temperature(predictor)
         if args.calibrate:
-            temperature = calibrate(validation, model, workers, use_gpu, args.batch_size, backend, long_reviews)
+            temperature, model = calibrate(validation, model, workers, use_gpu, args.batch_size, backend, long_reviews)
         scores, rate = score_texts(split["text"].tolist(), model, workers, use_gpu, args.batch_size, "evaluate", backend,
                                    long_reviews=long_reviews, compare=long_reviews == "chunks")
         meta = {"workers": workers, "device": "GPU" if use_gpu else "CPU", "backend": backend, "reviews_per_s": rate,

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
-from sentiment.config import Config, ConfigError, RunConfig, config_from_dict
+from sentiment.config import Config, ConfigError, RunConfig, config_from_dict, refuse_credentials
 
 if TYPE_CHECKING:
     from sentiment.node_cache import LocalModel
@@ -82,25 +82,6 @@ def epoch_dir_name(epoch: int) -> str:
 def is_uri(location: str | os.PathLike[str]) -> bool:
     """Whether ``location`` is a URI (``scheme://...``) rather than a local path."""
     return "://" in str(location)
-
-
-def refuse_credentials(location: str, what: str) -> str:
-    """``location`` unchanged, unless it is a URI carrying credentials (``s3://KEY:SECRET@bucket/...``).
-
-    Such a URI would be shown and recorded wherever the location is (configs in checkpoints, W&B,
-    ``/v1/model``, error messages), so it is refused; the message never repeats the credentials.
-
-    Raises:
-        ValueError: naming ``what`` and where credentials belong instead.
-    """
-    scheme, sep, rest = str(location).partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        raise ValueError(
-            f"{what}: a {scheme}:// URI with credentials in it (user:secret@...) is refused, as it would be recorded "
-            "wherever the location is shown; give the filesystem its credentials through the environment instead "
-            "(for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
-        )
-    return location
 
 
 def filesystem(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
@@ -258,21 +239,34 @@ def publish_dir(location: str) -> Iterator[Path]:
 
 def download(fs: pafs.FileSystem, path: str, dest: str | os.PathLike[str]) -> str | None:
     """Copy the folder ``path`` to the local folder ``dest``; returns the weights' sha256 if the
-    folder holds a ``model.safetensors`` (hashed as it streams), else None."""
+    folder holds a ``model.safetensors`` (hashed as it streams), else None.
+
+    Raises:
+        CheckpointError: the listing holds a key that would land outside ``dest`` (absolute, outside
+            ``path``, or with an empty, ``.`` or ``..`` part); every key is checked before anything is written.
+    """
+    files = [info for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if info.type == pafs.FileType.File]
+    targets = [(info.path, Path(dest) / _relative_key(path, info.path)) for info in files]
     digest = None
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        if info.type != pafs.FileType.File:
-            continue
-        target = Path(dest) / info.path[len(path.rstrip("/")) + 1:]
+    for key, target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
         hasher = hashlib.sha256() if target.name == WEIGHTS_FILE and target.parent == Path(dest) else None
-        with fs.open_input_stream(info.path) as src, target.open("wb") as out:
+        with fs.open_input_stream(key) as src, target.open("wb") as out:
             while chunk := src.read(_CHUNK):
                 out.write(chunk)
                 if hasher:
                     hasher.update(chunk)
         digest = hasher.hexdigest() if hasher else digest
     return digest
+
+
+def _relative_key(folder: str, key: str) -> str:
+    """``key``'s path under the listed ``folder``, refused unless it stays inside it."""
+    root = folder.rstrip("/") + "/"
+    relative = key[len(root):] if key.startswith(root) else ""
+    if not relative or "\0" in relative or any(part in ("", ".", "..") for part in relative.split("/")):
+        raise CheckpointError(f"{folder}: object key {key!r} would be copied outside the download folder; nothing was copied")
+    return relative
 
 
 def save_model_dir(model: Any, tokenizer: Any, cfg: Config, metrics: dict[str, Any], dest: str | os.PathLike[str]) -> Path:
@@ -302,6 +296,7 @@ class ResolvedModel:
         metrics: the validation metrics saved with it.
         exports: the verified ONNX exports in ``onnx/export.json``, by backend name
             (``{"onnx-int8": {"file": ..., "sha256": ..., "check": {...}}}``).
+        calibration_sha256: hex sha256 of ``calibration.json`` as resolved, or None when it has none.
     """
 
     reference: str
@@ -312,6 +307,7 @@ class ResolvedModel:
     config: Config
     metrics: dict[str, Any] = field(default_factory=dict)
     exports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calibration_sha256: str | None = None
 
     @property
     def is_remote(self) -> bool:
@@ -326,6 +322,23 @@ class ResolvedModel:
             return LocalModel(Path(self.location), None)
         return acquire_copy(self)
 
+    def expected_files(self, backend: str) -> dict[str, str]:
+        """The sha256 of each file ``backend`` loads, by its path in the model folder, as resolved:
+        the weights (``torch``) or the ONNX export (``onnx``, ``onnx-int8``), and the calibration.
+
+        Raises:
+            CheckpointError: a backend this checkpoint has no verified export for.
+        """
+        if backend == "torch":
+            files = {WEIGHTS_FILE: self.sha256}
+        elif backend in self.exports:
+            files = {f"{ONNX_DIR}/{self.exports[backend]['file']}": self.exports[backend]["sha256"]}
+        else:
+            raise CheckpointError(f"{self.location} has no verified {backend} export (has: {', '.join(self.exports) or 'none'})")
+        if self.calibration_sha256:
+            files[CALIBRATION_FILE] = self.calibration_sha256
+        return files
+
 
 def resolve(reference: str | os.PathLike[str], which: str = "best", storage_path: str | None = None) -> ResolvedModel:
     """Resolve a checkpoint reference into a checked :class:`ResolvedModel`.
@@ -339,11 +352,14 @@ def resolve(reference: str | os.PathLike[str], which: str = "best", storage_path
 
     Raises:
         CheckpointError: nothing there, a folder of none of the layouts, a pointer naming nothing,
-            missing files, an unreadable config, damaged weights, or not a sequence classifier.
+            missing files, an unreadable config, damaged weights, not a sequence classifier, or a
+            reference, ``storage_path`` or pointer that is a URI holding credentials.
     """
     if which not in ("best", "last"):
         raise CheckpointError(f"which={which!r}: choose best or last")
-    location = str(reference)
+    location = _no_credentials(str(reference), "checkpoint")
+    if storage_path is not None:
+        _no_credentials(storage_path, "storage_path")
     if location == "best" and not Path("best").exists():
         location = join(storage_path or RunConfig().storage_path, BEST_FILE)
     fs, path = _checkpoint_filesystem(location)
@@ -357,7 +373,7 @@ def resolve(reference: str | os.PathLike[str], which: str = "best", storage_path
         if pointer is None:
             break
         if is_uri(pointer):
-            base, (fs, path) = pointer, _checkpoint_filesystem(pointer)
+            base, (fs, path) = pointer, _checkpoint_filesystem(_no_credentials(pointer, f"pointer in {location_of(base, path)}"))
         else:
             path = pointer
     epoch_dir = None
@@ -369,11 +385,21 @@ def resolve(reference: str | os.PathLike[str], which: str = "best", storage_path
         raise CheckpointError(f"{shown!r} is not a complete model checkpoint: missing {', '.join(missing)}")
     cfg, metrics = _read_configs(fs, path, shown)
     sha, size = _check_weights(fs, join(path, WEIGHTS_FILE), shown)
+    calibration = join(path, CALIBRATION_FILE)
     return ResolvedModel(
         reference=str(reference), location=shown, sha256=sha, size=size, config=cfg, metrics=metrics,
         exports=_read_exports(fs, path, shown),
         epoch_dir=location_of(base, epoch_dir) if epoch_dir else None,
+        calibration_sha256=file_sha256(fs, calibration) if is_file(fs, calibration) else None,
     )
+
+
+def _no_credentials(location: str, what: str) -> str:
+    """:func:`refuse_credentials`, failing as a checkpoint error."""
+    try:
+        return refuse_credentials(location, what)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def _checkpoint_filesystem(location: str) -> tuple[pafs.FileSystem, str]:
@@ -421,9 +447,21 @@ def _read_exports(fs: pafs.FileSystem, path: str, shown: str) -> dict[str, dict[
         return {}
     try:
         exports = read_json(fs, record)["exports"]
-    except (ValueError, KeyError, OSError) as err:
+        strays = [e["file"] for e in exports.values() if "/" in e["file"] or e["file"] in ("", ".", "..")]
+    except (ValueError, KeyError, TypeError, OSError) as err:
         raise CheckpointError(f"{shown}/{ONNX_DIR}/{EXPORT_FILE} is corrupt: {err!r}") from None
+    if strays:
+        raise CheckpointError(f"{shown}/{ONNX_DIR}/{EXPORT_FILE} names files outside {ONNX_DIR}/: {strays}")
     return {name: e for name, e in exports.items() if is_file(fs, join(path, ONNX_DIR, e["file"]))}
+
+
+def file_sha256(fs: pafs.FileSystem, path: str) -> str:
+    """Hex sha256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as src:
+        while chunk := src.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _check_weights(fs: pafs.FileSystem, path: str, shown: str) -> tuple[str, int]:

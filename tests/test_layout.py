@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import fsspec
+import pyarrow.fs as pafs
 import pytest
 
 from sentiment import layout
@@ -122,3 +124,82 @@ def test_best_pointer_and_the_word_best(model_dir, tmp_path):
     (tmp_path / "best.json").write_text(json.dumps({"checkpoint": str(tmp_path / "gone")}))
     with pytest.raises(CheckpointError, match="gone' does not exist"):
         resolve("best", storage_path=str(tmp_path))
+
+
+class _ListsAStrayKey(pafs.FSSpecHandler):
+    """A local folder whose listing also names one more key (as a hostile object store's could)."""
+
+    def __init__(self, stray: str) -> None:
+        super().__init__(fsspec.filesystem("file"))
+        self.stray = stray
+
+    def get_file_info_selector(self, selector):
+        return [*super().get_file_info_selector(selector), pafs.FileInfo(self.stray, pafs.FileType.File, size=5)]
+
+
+@pytest.mark.parametrize("stray", [
+    "{folder}/../../evil.txt", "{folder}/zz/../../../evil.txt", "{folder}/{tmp}/evil.txt",
+    "{tmp}/evil.txt", "{folder}/./evil.txt", "{folder}-sibling/evil.txt",
+])
+def test_download_refuses_a_key_outside_the_folder_and_writes_nothing(model_dir, tmp_path, stray):
+    (tmp_path / "evil.txt").write_text("owned")  # what the stray key reads, wherever it points
+    folder = str(model_dir / "epoch_001" / "model")
+    key = stray.format(folder=folder, tmp=str(tmp_path))
+    dest = tmp_path / "out" / "copy" / "model"
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(CheckpointError, match="object key .*evil.txt.* outside the download folder"):
+        layout.download(pafs.PyFileSystem(_ListsAStrayKey(key)), folder, dest)
+    assert sorted(tmp_path.rglob("*")) == before  # not the good files either, nor evil.txt anywhere
+
+
+def test_download_copies_a_well_formed_listing(model_dir, tmp_path):
+    folder = model_dir / "epoch_001" / "model"
+    sha = layout.download(pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem("file"))), str(folder), tmp_path / "copy")
+    assert sha == resolve(folder).sha256
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == sorted(p.name for p in folder.iterdir())
+
+
+def test_resolve_refuses_credentials_in_the_reference_and_storage_path(model_dir):
+    secret = "wJalrXUtnFEMI-K7MDENG"
+    for call in (lambda: resolve(f"s3://AKIAEXAMPLE:{secret}@bucket/runs/r1"),
+                 lambda: resolve("best", storage_path=f"s3://bucket/runs?secret_key={secret}")):
+        with pytest.raises(CheckpointError, match="holds credentials") as err:
+            call()
+        assert secret not in str(err.value) and "AWS_SECRET_ACCESS_KEY" in str(err.value)
+    (model_dir / "result.json").write_text(json.dumps({"best_checkpoint": f"gs://me:{secret}@bucket/run/epoch_001"}))
+    with pytest.raises(CheckpointError, match="pointer in .* holds credentials") as err:
+        resolve(f"file://{model_dir}")
+    assert secret not in str(err.value)
+
+
+def test_the_files_each_backend_loads_and_their_sha256(model_dir):
+    import hashlib
+
+    folder = model_dir / "epoch_001" / "model"
+    digest = lambda f: hashlib.sha256(f.read_bytes()).hexdigest()  # noqa: E731
+    model = resolve(folder)
+    assert model.calibration_sha256 is None and model.expected_files("torch") == {"model.safetensors": model.sha256}
+    with pytest.raises(CheckpointError, match="no verified onnx-int8 export"):
+        model.expected_files("onnx-int8")
+    (folder / "calibration.json").write_text(json.dumps({"temperature": 1.5}))
+    (folder / "onnx").mkdir()
+    (folder / "onnx" / "model-int8.onnx").write_bytes(b"onnx bytes")
+    (folder / "onnx" / "export.json").write_text(json.dumps({"exports": {"onnx-int8": {
+        "file": "model-int8.onnx", "sha256": digest(folder / "onnx" / "model-int8.onnx")}}}))
+    model = resolve(folder)
+    assert model.expected_files("onnx-int8") == {"onnx/model-int8.onnx": digest(folder / "onnx" / "model-int8.onnx"),
+                                                 "calibration.json": digest(folder / "calibration.json")}
+    (folder / "onnx" / "export.json").write_text(json.dumps({"exports": {"onnx-int8": {"file": "../model.safetensors", "sha256": "0"}}}))
+    with pytest.raises(CheckpointError, match=r"names files outside onnx/: \['../model.safetensors'\]"):
+        resolve(folder)
+
+
+def test_a_temperature_saved_after_resolving_is_what_the_returned_model_expects(model_dir):
+    import hashlib
+
+    from ray_jobs.evaluate import save_temperature
+
+    folder = model_dir / "epoch_001" / "model"
+    model = save_temperature(resolve(folder), 1.7, 10)
+    saved = hashlib.sha256((folder / "calibration.json").read_bytes()).hexdigest()
+    assert model.expected_files("torch")["calibration.json"] == saved == resolve(folder).calibration_sha256
