@@ -4,13 +4,17 @@ A model folder behind a URI is downloaded once per node into ``cache_root()/<sha
 (checked against the sha256 that :func:`sentiment.layout.resolve` recorded), whatever the number
 of replicas or actors on the node that load it. Each process holds a lease file while it uses the
 copy; the copy is removed when the last lease is given back, and a lease whose process died is
-noticed at the next use on that node (:func:`prune_cache`). All changes happen under one file lock.
+noticed at the next use on that node (:func:`prune_cache`), as is a download its process left
+half done. All changes happen under one file lock, waited for at most
+``$SENTIMENT_CACHE_LOCK_TIMEOUT_S`` seconds. Files that are not the cache's own there are ignored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sentiment.layout import MODEL_DIR, CheckpointError, ResolvedModel, download, filesystem
+
+LOCK_TIMEOUT_ENV = "SENTIMENT_CACHE_LOCK_TIMEOUT_S"
+DEFAULT_LOCK_TIMEOUT_S = 600.0
 
 
 def cache_root() -> Path:
@@ -50,15 +57,53 @@ class LocalModel:
         self.close()
 
 
+def lock_timeout() -> float:
+    """Seconds to wait for the cache lock: ``$SENTIMENT_CACHE_LOCK_TIMEOUT_S`` or 600.
+
+    Raises:
+        ValueError: a value that is not a positive number.
+    """
+    raw = os.environ.get(LOCK_TIMEOUT_ENV) or str(DEFAULT_LOCK_TIMEOUT_S)
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = 0.0
+    if not timeout > 0:
+        raise ValueError(f"${LOCK_TIMEOUT_ENV}={raw!r}: give the seconds to wait for the model cache's lock (> 0)")
+    return timeout
+
+
 @contextmanager
 def _cache_lock() -> Iterator[None]:
+    """Hold the cache's lock (its holder's pid is written in it), waiting at most :func:`lock_timeout`.
+
+    Raises:
+        CheckpointError: the lock was not free within the timeout, naming the lock file and its holder.
+    """
     import fcntl
 
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    timeout = lock_timeout()
+    deadline = time.monotonic() + timeout
+    with open(root / ".lock", "a+") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    lock.seek(0)
+                    raise CheckpointError(
+                        f"the model cache's lock {root / '.lock'} was held for more than {timeout:g} s "
+                        f"(by pid {lock.read().strip() or '?'}: a stuck download?); "
+                        f"set ${LOCK_TIMEOUT_ENV} to wait longer"
+                    ) from None
+                time.sleep(0.05)
         try:
+            lock.truncate(0)
+            lock.write(str(os.getpid()))
+            lock.flush()
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -69,7 +114,8 @@ def acquire_copy(model: ResolvedModel) -> LocalModel:
     held by this process until :meth:`LocalModel.close` (or until it dies).
 
     Raises:
-        CheckpointError: the downloaded weights differ from the resolved ones.
+        CheckpointError: the downloaded weights differ from the resolved ones, or the cache's lock
+            stayed taken longer than :func:`lock_timeout`.
     """
     root = cache_root()
     entry = root / model.sha256
@@ -84,22 +130,57 @@ def acquire_copy(model: ResolvedModel) -> LocalModel:
 
 
 def _download_entry(model: ResolvedModel, entry: Path) -> None:
-    tmp = entry.with_name(f".tmp-{entry.name}-{uuid.uuid4().hex[:8]}")
+    """Download into ``.tmp-<sha256>-<pid>-<random>`` (pruned if this process dies), then rename it in place."""
+    tmp = entry.with_name(f".tmp-{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         fs, path = filesystem(model.location)
         sha = download(fs, path, tmp / MODEL_DIR)
         if sha != model.sha256:
             raise CheckpointError(f"{model.location}: weights changed since resolved (sha256 {sha} != {model.sha256})")
-        shutil.rmtree(entry, ignore_errors=True)
+        _remove(entry)
         tmp.rename(entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def verify_files(folder: Path, expected: dict[str, str]) -> None:
+    """Hash each file of ``expected`` (its path relative to ``folder`` -> hex sha256) again.
+
+    Raises:
+        CheckpointError: naming a file that is missing or whose sha256 differs.
+    """
+    for name, sha in expected.items():
+        file = folder / name
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing (its sha256 was recorded as {sha[:12]}...)")
+        with file.open("rb") as src:
+            actual = hashlib.file_digest(src, "sha256").hexdigest()
+        if actual != sha:
+            raise CheckpointError(f"{file} changed since the checkpoint was resolved (sha256 {actual[:12]}..., expected {sha[:12]}...)")
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder, a file or a link at ``path``, if anything is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _pid_of(name: str) -> int | None:
+    """The pid a lease (``<pid>-<random>``) or download (``.tmp-<sha256>-<pid>-<random>``) is named by."""
+    parts = name.split("-")
+    pid = parts[2] if name.startswith(".tmp-") and len(parts) > 2 else parts[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether process ``pid`` runs on this node (False for None or 0)."""
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
@@ -107,18 +188,22 @@ def _alive(pid: int) -> bool:
 
 
 def prune_cache() -> None:
-    """Remove this node's cached copies that no live process holds."""
+    """Remove this node's cached copies that no live process holds, and downloads whose process
+    died; anything else in the cache folder is left alone."""
     if not cache_root().is_dir():
         return
     with _cache_lock():
         for entry in cache_root().iterdir():
             if entry.is_dir() and len(entry.name) == 64:
                 _remove_unused(entry)
+            elif entry.name.startswith(".tmp-") and not _alive(_pid_of(entry.name)):
+                _remove(entry)
 
 
 def _remove_unused(entry: Path) -> None:
-    """Remove a cached copy whose leases all belong to processes that are gone (call under the lock)."""
+    """Remove a cached copy whose leases all belong to processes that are gone (call under the lock);
+    a file in ``leases/`` not named by a pid is no lease."""
     leases = entry / "leases"
-    live = [p for p in leases.iterdir() if _alive(int(p.name.split("-")[0]))] if leases.is_dir() else []
+    live = [p for p in leases.iterdir() if _alive(_pid_of(p.name))] if leases.is_dir() else []
     if not live:
-        shutil.rmtree(entry, ignore_errors=True)
+        _remove(entry)
