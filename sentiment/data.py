@@ -8,6 +8,7 @@ budget is applied per example by :func:`fit_to_length`.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -103,9 +104,8 @@ def _load_hub(hub_id: str) -> DatasetDict:
 
 
 def _load_files(fmt: str, where: Path) -> DatasetDict:
-    builder = "json" if fmt == "json" else fmt
     if where.is_file():
-        whole = load_dataset(builder, data_files=str(where), split="train")
+        whole = _load_file(fmt, where)
         return whole.train_test_split(test_size=TEST_FRACTION_WHEN_MISSING, seed=0)
     exts = {"parquet": ("parquet",), "csv": ("csv",), "json": ("jsonl", "json")}[fmt]
     splits = {}
@@ -113,8 +113,47 @@ def _load_files(fmt: str, where: Path) -> DatasetDict:
         found = [where / f"{split}.{e}" for e in exts if (where / f"{split}.{e}").is_file()]
         if not found:
             raise DataError(f"{str(where)!r} has no {split}.{exts[0]} file")
-        splits[split] = load_dataset(builder, data_files=str(found[0]), split="train")
+        splits[split] = _load_file(fmt, found[0])
     return DatasetDict(splits)
+
+
+def _load_file(fmt: str, file: Path) -> Dataset:
+    """The rows of one parquet, CSV or JSON (Lines) file.
+
+    Raises:
+        DataError: a file its parser cannot read, naming it and, where the parser says, the line.
+    """
+    try:
+        return load_dataset(fmt, data_files=str(file), split="train")
+    except Exception as err:  # each builder's parser fails in its own types
+        if not file.stat().st_size:
+            problem = "the file is empty"
+        else:
+            cause = err.__cause__ or err
+            problem = (_json_problem(file) if fmt == "json" else None) or str(cause) or type(cause).__name__
+        raise DataError(f"{file} cannot be read as {fmt}: {problem}") from None
+
+
+def _json_problem(file: Path) -> str | None:
+    """Where a JSON document or JSON Lines file first fails to parse, or None where it parses."""
+    text = file.read_bytes()
+    try:
+        json.loads(text)
+        return None
+    except json.JSONDecodeError as err:
+        if err.msg != "Extra data":  # one document, or JSON Lines whose first line is bad
+            return f"line {err.lineno} column {err.colno}: {err.msg}"
+    except ValueError as err:  # not UTF-8
+        return str(err)
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            if line.strip():
+                json.loads(line)
+        except json.JSONDecodeError as err:
+            return f"line {number} column {err.colno}: {err.msg}"
+        except ValueError as err:
+            return f"line {number}: {err}"
+    return None
 
 
 def _load_aclimdb(where: Path) -> DatasetDict:

@@ -212,3 +212,27 @@ def test_full_imdb_loads_with_documented_sizes():
     splits = load_splits(DataConfig(path=str(imdb_dir()), validation_fraction=0.1), LABELS)
     assert len(splits["train"]) == 22_500 and len(splits["validation"]) == 2_500 and len(splits["test"]) == 25_000
     assert sum(splits["test"]["label"]) == 12_500
+
+
+@pytest.mark.parametrize("body, problem", [
+    ('text,label\n"fine",positive\n"one field too many",negative,extra\n', "Expected 2 fields in line 3, saw 3"),
+    ('text,label\n"fine",positive\n"no closing quote,negative\n', "EOF inside string"),
+    ("", "the file is empty"),
+])
+def test_a_malformed_csv_is_a_data_error_naming_the_file(tmp_path, body, problem):
+    (tmp_path / "reviews.csv").write_text(body)
+    with pytest.raises(DataError, match=f"{tmp_path / 'reviews.csv'} cannot be read as csv: .*{problem}"):
+        load_splits(_cfg(tmp_path / "reviews.csv"), LABELS)
+
+
+@pytest.mark.parametrize("lines, problem", [
+    (['{"text": "a", "label": 0}', '{"text": "b", "label": 1}', "not json"], "line 3 column 1: Expecting value"),
+    (['{"text": "a", "label": 0}', '{"text": "b", "label": 1'], "line 2 column 25: Expecting ',' delimiter"),
+    (['{"text": "a", "label": 0},'], "line 1 column 26: Extra data"),
+])
+def test_a_malformed_jsonl_is_a_data_error_naming_the_file_and_line(tmp_path, lines, problem):
+    good = "".join(json.dumps({"text": f"text {i}", "label": i % 2}) + "\n" for i in range(4))
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "test.jsonl").write_text(good)
+    with pytest.raises(DataError, match=f"{tmp_path / 'train.jsonl'} cannot be read as json: {problem}"):
+        load_splits(_cfg(tmp_path), LABELS)
