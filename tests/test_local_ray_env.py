@@ -65,6 +65,25 @@ def test_the_wrapper_binds_wildcards_to_loopback_and_runs_the_real_binary(tmp_pa
     assert config.read_text().replace("127.0.0.1:9101", ":9101").replace("127.0.0.1:8404", "*:8404") == CONFIG
 
 
+# bind addresses as written and as HAProxy gets them: every wildcard form on loopback, the rest as they were
+BINDS = [
+    *[(w, "127.0.0.1:8000") for w in (":8000", "*:8000", "0.0.0.0:8000", "[::]:8000", ":::8000", "ipv4@:8000",
+                                      "ipv4@*:8000", "ipv4@0.0.0.0:8000", "ipv6@:::8000", "ipv6@[::]:8000")],
+    ("\t*:8000 proto h2", "127.0.0.1:8000 proto h2"), (":8000-8010", "127.0.0.1:8000-8010"),
+    *[(s, s) for s in ("127.0.0.1:8000", "10.1.2.3:80", "::1:8000", "[::1]:8000", "ipv6@::1:8000", "unix@/run/haproxy.sock")],
+]
+
+
+def test_the_wrapper_binds_every_wildcard_form_to_loopback(tmp_path: Path) -> None:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text("".join(f"frontend f{i}\n    bind {given}\n" for i, (given, _) in enumerate(BINDS)))
+    out = subprocess.run([str(HAPROXY_WRAPPER), "-f", str(config)], env={**os.environ, "SENTIMENT_HAPROXY_BINARY": "/bin/true"},
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    binds = [line.split("bind", 1)[1].strip() for line in config.read_text().splitlines() if "bind" in line]
+    assert binds == [expected for _, expected in BINDS]
+
+
 def test_the_wrapper_without_the_real_binary_says_what_is_missing(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SENTIMENT_HAPROXY_BINARY"}
     out = subprocess.run([str(HAPROXY_WRAPPER), "-v"], env=env, capture_output=True, text=True, timeout=30)
