@@ -29,14 +29,23 @@ function showError(message) {
   $("error").hidden = false;
 }
 
+// An element with a class and, optionally, text (never parsed as HTML: label names come from the checkpoint).
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
 function bar(name, p) {
-  const row = document.createElement("div");
-  row.className = "bar";
-  row.dataset.label = name;
   const pct = (100 * p).toFixed(1) + "%";
-  row.innerHTML = `<span></span><div class="track"><div class="fill ${name}"></div></div><span class="pct">${pct}</span>`;
-  row.firstChild.textContent = name;
-  row.querySelector(".fill").style.width = pct;
+  const fill = el("div", "fill");
+  fill.style.width = pct;
+  const track = el("div", "track");
+  track.append(fill);
+  const row = el("div", "bar");
+  row.dataset.label = name;  // styled by [data-label=...], never a class made of a label name
+  row.append(el("span", "", name), track, el("span", "pct", pct));
   return row;
 }
 
@@ -73,7 +82,7 @@ function showKeyTokens(pred, text) {
 function showPrediction(pred, text) {
   $("error").hidden = true;
   $("label").textContent = pred.label;
-  $("label").className = pred.label;
+  $("label").dataset.label = pred.label;
   $("score").textContent = (100 * pred.score).toFixed(1) + "%";
   $("uncertain").hidden = !pred.uncertain;
   $("bars").replaceChildren(...Object.entries(pred.probabilities).map(([n, p]) => bar(n, p)));
