@@ -8,7 +8,8 @@ ordinary client sends single-review predictions back to back:
 - ``alone``: nothing else (the ordinary client's unloaded latency);
 - ``slow uploads``: ``--slow`` connections without the key, each sending its headers
   (``Content-Length: 1000000``) and then one byte a second;
-- ``burst``: ``--burst`` clients at once, each sending requests back to back (closed loop);
+- ``burst``: ``--burst`` clients at once, each sending requests back to back (closed loop), waiting
+  as a 503's ``Retry-After`` asks, as every client here does;
 - ``explain flood``: ``--explainers`` clients asking ``explain: true`` on long reviews.
 
 Printed per phase: the ordinary client's answered requests, p50 and p99, and the others' statuses
@@ -34,7 +35,7 @@ import aiohttp
 import numpy as np
 
 REVIEW = "A fun brain candy movie, good dialog and a plot that never drags; I laughed a lot."
-LONG_REVIEW = " ".join(["The acting was uneven but the score and the photography carried it."] * 60)
+LONG_SENTENCE = "The acting was uneven but the score and the photography carried it. "
 
 
 @dataclass
@@ -55,23 +56,31 @@ class Calls:
         return float(np.quantile(seen, q)) if seen else None
 
 
-async def post(session: aiohttp.ClientSession, url: str, body: dict[str, Any], calls: Calls, timeout_s: float) -> None:
-    """One POST; its status (or the exception's name) and latency go to ``calls``."""
+async def post(session: aiohttp.ClientSession, url: str, body: dict[str, Any], calls: Calls, timeout_s: float) -> float:
+    """One POST; its status (or the exception's name) and latency go to ``calls``. Returns the
+    seconds its ``Retry-After`` asks to wait (0 without one)."""
     started = time.monotonic()
+    retry_after = 0.0
     try:
         async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
             await response.read()
             status: int | str = response.status
+            retry_after = float(response.headers.get("Retry-After", 0))
+            if status == 503 and "Retry-After" not in response.headers:
+                status = "503 without Retry-After"
     except (aiohttp.ClientError, asyncio.TimeoutError) as err:
         status = type(err).__name__
     calls.add(status, time.monotonic() - started)
+    return retry_after
 
 
 async def loop_until(deadline: float, session: aiohttp.ClientSession, url: str, body: dict[str, Any], calls: Calls,
                      timeout_s: float) -> None:
-    """Send ``body`` back to back until ``deadline`` (monotonic seconds)."""
+    """Send ``body`` back to back until ``deadline`` (monotonic seconds), waiting as a ``Retry-After`` asks
+    (as HTTP clients with retries do; a client that ignores it only measures how fast 503s come back)."""
     while time.monotonic() < deadline:
-        await post(session, url, body, calls, timeout_s)
+        retry_after = await post(session, url, body, calls, timeout_s)
+        await asyncio.sleep(min(retry_after, max(0.0, deadline - time.monotonic())))
 
 
 async def slow_upload(url: str, deadline: float, statuses: Counter[str]) -> None:
@@ -116,8 +125,11 @@ async def phase(url: str, key: str, seconds: float,
     return ordinary, results[1] if others is not None else None
 
 
-async def run(url: str, key: str, seconds: float, slow: int, burst: int, explainers: int) -> dict[str, Any]:
-    """Every phase in turn; returns each phase's ordinary client and the others' statuses."""
+async def run(url: str, key: str, seconds: float, slow: int, burst: int, explainers: int,
+              long_chars: int = 4000) -> dict[str, Any]:
+    """Every phase in turn; returns each phase's ordinary client and the others' statuses. The
+    explained reviews are ``long_chars`` characters long."""
+    long_review = (LONG_SENTENCE * (long_chars // len(LONG_SENTENCE) + 1))[:long_chars].strip()
     out: dict[str, Any] = {}
     out["alone"], _ = await phase(url, key, seconds)
 
@@ -142,7 +154,7 @@ async def run(url: str, key: str, seconds: float, slow: int, burst: int, explain
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
         await post(session, f"{url}/v1/predict", {"text": REVIEW}, after, 60.0)
     out["after burst"] = (after, time.monotonic() - started)
-    out["explain flood"] = await phase(url, key, seconds, flood({"texts": [LONG_REVIEW] * 4, "explain": True},
+    out["explain flood"] = await phase(url, key, seconds, flood({"texts": [long_review] * 4, "explain": True},
                                                                       explainers))
     return out
 
@@ -174,11 +186,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--slow", type=int, default=200, help="Slow unauthenticated uploads.")
     parser.add_argument("--burst", type=int, default=256, help="Clients at once in the burst.")
     parser.add_argument("--explainers", type=int, default=16, help="Clients asking explain on long reviews.")
+    parser.add_argument("--long-chars", type=int, default=4000, help="Characters of each explained review.")
     args = parser.parse_args(argv)
     if urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
         parser.error("--url must be on this machine (127.0.0.1): this tool floods what it targets")
     key = os.environ.get("SENTIMENT_API_KEY", "")
-    result = summary(asyncio.run(run(args.url.rstrip("/"), key, args.phase_s, args.slow, args.burst, args.explainers)))
+    result = summary(asyncio.run(run(args.url.rstrip("/"), key, args.phase_s, args.slow, args.burst, args.explainers,
+                                          args.long_chars)))
     for name, figures in result.items():
         print(f"{name}: {json.dumps(figures)}")
     return result

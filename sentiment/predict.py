@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from sentiment.backends import Backend, TorchBackend, choose_backend, onnx_backend
 from sentiment.batching import eval_batches, iterate, make_collator
 from sentiment.layout import WEIGHTS_FILE, CheckpointError, ResolvedModel, read_temperature, resolve
-from sentiment.node_cache import LocalModel
+from sentiment.node_cache import LocalModel, verify_files
 from sentiment.config import Config, DataConfig
 from sentiment.data import SpecialTokens, chunked_inputs, encode_texts, fit_to_length, mean_by_owner
 from sentiment.metrics import softmax
@@ -181,7 +181,7 @@ class Predictor:
         long_reviews: str | None = None,
     ) -> Predictor:
         """Load a checkpoint: a :class:`~sentiment.layout.ResolvedModel` (resolved once by the
-        caller, never again here), or any reference :func:`sentiment.layout.resolve` takes (a
+        caller, never again here: the files this backend loads are hashed again against it), or any reference :func:`sentiment.layout.resolve` takes (a
         model folder, an epoch checkpoint, a run folder's ``best`` or ``last``, a sweep folder,
         ``best`` under ``storage_path``, a URI). A remote model is loaded from this node's cached
         copy, held until :meth:`close`. A temperature saved with the model
@@ -197,10 +197,13 @@ class Predictor:
             CheckpointError: missing, incomplete or corrupt checkpoint, not a sequence classifier,
                 or a backend it has no verified export for.
         """
-        resolved = checkpoint if isinstance(checkpoint, ResolvedModel) else resolve(checkpoint, which, storage_path)
+        handed = isinstance(checkpoint, ResolvedModel)
+        resolved = checkpoint if handed else resolve(checkpoint, which, storage_path)
         kind = choose_backend(backend, resolved, device)
         local = resolved.open_local()
         try:
+            if handed:  # resolved elsewhere, maybe long ago: the files loaded must still be the ones checked
+                verify_files(local.path, resolved.expected_files(kind))
             temperature = read_temperature(local.path)
             tokenizer = AutoTokenizer.from_pretrained(local.path, use_fast=True)
             if kind == "torch":

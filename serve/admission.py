@@ -61,8 +61,8 @@ class Admission:
             Overloaded: the windows ahead plus these would wait longer than ``max_wait_s``.
         """
         if self.in_flight and self.in_flight + windows > self.budget():
-            raise Overloaded(f"overloaded: {self.in_flight} windows in flight, about "
-                             f"{self.in_flight / (self.rate or 1):.1f} s of work; retry shortly")
+            work = f", about {self.in_flight / self.rate:.1f} s of work" if self.rate else ""
+            raise Overloaded(f"overloaded: {self.in_flight} windows in flight{work}; retry shortly")
         if self._busy_since is None:
             self._busy_since = self.clock()
         self.in_flight += windows

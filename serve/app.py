@@ -13,6 +13,8 @@ record and never resolve or hash again. The HTTP routes live in ``serve.http``, 
 # No ``from __future__ import annotations`` here: Serve reads build_app's annotation as a class to
 # validate the args dict into ServeArgs.
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -56,7 +58,8 @@ class SentimentAPI:
         self.key = args.read_api_key(require_key)
         self.encoder = TextEncoder.load(resolved, args.long_reviews)
         self.label_names = list(resolved.config.model.label_names)
-        self.admission = Admission(args.max_queue_wait_s, min_windows=args.max_batch_size)
+        self.admission = Admission(args.max_queue_wait_s, min_windows=args.max_ongoing_requests)  # one replica's fill
+        self.explaining = 0  # explained requests in this ingress, from their predictions to their key tokens
 
     async def predict(self, texts: list[str], explain: bool = False) -> list[Prediction]:
         """One model call per text, which the model replicas batch across requests; explained
@@ -71,15 +74,28 @@ class SentimentAPI:
             raise ExplainUnavailable("explain is off on this deployment (explain_max_texts=0)")
         encoded = self.encoder.encode(texts)
         self.check_cost(len(encoded.windows), explain)
-        try:
-            async with asyncio.timeout(self.args.request_timeout_s):
-                with self.admission.admitted(len(encoded.windows)):
-                    predictions = list(await asyncio.gather(*(self._call("predict", t) for t in encoded.split())))
-                if explain:
-                    await self._explain(encoded, predictions)
-        except TimeoutError:
-            raise Overloaded(f"not answered within request_timeout_s={self.args.request_timeout_s:g} s") from None
+        with self.explain_slot() if explain else contextlib.nullcontext():
+            try:
+                async with asyncio.timeout(self.args.request_timeout_s):
+                    with self.admission.admitted(len(encoded.windows)):
+                        predictions = list(await asyncio.gather(*(self._call("predict", t) for t in encoded.split())))
+                    if explain:
+                        await self._explain(encoded, predictions)
+            except TimeoutError:
+                raise Overloaded(f"not answered within request_timeout_s={self.args.request_timeout_s:g} s") from None
         return predictions
+
+    @contextlib.contextmanager
+    def explain_slot(self) -> Iterator[None]:
+        """Hold one of this ingress's places for explained requests (as many as the explainers run and
+        queue), refusing at once when none is free: a refused explanation costs no prediction either."""
+        if self.explaining >= self.args.explain_replicas + self.args.explain_queue:
+            raise Overloaded("explain queue full (explain_queue); retry shortly, or ask without explain")
+        self.explaining += 1
+        try:
+            yield
+        finally:
+            self.explaining -= 1
 
     def check_cost(self, windows: int, explain: bool) -> None:
         """Refuse a request over a per-request cost cap, naming it."""
@@ -164,10 +180,10 @@ def build_app(args: ServeArgs) -> Application:
         max_ongoing_requests=1,
         max_queued_requests=args.explain_queue,
     ).bind(model, EXPLAIN_THREADS) if args.explain_max_texts else None
-    ingress = SentimentAPI.options(
+    ingress = SentimentAPI.options(  # requests reach its code at once, where Admission sheds them by time
         num_replicas=args.ingress_replicas,
         ray_actor_options={"num_cpus": 0},
-        max_ongoing_requests=args.max_ongoing_requests * args.max_replicas,
+        max_ongoing_requests=args.max_ongoing_requests * args.max_replicas + args.max_queued_requests,
         max_queued_requests=args.max_queued_requests,
     )
     return ingress.bind(replicas, explainer, args, model, require_key)

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, mo
 from ray.serve.config import AutoscalingConfig
 
 from sentiment.data import clean_text
-from sentiment.layout import refuse_credentials
+from sentiment.config import refuse_credentials
 
 API_KEY_ENV = "SENTIMENT_API_KEY"
 

@@ -16,7 +16,7 @@ import pytest
 from sentiment import predict as predict_module
 from sentiment.layout import CALIBRATION_FILE, CheckpointError, resolve
 from sentiment.metrics import softmax
-from sentiment.predict import Encoded, Predictor
+from sentiment.predict import Encoded, Predictor, TextEncoder
 from tests.test_serve import make_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +75,28 @@ def test_texts_encoded_one_by_one_and_joined_score_as_encoded_together(checkpoin
     joined = Encoded.join([predictor.encode([t]) for t in TEXTS])  # as a Serve replica batches them
     assert joined.windows == together.windows and joined.owners.tolist() == together.owners.tolist()
     assert [vars(d) for d in predictor.details(joined)] == [vars(d) for d in predictor.details(together)]
+
+
+def test_split_is_the_inverse_of_join_and_a_text_encoder_encodes_as_the_predictor(checkpoint):
+    predictor = Predictor.load(checkpoint, long_reviews="chunks")
+    together = predictor.encode(TEXTS)
+    parts = together.split()
+    assert len(parts) == len(TEXTS) and any(len(p.windows) > 1 for p in parts)  # a long text keeps its windows
+    rejoined = Encoded.join(parts)
+    assert rejoined.windows == together.windows and rejoined.owners.tolist() == together.owners.tolist()
+    assert rejoined.seen.tolist() == together.seen.tolist() and rejoined.full_lengths.tolist() == together.full_lengths.tolist()
+    encoder = TextEncoder.load(resolve(checkpoint), "chunks")  # what the Serve ingress runs, without the model
+    assert encoder.encode(TEXTS).windows == together.windows
+
+
+def test_weights_changed_since_resolving_are_refused_at_load(checkpoint):
+    resolved = resolve(checkpoint)
+    weights = checkpoint / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last tensor: still a valid file, not the one checked
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        Predictor.load(resolved)
 
 
 def test_both_ways_in_one_pass_equal_each_way_alone(checkpoint):
