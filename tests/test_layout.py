@@ -176,7 +176,7 @@ def test_the_files_each_backend_loads_and_their_sha256(model_dir):
     import hashlib
 
     folder = model_dir / "epoch_001" / "model"
-    digest = lambda f: hashlib.sha256(f.read_bytes()).hexdigest()  # noqa: E731
+    digest = lambda f: hashlib.sha256(f.read_bytes()).hexdigest()
     model = resolve(folder)
     assert model.calibration_sha256 is None and model.expected_files("torch") == {"model.safetensors": model.sha256}
     with pytest.raises(CheckpointError, match="no verified onnx-int8 export"):
