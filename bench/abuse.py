@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
+PHASES = ("alone", "slow uploads", "burst", "explain flood")
 REVIEW = "A fun brain candy movie, good dialog and a plot that never drags; I laughed a lot."
 LONG_SENTENCE = "The acting was uneven but the score and the photography carried it. "
 
@@ -125,37 +126,46 @@ async def phase(url: str, key: str, seconds: float,
     return ordinary, results[1] if others is not None else None
 
 
+def flood(url: str, body: dict[str, Any], clients: int) -> Callable[[float, aiohttp.ClientSession], Awaitable[Calls]]:
+    """Others for :func:`phase`: ``clients`` sending ``body`` back to back."""
+    async def others(deadline: float, session: aiohttp.ClientSession) -> Calls:
+        calls = Calls()
+        await asyncio.gather(*(loop_until(deadline, session, f"{url}/v1/predict", body, calls, 120.0)
+                               for _ in range(clients)))
+        return calls
+    return others
+
+
+def slow_uploads(url: str, clients: int) -> Callable[[float, aiohttp.ClientSession], Awaitable[Counter[str]]]:
+    """Others for :func:`phase`: ``clients`` slow uploads without the key (:func:`slow_upload`)."""
+    async def others(deadline: float, _: aiohttp.ClientSession) -> Counter[str]:
+        statuses: Counter[str] = Counter()
+        await asyncio.gather(*(slow_upload(url, deadline, statuses) for _ in range(clients)))
+        return statuses
+    return others
+
+
+async def first_answer(url: str, key: str) -> tuple[Calls, float]:
+    """One ordinary request and the seconds until its answer."""
+    started = time.monotonic()
+    calls = Calls()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+        await post(session, f"{url}/v1/predict", {"text": REVIEW}, calls, 60.0)
+    return calls, time.monotonic() - started
+
+
 async def run(url: str, key: str, seconds: float, slow: int, burst: int, explainers: int,
-              long_chars: int = 4000) -> dict[str, Any]:
-    """Every phase in turn; returns each phase's ordinary client and the others' statuses. The
+              long_chars: int = 4000, phases: tuple[str, ...] = PHASES) -> dict[str, Any]:
+    """The ``phases`` in turn; returns each phase's ordinary client and the others' statuses. The
     explained reviews are ``long_chars`` characters long."""
     long_review = (LONG_SENTENCE * (long_chars // len(LONG_SENTENCE) + 1))[:long_chars].strip()
+    others = {"alone": None, "slow uploads": slow_uploads(url, slow), "burst": flood(url, {"text": REVIEW}, burst),
+              "explain flood": flood(url, {"texts": [long_review] * 4, "explain": True}, explainers)}
     out: dict[str, Any] = {}
-    out["alone"], _ = await phase(url, key, seconds)
-
-    async def slow_uploads(deadline: float, _: aiohttp.ClientSession) -> Counter[str]:
-        statuses: Counter[str] = Counter()
-        await asyncio.gather(*(slow_upload(url, deadline, statuses) for _ in range(slow)))
-        return statuses
-
-    out["slow uploads"] = await phase(url, key, seconds, slow_uploads)
-
-    def flood(body: dict[str, Any], clients: int) -> Callable[[float, aiohttp.ClientSession], Awaitable[Calls]]:
-        async def others(deadline: float, session: aiohttp.ClientSession) -> Calls:
-            calls = Calls()
-            await asyncio.gather(*(loop_until(deadline, session, f"{url}/v1/predict", body, calls, 120.0)
-                                   for _ in range(clients)))
-            return calls
-        return others
-
-    out["burst"] = await phase(url, key, seconds, flood({"text": REVIEW}, burst))
-    started = time.monotonic()
-    after = Calls()
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
-        await post(session, f"{url}/v1/predict", {"text": REVIEW}, after, 60.0)
-    out["after burst"] = (after, time.monotonic() - started)
-    out["explain flood"] = await phase(url, key, seconds, flood({"texts": [long_review] * 4, "explain": True},
-                                                                      explainers))
+    for name in phases:
+        out[name] = await phase(url, key, seconds, others[name])
+        if name == "burst":
+            out["after burst"] = await first_answer(url, key)
     return out
 
 
@@ -166,15 +176,12 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
                 "p99_s": c.quantile(200, 0.99), "p99_503_s": c.quantile(503, 0.99)}
 
     out: dict[str, Any] = {}
-    for name, value in results.items():
-        if name == "alone":
-            out[name] = {"ordinary": calls(value)}
-        elif name == "after burst":
-            out[name] = {"ordinary": calls(value[0]), "first_answer_s": value[1]}
-        else:
-            ordinary, others = value
-            out[name] = {"ordinary": calls(ordinary),
-                         "others": dict(others) if isinstance(others, Counter) else calls(others)}
+    for name, (ordinary, other) in results.items():
+        out[name] = {"ordinary": calls(ordinary)}
+        if name == "after burst":
+            out[name]["first_answer_s"] = other
+        elif other is not None:
+            out[name]["others"] = dict(other) if isinstance(other, Counter) else calls(other)
     return out
 
 

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, mo
 from ray.serve.config import AutoscalingConfig
 
 from sentiment.data import clean_text
-from sentiment.config import refuse_credentials
+from sentiment.config import Location
 
 API_KEY_ENV = "SENTIMENT_API_KEY"
 
@@ -22,12 +22,12 @@ class ServeArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str = Field(
+    checkpoint: Location = Field(
         description="Model folder, epoch checkpoint, run folder, folder with best.json, 'best' "
         "(the sweep's recorded best under storage_path) or a URI (s3://, gs://, file://)."
     )
     which: Literal["best", "last"] = Field("best", description="Epoch of a run folder to serve.")
-    storage_path: str | None = Field(None, description="Where 'best' is looked up (default ~/sentiment-runs).")
+    storage_path: Location | None = Field(None, description="Where 'best' is looked up (default ~/sentiment-runs).")
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per model replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per model replica (fractions share a GPU); > 0 runs bf16 on it.")
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
@@ -112,9 +112,6 @@ class ServeArgs(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServeArgs":
-        for field in ("checkpoint", "storage_path"):
-            if getattr(self, field):
-                refuse_credentials(getattr(self, field), field)
         self.autoscaling_config()  # min <= initial <= max
         if self.max_ongoing_requests < self.max_batch_size:
             raise ValueError(

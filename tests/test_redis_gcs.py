@@ -31,6 +31,7 @@ from ray.cluster_utils import Cluster
 from ray_jobs.local_ray import free_loopback_port, keep_ray_local
 from ray_jobs.redis_gcs import RedisError, redis_config, start_redis
 from serve.app import build_app
+from serve.schemas import API_KEY_ENV
 from tests.test_serve import APP, make_checkpoint, model_replicas, wait_until
 from tests.test_serve_faults import TimedLoad, model_replica_actors
 
@@ -44,6 +45,7 @@ TIME_LIMIT_S = 240.0
 WINDOW_S = 8.0
 OUTAGE_S = 15.0  # well within the raylets' 60 s wait for a GCS to come back
 FAILURE_BOUND = 0  # an already running replica behind a live proxy needs no GCS to answer
+API_KEY = "gcs-" + secrets.token_hex(16)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,7 @@ def ft_cluster(redis: tuple[int, str, Path]) -> Iterator[Cluster]:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_REDIS_ADDRESS", f"127.0.0.1:{port}")
         env.setenv("RAY_external_storage_namespace", "test-" + secrets.token_hex(4))
+        env.setenv(API_KEY_ENV, API_KEY)  # the replicas read it from their node's environment
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": True, "dashboard_host": "127.0.0.1",
             "redis_password": password})
@@ -100,7 +103,8 @@ def test_serving_goes_on_while_the_gcs_restarts_from_redis(ft_cluster: Cluster, 
     wait_until(lambda: model_replicas() == {"RUNNING": 1}, 120, "the model replica")
     (replica_pid,) = model_replica_actors().values()
     started = time.monotonic()
-    load = TimedLoad(f"http://127.0.0.1:{http_port}/v1/predict", CONCURRENCY, MAX_REQUESTS)
+    load = TimedLoad(f"http://127.0.0.1:{http_port}/v1/predict", CONCURRENCY, MAX_REQUESTS,
+                     headers={"Authorization": f"Bearer {API_KEY}"})
     try:
         time.sleep(2)  # connections open, batches flowing
         window_start = time.monotonic()
@@ -134,8 +138,9 @@ def test_serving_goes_on_while_the_gcs_restarts_from_redis(ft_cluster: Cluster, 
     assert int(keys.stdout) > 0  # the GCS tables are in Redis
     session = Path(ft_cluster.head_node.get_session_dir_path())
     files = [p for folder in (session, redis_dir) for p in folder.rglob("*") if p.is_file()]  # Ray's logs; the tables
-    leaked = [p for p in files if password.encode() in p.read_bytes()]
-    assert not leaked, f"the Redis password is written in {leaked[:3]}"
+    for secret, what in ((password, "the Redis password"), (API_KEY, "the endpoint's API key")):
+        leaked = [p for p in files if secret.encode() in p.read_bytes()]  # the AOF files hold Serve's stored state
+        assert not leaked, f"{what} is written in {leaked[:3]}"
 
 
 def test_redis_refuses_a_missing_or_unsafe_password_and_starts_nothing(tmp_path: Path) -> None:

@@ -79,8 +79,8 @@ class TimedLoad:
     Keeps the completion time of every 200 (``done``) and a line per failure (``failures``).
     """
 
-    def __init__(self, url: str, concurrency: int, limit: int) -> None:
-        self.url, self.limit, self.sent = url, limit, 0
+    def __init__(self, url: str, concurrency: int, limit: int, headers: dict[str, str] | None = None) -> None:
+        self.url, self.limit, self.sent, self.headers = url, limit, 0, headers or {}
         self.done: list[float] = []
         self.failures: list[str] = []
         self.lock = threading.Lock()
@@ -97,6 +97,7 @@ class TimedLoad:
 
     def _worker(self) -> None:
         session = requests.Session()
+        session.headers.update(self.headers)
         while self._take():
             try:
                 r = session.post(self.url, json={"text": TEXTS[self.sent % len(TEXTS)]}, timeout=60)

@@ -1,6 +1,6 @@
 """The try-it page at ``/``, driven by headless Chromium (Debian's, via Playwright) against a real Serve.
 
-The deployment requires an API key (given as an arg here; tests/test_serve.py uses the env var):
+The deployment requires an API key (from ``$SENTIMENT_API_KEY``, as every deployment takes it):
 the page must show its key field, fail clearly without the key, and predict with it. It scores
 long reviews in chunks (``long_reviews``), which the page says. A screenshot goes to
 test-artifacts/serve_page.png.
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from serve.schemas import API_KEY_ENV
 from sentiment.attribution import explain
 from sentiment.predict import Predictor
 from sentiment.report import SCENARIOS
@@ -33,11 +34,13 @@ def checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def server(checkpoint: Path) -> Iterator[str]:
-    url = start_serve({"checkpoint": str(checkpoint), "num_cpus": 0.5, "api_key": KEY, "long_reviews": "chunks"})
-    try:
-        yield url
-    finally:
-        stop_serve()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(API_KEY_ENV, KEY)
+        url = start_serve({"checkpoint": str(checkpoint), "num_cpus": 0.5, "long_reviews": "chunks"})
+        try:
+            yield url
+        finally:
+            stop_serve()
 
 
 def expect_prediction(page: Page, predictor: Predictor, text: str) -> None:
@@ -114,7 +117,8 @@ def test_the_page_highlights_each_sample_reviews_key_words(
     page.goto(server + "/")
     page.fill("#key", KEY)
     expect(page.locator("#explain-row")).to_be_visible()  # /healthz says this deployment can explain
-    expect(page.locator("#explain")).to_be_checked()
+    expect(page.locator("#explain")).not_to_be_checked()  # explanations cost more: the page asks only when told
+    page.check("#explain")
     for kind, (text, _) in zip(("positive", "negative", "mixed"), SCENARIOS):
         (expected,) = explain(predictor, [text], top_k=5, n_steps=16)  # the deployment's defaults
         words = [k.word for k in expected.key_tokens]

@@ -1,0 +1,75 @@
+"""The endpoint behind Ray's own HTTP proxy, as the README's loopback recipe runs it: a ``ray start
+--head`` on 127.0.0.1 and ``serve run`` joining it through ``RAY_ADDRESS`` (HAProxy mode off).
+
+tests/test_serve_hostile.py runs the abuse phases in HAProxy mode (a Ray the project starts); here
+the same slow unauthenticated uploads go through Ray's proxy, which hands each request to the
+ingress replica as soon as its headers are in: the 401 must still come from the headers alone, and
+an ordinary client must stay served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from bench import abuse
+from ray_jobs.local_ray import free_loopback_port
+from serve.schemas import API_KEY_ENV
+from tests.test_job_submit import BIN, ROOT, ray_head
+from tests.test_serve import make_checkpoint, wait_until
+
+pytestmark = [pytest.mark.ray, pytest.mark.cluster]
+
+KEY = "proxy-mode-key-" + os.urandom(8).hex()
+HAPROXY_MODE = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_HAPROXY_BINARY_PATH",
+                "SENTIMENT_HAPROXY_BINARY", "RAY_SERVE_HAPROXY_LOG_TARGET", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S")
+PHASE_S = 6.0
+P99_FLOOR_S = 0.05  # as in tests/test_serve_hostile.py
+
+
+def serve_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "serve"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_slow_unauthenticated_uploads_leave_an_ordinary_client_served_behind_rays_proxy(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in HAPROXY_MODE:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    monkeypatch.setenv(API_KEY_ENV, KEY)  # the head's processes read it: replicas take the key from their node
+    checkpoint = make_checkpoint(tiny_model_dir, tmp_path / "model")
+    with ray_head() as (env, _, gcs):
+        client = {**env, "RAY_ADDRESS": gcs}
+        port = free_loopback_port()
+        started = serve_cli("start", "--http-host=127.0.0.1", f"--http-port={port}", env=client)
+        assert started.returncode == 0, started.stderr[-2000:]
+        ran = serve_cli("run", "--non-blocking", "serve.app:build_app", f"checkpoint={checkpoint}", "num_cpus=0.5",
+                        "max_replicas=1", "wandb_mode=disabled", env=client)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        url = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            try:
+                return requests.get(f"{url}/healthz", timeout=5).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(answers, 120, "the endpoint behind Ray's proxy")
+        assert requests.get(f"{url}/healthz", timeout=5).json()["auth_required"] is True
+        assert not [p for p in psutil.process_iter(["name"]) if p.info["name"] == "haproxy"]  # Ray's proxy, not HAProxy
+        time.sleep(1)
+        result = abuse.summary(asyncio.run(abuse.run(url, KEY, PHASE_S, slow=200, burst=0, explainers=0,
+                                                     phases=("alone", "slow uploads"))))
+    print(f"\nslow uploads behind Ray's proxy (tiny model): {result}")
+    bound = 2 * max(result["alone"]["ordinary"]["p99_s"], P99_FLOOR_S)
+    slow = result["slow uploads"]
+    assert slow["others"] == {"401": 200}
+    assert set(slow["ordinary"]["statuses"]) == {"200"} and slow["ordinary"]["p99_s"] < bound
