@@ -34,8 +34,10 @@ UNAUTHORIZED = "missing or wrong API key: send 'Authorization: Bearer <key>' or 
 class Backend(Protocol):
     """What the HTTP routes need from the model.
 
-    ``explains`` says whether ``predict(..., explain=True)`` can attribute (a torch model); when it
-    cannot, that call raises :class:`~sentiment.predict.ExplainUnavailable`.
+    ``explains`` says whether ``predict(..., explain=True)`` can attribute (the deployment has an
+    explainer); when it cannot, that call raises :class:`~sentiment.predict.ExplainUnavailable`.
+    ``predict`` raises :class:`~serve.admission.Overloaded` (503) or
+    :class:`~serve.admission.RequestTooCostly` (422) to refuse a request.
     """
 
     explains: bool

@@ -45,7 +45,7 @@ ARGS = {"min_replicas": 1, "max_replicas": 1, "num_cpus": 0.5, "max_batch_size":
         "max_text_chars": 2000, "max_texts": 8, "wandb_mode": "offline"}
 RSS_BOUND_MB = 100  # growth allowed per process (model replica, ingress, proxy) over the whole module
 LABELS = {"negative", "positive"}
-ABUSE_PHASE_S = 6.0
+ABUSE_PHASE_S = 4.0
 P99_FLOOR_S = 0.05  # "within 2x the unloaded p99" on a 2-core machine: a tiny model's p99 alone can be ~10 ms
 EXAMPLES = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
