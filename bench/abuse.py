@@ -155,7 +155,7 @@ async def first_answer(url: str, key: str) -> tuple[Calls, float]:
 
 
 async def run(url: str, key: str, seconds: float, slow: int, burst: int, explainers: int,
-              long_chars: int = 4000, phases: tuple[str, ...] = PHASES) -> dict[str, Any]:
+              long_chars: int = 1000, phases: tuple[str, ...] = PHASES) -> dict[str, Any]:
     """The ``phases`` in turn; returns each phase's ordinary client and the others' statuses. The
     explained reviews are ``long_chars`` characters long."""
     long_review = (LONG_SENTENCE * (long_chars // len(LONG_SENTENCE) + 1))[:long_chars].strip()
@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--slow", type=int, default=200, help="Slow unauthenticated uploads.")
     parser.add_argument("--burst", type=int, default=256, help="Clients at once in the burst.")
     parser.add_argument("--explainers", type=int, default=16, help="Clients asking explain on long reviews.")
-    parser.add_argument("--long-chars", type=int, default=4000, help="Characters of each explained review.")
+    parser.add_argument("--long-chars", type=int, default=1000,
+                        help="Characters of each explained review (4 of them must fit explain_max_windows).")
     args = parser.parse_args(argv)
     if urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
         parser.error("--url must be on this machine (127.0.0.1): this tool floods what it targets")

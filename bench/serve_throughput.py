@@ -138,11 +138,14 @@ def start_loopback_serve() -> int:
 def deploy(checkpoint: Path, backend: str = "auto", port: int | None = None, batch_wait_s: float | None = None,
            num_gpus: float = 0, long_reviews: str | None = None) -> str:
     """One fixed replica holding every core (and ``num_gpus``), on a loopback Serve (started unless
-    ``port`` is given); returns the predict URL. ``long_reviews`` overrides the checkpoint's."""
+    ``port`` is given); returns the predict URL. ``long_reviews`` overrides the checkpoint's. Load
+    shedding waits up to a minute here: this bench measures capacity (a closed loop of whole reviews
+    at concurrency 32 is more than the default 1 s of queued work on 2 cores); bench/abuse.py
+    measures the shedding."""
     port = port or start_loopback_serve()
     cores = float(os.cpu_count() or 1)
     app = build_app({"checkpoint": str(checkpoint), "num_cpus": cores, "num_gpus": num_gpus, "min_replicas": 1, "max_replicas": 1,
-                     "wandb_mode": "disabled", "backend": backend, "long_reviews": long_reviews,
+                     "wandb_mode": "disabled", "backend": backend, "long_reviews": long_reviews, "max_queue_wait_s": 60.0,
                      **({"batch_wait_timeout_s": batch_wait_s} if batch_wait_s is not None else {})})
     serve.run(app, name="bench", route_prefix="/", logging_config={"enable_access_log": False})
     return f"http://127.0.0.1:{port}/v1/predict"

@@ -58,7 +58,8 @@ class SentimentAPI:
         self.key = args.read_api_key(require_key)
         self.encoder = TextEncoder.load(resolved, args.long_reviews)
         self.label_names = list(resolved.config.model.label_names)
-        self.admission = Admission(args.max_queue_wait_s, min_windows=args.max_ongoing_requests)  # one replica's fill
+        self.admission = Admission(args.max_queue_wait_s, min_windows=args.max_ongoing_requests,  # one replica's fill
+                                   max_windows=args.max_ongoing_requests * args.max_replicas)
         self.explaining = 0  # explained requests in this ingress, from their predictions to their key tokens
 
     async def predict(self, texts: list[str], explain: bool = False) -> list[Prediction]:

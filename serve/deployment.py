@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import torch
@@ -108,6 +109,15 @@ class SentimentModel:
         return self.model_info
 
 
+def in_background() -> None:
+    """Run the calling thread only on CPU time nothing else wants (Linux's ``SCHED_IDLE``; elsewhere
+    the lowest priority). A thread of its own, not the process: Linux schedules threads."""
+    if hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    else:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+
+
 @serve.deployment
 class SentimentExplainer:
     """An explainer replica: integrated-gradients key tokens toward labels the model replicas chose.
@@ -116,7 +126,8 @@ class SentimentExplainer:
     own ``max_ongoing_requests`` (1: Captum hooks the embedding layer while it attributes) and
     ``max_queued_requests`` bound them, and a full queue is refused at once. It holds a torch fp32
     copy of the checkpoint (gradients need torch; loaded by the first explained request) and runs
-    on ``threads`` CPU threads, so explaining takes at most that share of the cores from predictions.
+    on ``threads`` CPU threads in the background (:func:`in_background`), so explaining takes only
+    what the predictions leave of at most that share of the cores.
     """
 
     def __init__(self, model: ResolvedModel, threads: int) -> None:
@@ -134,6 +145,10 @@ class SentimentExplainer:
         (:func:`sentiment.attribution.key_tokens`)."""
         from sentiment.attribution import key_tokens  # Captum: imported by the first explained request only
 
-        if self.predictor is None:
-            self.predictor = await asyncio.to_thread(Predictor.load, self.model, dtype=torch.float32, backend="torch")
-        return await asyncio.to_thread(key_tokens, self.predictor, encoded, targets, top_k, n_steps)
+        def attribute() -> list[list[KeyToken]]:
+            in_background()
+            if self.predictor is None:
+                self.predictor = Predictor.load(self.model, dtype=torch.float32, backend="torch")
+            return key_tokens(self.predictor, encoded, targets, top_k, n_steps)
+
+        return await asyncio.to_thread(attribute)

@@ -60,6 +60,7 @@ TEST_ARGS = {
     "max_batch_tokens": 128,  # with max_seq_length 64: two long reviews fill a batch (the token budget at work)
     "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 0.5,
     "downscale_delay_s": 15.0, "look_back_period_s": 2.0, "max_text_chars": 2000, "max_texts": 8,
+    "max_request_windows": 6,  # under max_texts: 7 texts are a request over its cost cap
 }
 TEXTS = [
     "A fun brain candy movie...good dialog.",
@@ -277,6 +278,7 @@ BAD_INPUT = [
     ("empty-list", "post", "/v1/predict", {"json": {"texts": []}}, 422, "at least 1 item"),
     ("too-many-texts", "post", "/v1/predict", {"json": {"texts": ["ok"] * 9}}, 422, "at most 8 items"),
     ("text-too-long", "post", "/v1/predict", {"json": {"text": LONG}}, 422, "at most 2000 characters"),
+    ("over-the-windows-cap", "post", "/v1/predict", {"json": {"texts": ["ok"] * 7}}, 422, "over max_request_windows=6"),
     ("wrong-content-type", "post", "/v1/predict", {"data": "text=good", "headers": {"Content-Type": "text/plain"}}, 415, "application/json"),
     ("form-missing-review", "post", "/v1/predict/form", {"data": {"text": "good"}}, 422, "review"),
     ("form-blank-review", "post", "/v1/predict/form", {"data": {"review": "  "}}, 422, "text is empty"),
@@ -295,6 +297,14 @@ def test_bad_input_gets_a_json_4xx_and_serving_goes_on(
     assert (response.status_code, response.headers["content-type"]) == (status, "application/json")
     assert message in json.dumps(response.json()["detail"])
     assert client.post(f"{server}/v1/predict", json={"text": "still serving?"}).status_code == 200
+
+
+def test_an_explained_answer_is_the_plain_answer_with_key_tokens(server: str, client: requests.Session) -> None:
+    plain = client.post(f"{server}/v1/predict", json={"texts": TEXTS[:3]}).json()["predictions"]
+    explained = client.post(f"{server}/v1/predict", json={"texts": TEXTS[:3], "explain": True}).json()["predictions"]
+    for p, e in zip(plain, explained, strict=True):
+        assert isinstance(e.pop("key_tokens"), list) and "key_tokens" not in p
+        assert e["label"] == p["label"] and e["probabilities"] == pytest.approx(p["probabilities"], abs=1e-6)
 
 
 def test_api_key_by_bearer_and_basic_auth(server: str) -> None:

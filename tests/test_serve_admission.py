@@ -27,7 +27,7 @@ def serve_at(admission: Admission, clock: Clock, rate: float, seconds: float, wi
 
 
 def test_a_cold_ingress_admits_up_to_its_floor_then_refuses_at_once():
-    admission = Admission(max_wait_s=1.0, min_windows=4, clock=Clock())
+    admission = Admission(max_wait_s=1.0, min_windows=4, max_windows=10_000, clock=Clock())
     with admission.admitted(3), admission.admitted(1):
         with pytest.raises(Overloaded, match="4 windows in flight"):
             with admission.admitted(1):
@@ -40,7 +40,7 @@ def test_a_cold_ingress_admits_up_to_its_floor_then_refuses_at_once():
 @pytest.mark.parametrize("rate", [20.0, 2000.0])
 def test_the_budget_is_the_measured_rate_times_the_wait(rate):
     clock = Clock()
-    admission = Admission(max_wait_s=1.0, min_windows=4, clock=clock)
+    admission = Admission(max_wait_s=1.0, min_windows=4, max_windows=10_000, clock=clock)
     serve_at(admission, clock, rate, seconds=3.0)
     assert admission.rate == pytest.approx(rate, rel=1e-6)
     assert admission.budget() == pytest.approx(rate)
@@ -54,8 +54,18 @@ def test_the_budget_is_the_measured_rate_times_the_wait(rate):
 
 def test_idle_time_does_not_lower_the_rate():
     clock = Clock()
-    admission = Admission(max_wait_s=1.0, min_windows=1, clock=clock)
+    admission = Admission(max_wait_s=1.0, min_windows=1, max_windows=10_000, clock=clock)
     for _ in range(10):
         serve_at(admission, clock, 100.0, seconds=0.1, windows=5)
         clock.now += 60.0  # a minute with nothing to do
     assert admission.rate == pytest.approx(100.0, rel=1e-6)
+
+
+def test_never_more_than_the_replicas_hold_however_fast_they_are():
+    clock = Clock()
+    admission = Admission(max_wait_s=1.0, min_windows=4, max_windows=64, clock=clock)
+    serve_at(admission, clock, 5000.0, seconds=1.0, windows=50)
+    assert admission.rate == pytest.approx(5000.0) and admission.budget() == 64
+    with admission.admitted(60), pytest.raises(Overloaded):
+        with admission.admitted(5):
+            pass
