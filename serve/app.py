@@ -1,4 +1,4 @@
-"""The Serve application: a FastAPI ingress bound to the model deployment, built from typed args.
+"""The Serve application: a FastAPI ingress bound to the model and explainer deployments, built from typed args.
 
     serve run serve.app:build_app checkpoint=~/sentiment-runs/<run> [key=value ...]
     serve run configs/serve.yaml          (or serve deploy configs/serve.yaml on a running cluster)
@@ -6,8 +6,9 @@
 ``build_app`` validates its args as :class:`~serve.schemas.ServeArgs` and resolves the checkpoint
 once (:func:`sentiment.layout.resolve`) before anything is deployed, so a typo or a missing,
 incomplete or corrupt checkpoint fails at once with a message. The replicas get the resolved
-record and never resolve or hash again. The HTTP routes live in ``serve.http``, the schemas in
-``serve.schemas``, the model replica in ``serve.deployment``.
+record and never resolve again (each re-hashes the files it loads against it). The HTTP routes
+live in ``serve.http``, the schemas in ``serve.schemas``, load shedding in ``serve.admission``, the
+model and explainer replicas in ``serve.deployment``.
 """
 
 # No ``from __future__ import annotations`` here: Serve reads build_app's annotation as a class to
@@ -155,7 +156,8 @@ def build_app(args: ServeArgs) -> Application:
         The application for ``serve.run`` / ``serve run`` / ``serve deploy``.
 
     Raises:
-        pydantic.ValidationError: unknown or invalid args (``api_key`` among them), or an empty key.
+        pydantic.ValidationError: unknown or invalid args (``api_key`` among them).
+        ValueError: an empty key, or an ``api_key_file`` that cannot be read.
         CheckpointError: missing, incomplete or corrupt checkpoint, or a backend it has no verified export for.
         ValueError: ``max_batch_tokens`` below the checkpoint's ``max_seq_length``.
     """

@@ -5,8 +5,9 @@ The checkpoint is resolved once, when the app is built (:func:`sentiment.layout.
 each replica gets that record: where the model folder is, the sha256 of its weights, its training
 config. A replica loads it with :class:`~sentiment.predict.Predictor` (from this node's cached
 copy when it is remote: one download per node, removed when no replica holds it), without
-resolving or hashing again; tokenizer, max length, truncation and label names all come from the
-checkpoint's ``train_config.json``.
+resolving again but re-hashing the files it loads against the record; max length, truncation and
+label names all come from the checkpoint's ``train_config.json``. The texts arrive tokenized by the
+ingress (:class:`~sentiment.predict.TextEncoder`, the same tokenizer and settings).
 """
 
 from __future__ import annotations
