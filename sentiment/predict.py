@@ -44,6 +44,7 @@ class Prediction:
     truncated: bool
     windows: int = 1
     key_tokens: list[KeyToken] | None = None
+    logits: list[float] | None = None  # raw, before the temperature, in label order
 
 
 @dataclass
@@ -294,9 +295,10 @@ class Predictor:
 
     def details(self, encoded: Encoded, batch_size: int = 64) -> list[Prediction]:
         """:meth:`predict_details` for texts already encoded by :meth:`encode`."""
-        proba = self.probabilities(self.logits(encoded, batch_size))
+        logits = self.logits(encoded, batch_size)
+        proba = self.probabilities(logits)
         results = []
-        for p, seen, truncated, windows in zip(proba, encoded.seen, encoded.truncated, encoded.counts):
+        for p, raw, seen, truncated, windows in zip(proba, logits, encoded.seen, encoded.truncated, encoded.counts):
             top = int(p.argmax())
             results.append(
                 Prediction(
@@ -306,6 +308,7 @@ class Predictor:
                     num_tokens=int(seen),
                     truncated=bool(truncated),
                     windows=int(windows),
+                    logits=[float(v) for v in raw],
                 )
             )
         return results

@@ -22,12 +22,14 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.admission import Overloaded, RequestTooCostly
+from serve.protocols import tei_router
 from serve.schemas import (
     BODY_ERRORS, Health, ModelInfo, PredictResponse, ServeArgs, TextPrediction, errors, not_blank, request_model,
 )
 from sentiment.predict import ExplainUnavailable, Prediction
 
 STATIC = Path(__file__).parent / "static"
+PROTECTED = ("/v1", "/predict", "/info")  # paths that need the key, when the deployment has one
 UNAUTHORIZED = "missing or wrong API key: send 'Authorization: Bearer <key>' or basic auth with the key as user"
 
 
@@ -155,18 +157,22 @@ def make_api(backend: Backend, args: ServeArgs, key: SecretStr | None) -> FastAP
         "deployment has one (`Authorization: Bearer <key>`, or basic auth with the key as user).",
         exception_handlers={RequestValidationError: validation_error},
     )
-    app.add_middleware(RequestGate, key=key, protected=("/v1",), max_bytes=args.max_body_bytes,
+    app.add_middleware(RequestGate, key=key, protected=PROTECTED, max_bytes=args.max_body_bytes,
                        body_timeout_s=args.body_timeout_s, min_rate=args.min_body_rate)
     v1 = APIRouter(prefix="/v1", responses=errors(e401="Missing or wrong API key.") if key else {})
     PredictRequest = request_model(args.max_text_chars, args.max_texts, args.explain_max_texts)
 
-    async def respond(texts: list[str], explain: bool = False) -> PredictResponse:
+    async def predict_texts(texts: list[str], explain: bool = False) -> list[Prediction]:
+        """The backend's predictions, its refusals as HTTP errors (one mapping for every route)."""
         try:
-            predictions = await backend.predict(texts, explain)
+            return await backend.predict(texts, explain)
         except (ExplainUnavailable, RequestTooCostly) as err:
             raise HTTPException(422, str(err)) from None
         except Overloaded as err:
             raise HTTPException(503, str(err), headers={"Retry-After": str(err.retry_after_s)}) from None
+
+    async def respond(texts: list[str], explain: bool = False) -> PredictResponse:
+        predictions = await predict_texts(texts, explain)
         return PredictResponse(predictions=[
             TextPrediction(**{**vars(p), "key_tokens": p.key_tokens and [vars(k) for k in p.key_tokens]},
                            uncertain=p.score < args.uncertain_below)
@@ -210,5 +216,6 @@ def make_api(backend: Backend, args: ServeArgs, key: SecretStr | None) -> FastAP
         return FileResponse(STATIC / "index.html")
 
     app.include_router(v1)
+    app.include_router(tei_router(predict_texts, backend.info, args, keyed=key is not None))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

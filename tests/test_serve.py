@@ -284,7 +284,7 @@ BAD_INPUT = [
     ("form-blank-review", "post", "/v1/predict/form", {"data": {"review": "  "}}, 422, "text is empty"),
     ("form-review-too-long", "post", "/v1/predict/form", {"data": {"review": LONG}}, 422, "at most 2000 characters"),
     ("unknown-path", "post", "/v1/nope", {"json": {"text": "good"}}, 404, "Not Found"),
-    ("unversioned-path", "post", "/predict", {"json": {"text": "good"}}, 404, "Not Found"),
+    ("unversioned-path", "post", "/predictions", {"json": {"text": "good"}}, 404, "Not Found"),
     ("wrong-method", "get", "/v1/predict", {}, 405, "Method Not Allowed"),
 ]
 
@@ -305,6 +305,21 @@ def test_an_explained_answer_is_the_plain_answer_with_key_tokens(server: str, cl
     for p, e in zip(plain, explained, strict=True):
         assert isinstance(e.pop("key_tokens"), list) and "key_tokens" not in p
         assert e["label"] == p["label"] and e["probabilities"] == pytest.approx(p["probabilities"], abs=1e-6)
+
+
+def test_huggingface_inference_client_gets_the_v1_probabilities(server: str, client: requests.Session,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import InferenceClient, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite keeps the hub offline; this URL is local
+    hf = InferenceClient(model=f"{server}/predict", token=KEY)
+    for text in TEXTS[:3]:
+        (v1,) = client.post(f"{server}/v1/predict", json={"text": text}).json()["predictions"]
+        got = hf.text_classification(text, top_k=2)
+        assert [e.label for e in got] == sorted(v1["probabilities"], key=lambda n: -v1["probabilities"][n])
+        assert {e.label: e.score for e in got} == pytest.approx(v1["probabilities"], abs=1e-6)
+    info = client.get(f"{server}/info").json()
+    assert info["model_type"]["classifier"]["id2label"] == {"0": "negative", "1": "positive"}
 
 
 def test_api_key_by_bearer_and_basic_auth(server: str) -> None:

@@ -7,6 +7,7 @@ app on Ray Serve with a real checkpoint.
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 import threading
@@ -47,13 +48,15 @@ class StandIn:
         self.seen.append(texts)
         return [Prediction("positive" if "good" in t else "negative", 0.9 if "good" in t else 0.6,
                            {"negative": 0.1, "positive": 0.9} if "good" in t else {"negative": 0.6, "positive": 0.4},
-                           num_tokens=len(t.split()) + 2, truncated=False,
-                           key_tokens=[KeyToken("good", 0.5)] if explain and "good" in t else [] if explain else None)
+                           num_tokens=len(t.split()) + 2, truncated="long" in t,
+                           key_tokens=[KeyToken("good", 0.5)] if explain and "good" in t else [] if explain else None,
+                           logits=[-1.0, 1.2] if "good" in t else [0.2, -0.2])
                 for t in texts]
 
     async def info(self) -> dict[str, Any]:
-        return {"checkpoint": "c", "path": "/p", "sha256": "0" * 64, "label_names": ["negative", "positive"],
-                "metrics": {}, "config": {}, "device": "cpu", "dtype": "float32"}
+        return {"checkpoint": "c", "path": "/p", "sha256": "0" * 64, "weights_sha256": "1" * 64,
+                "label_names": ["negative", "positive"], "metrics": {}, "config": {"max_seq_length": 64},
+                "device": "cpu", "dtype": "float32"}
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +204,66 @@ def test_a_body_slower_than_its_deadline_is_cut_with_408(api):
         reply = sock.recv(4096).decode()
         waited = time.monotonic() - started
     assert reply.startswith("HTTP/1.1 408") and "not received within 1.0 s" in reply
-    assert BODY_TIMEOUT_S <= waited < BODY_TIMEOUT_S + 2
+    assert BODY_TIMEOUT_S - 0.1 <= waited < BODY_TIMEOUT_S + 2  # cut at its deadline (clocks differ by a hair)
     assert len(backend.seen) == calls
     ok = requests.post(f"{url}/v1/predict", json={"text": "good"}, headers=AUTH, timeout=10)
     assert ok.status_code == 200
+
+
+# --- Hugging Face / text-embeddings-inference routes ---------------------------------------------
+
+def test_huggingface_inference_client_classifies_unchanged_with_the_key_as_its_token(api, monkeypatch):
+    from huggingface_hub import InferenceClient, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite keeps the hub offline; this URL is local
+    url, _ = api
+    top = InferenceClient(model=f"{url}/predict", token=KEY).text_classification("good film", top_k=2)
+    assert [(e.label, e.score) for e in top] == [("positive", 0.9), ("negative", 0.1)]  # every label, best first
+    with pytest.raises(HfHubHTTPError) as denied:
+        InferenceClient(model=f"{url}/predict").text_classification("good film")
+    assert denied.value.response.status_code == 401
+
+
+@pytest.mark.parametrize("body, expected", [
+    ({"inputs": "good"}, [{"label": "positive", "score": 0.9}, {"label": "negative", "score": 0.1}]),
+    ({"inputs": ["good", ["dull"]], "top_k": 1}, [[{"label": "positive", "score": 0.9}],
+                                                 [{"label": "negative", "score": 0.6}]]),
+    ({"inputs": "good", "raw_scores": True}, [{"label": "positive", "score": 1.2}, {"label": "negative", "score": -1.0}]),
+    ({"inputs": "dull", "function_to_apply": "sigmoid", "top_k": 1}, [{"label": "negative", "score": 1 / (1 + math.exp(-0.2))}]),
+    ({"inputs": "dull", "parameters": {"top_k": 1}}, [[{"label": "negative", "score": 0.6}]]),  # the Inference API's shape
+])
+def test_tei_predict_answers_in_teis_shapes(api, body, expected):
+    url, _ = api
+    reply = requests.post(f"{url}/predict", json=body, headers=AUTH, timeout=10)
+    assert reply.status_code == 200 and same_scores(reply.json(), expected), reply.json()
+
+
+def same_scores(got, expected):
+    """Equal labels in the same nesting, scores to 1e-6."""
+    if isinstance(expected, list):
+        return isinstance(got, list) and len(got) == len(expected) and all(same_scores(g, e) for g, e in zip(got, expected))
+    return got["label"] == expected["label"] and got["score"] == pytest.approx(expected["score"])
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"inputs": [["good", "bad"]]}, 422, "inputs[0]: a text pair (2 texts); this model classifies single texts"),
+    ({"inputs": ["a", "b", "c", "d"]}, 422, "at most 3 texts per request, got 4"),
+    ({"inputs": "x" * 51}, 422, "over max_text_chars=50"),
+    ({"inputs": "long and good", "truncate": False}, 422, "truncate=false"),
+    ({"inputs": "good", "function_to_apply": "tanh"}, 422, "function_to_apply"),
+    ({"inputs": "overload"}, 503, "overloaded"),
+])
+def test_tei_predict_refuses_what_it_cannot_do_naming_it(api, body, status, message):
+    url, _ = api
+    reply = requests.post(f"{url}/predict", json=body, headers=AUTH, timeout=10)
+    assert reply.status_code == status and message in reply.text, reply.text
+
+
+def test_tei_info_and_health(api):
+    url, _ = api
+    assert requests.get(f"{url}/info", timeout=10).status_code == 401
+    info = requests.get(f"{url}/info", headers=AUTH, timeout=10).json()
+    assert info["model_type"]["classifier"]["id2label"] == {"0": "negative", "1": "positive"}
+    assert (info["max_input_length"], info["max_client_batch_size"], info["model_sha"]) == (64, 3, "1" * 64)
+    assert requests.get(f"{url}/health", timeout=10).json() == {"status": "ok"}  # open, like /healthz
