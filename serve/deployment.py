@@ -50,6 +50,7 @@ class SentimentModel:
             raise RuntimeError("num_gpus > 0 but this replica sees no CUDA device")
         device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", None)  # CPU: the checkpoint's precision where native
         self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend, long_reviews=long_reviews)
+        self.predictor.predict_details(["warm up"])  # the first request pays no one-off cost; ready means warm
         self.batcher = ContinuousBatcher(self._details, tokens=lambda encoded: sum(map(len, encoded.windows)))
         cfg = model.config
         served_file, served_sha = self.predictor.served_file

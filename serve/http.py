@@ -22,14 +22,14 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.admission import Overloaded, RequestTooCostly
-from serve.protocols import tei_router
+from serve.protocols import tei_router, v2_router
 from serve.schemas import (
     BODY_ERRORS, Health, ModelInfo, PredictResponse, ServeArgs, TextPrediction, errors, not_blank, request_model,
 )
 from sentiment.predict import ExplainUnavailable, Prediction
 
 STATIC = Path(__file__).parent / "static"
-PROTECTED = ("/v1", "/predict", "/info")  # paths that need the key, when the deployment has one
+PROTECTED = ("/v1", "/predict", "/info", "/v2/models/")  # paths that need the key, when the deployment has one
 UNAUTHORIZED = "missing or wrong API key: send 'Authorization: Bearer <key>' or basic auth with the key as user"
 
 
@@ -217,5 +217,6 @@ def make_api(backend: Backend, args: ServeArgs, key: SecretStr | None) -> FastAP
 
     app.include_router(v1)
     app.include_router(tei_router(predict_texts, backend.info, args, keyed=key is not None))
+    app.include_router(v2_router(predict_texts, backend.info, args, keyed=key is not None))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -1,9 +1,13 @@
 """Routes in the shapes clients already speak, as thin adapters over the same backend as ``/v1``.
 
-Hugging Face text-embeddings-inference (TEI) and Hugging Face's ``InferenceClient``:
-``POST /predict``, ``GET /info``, ``GET /health``. A request is checked here, its texts go through
-the same :class:`~serve.http.Backend` call as ``/v1/predict`` (same key, limits, batching,
-budgets and errors), and the answer is reshaped: every label as ``{label, score}``, highest first.
+- Hugging Face text-embeddings-inference (TEI) and Hugging Face's ``InferenceClient``:
+  ``POST /predict``, ``GET /info``, ``GET /health``; every label as ``{label, score}``, highest first.
+- The Open Inference Protocol v2 of KServe, Triton and Seldon: ``GET /v2``, ``/v2/health/live``,
+  ``/v2/health/ready``, ``/v2/models/{name}`` (and ``/ready``), ``POST /v2/models/{name}/infer``
+  with one ``BYTES`` input ``text``, answering ``label`` (BYTES) and ``probabilities`` (FP32).
+
+A request is checked here, its texts go through the same call as ``/v1/predict`` (same key,
+limits, batching, budgets and errors), and the answer is reshaped.
 
 One shape question has two answers in the field: TEI answers a single string with a flat list
 and a batch with one list per text, while Hugging Face's Inference API (which ``InferenceClient``
@@ -13,17 +17,21 @@ gets the Inference API's shape; one without gets TEI's. Both clients then work u
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route annotations at run time.
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serve.schemas import ServeArgs, errors
 from sentiment.predict import Prediction
 
 Function = Literal["sigmoid", "softmax", "none"]
+READY_TIMEOUT_S = 2.0  # a model replica that does not answer its info call by then is not ready
 
 
 class TEIParameters(BaseModel):
@@ -146,3 +154,162 @@ def tei_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]]
 
     return router
 
+
+
+class V2Tensor(BaseModel):
+    """An input tensor of the Open Inference Protocol (JSON data; nested lists follow ``shape``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any] | None = None  # absent when the tensor travels in the binary extension
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class V2Output(BaseModel):
+    """An output the client asks for (by name)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+
+class V2InferRequest(BaseModel):
+    """``POST /v2/models/{name}/infer``: one ``BYTES`` input named ``text``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = None
+    inputs: list[V2Tensor] = Field(min_length=1, max_length=1)
+    outputs: list[V2Output] | None = None
+
+    def texts(self, binary: bytes = b"") -> list[str]:
+        """The texts, flattened from the input's shape, from its JSON ``data`` or from ``binary`` (the
+        binary extension: each string as a 4-byte little-endian length and its UTF-8 bytes).
+
+        Raises:
+            ValueError: naming the input that is not one ``BYTES`` tensor ``text`` of strings.
+        """
+        (tensor,) = self.inputs
+        if tensor.name != "text" or tensor.datatype != "BYTES":
+            raise ValueError(f"inputs: one BYTES tensor named 'text' is expected, got {tensor.name!r} ({tensor.datatype})")
+        if tensor.data is None:
+            flat = binary_strings(binary[:tensor.parameters.get("binary_data_size", len(binary))])
+        else:
+            flat = np.asarray(tensor.data, dtype=object).reshape(-1).tolist()
+        if int(np.prod(tensor.shape)) != len(flat) or not all(isinstance(t, str) for t in flat):
+            raise ValueError(f"inputs[0]: shape {tensor.shape} does not hold its {len(flat)} strings")
+        return flat
+
+
+V2_OUTPUTS = ("label", "probabilities")
+
+
+def binary_strings(data: bytes) -> list[Any]:
+    """The strings of a ``BYTES`` tensor in the binary extension.
+
+    Raises:
+        ValueError: a length that runs past the data, or bytes that are not UTF-8.
+    """
+    out, at = [], 0
+    while at < len(data):
+        size = int.from_bytes(data[at:at + 4], "little")
+        if at + 4 + size > len(data):
+            raise ValueError("inputs[0]: binary data ends inside a string")
+        try:
+            out.append(data[at + 4:at + 4 + size].decode())
+        except UnicodeDecodeError:
+            raise ValueError("inputs[0]: a string that is not UTF-8") from None
+        at += 4 + size
+    return out
+
+
+def v2_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]],
+              model_info: Callable[[], Awaitable[dict[str, Any]]], args: ServeArgs, keyed: bool) -> APIRouter:
+    """The Open Inference Protocol v2 routes for the model ``args.model_name``. ``/v2`` and
+    ``/v2/health/*`` are open (probes carry no key); everything under ``/v2/models/`` is behind the
+    key when ``keyed``, like ``/v1/model``. Ready means a model replica answers (it loads and warms
+    up its model before it takes requests)."""
+    router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2 (KServe, Triton)"])
+    name = args.model_name
+
+    async def model_ready() -> bool:
+        try:
+            await asyncio.wait_for(model_info(), READY_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 (any failure to answer is "not ready")
+            return False
+        return True
+
+    def known(model: str) -> None:
+        if model != name:
+            raise HTTPException(404, f"no model {model!r} here; this endpoint serves {name!r}")
+
+    @router.get("")
+    async def server() -> dict[str, Any]:
+        """Server metadata."""
+        return {"name": "bert-sentiment", "version": "1", "extensions": []}
+
+    @router.get("/health/live")
+    async def live() -> dict[str, bool]:
+        """Liveness: the ingress answers."""
+        return {"live": True}
+
+    @router.get("/health/ready", responses=errors(e503="No model replica answers yet."))
+    async def ready() -> JSONResponse:
+        """Readiness: a model replica has loaded and warmed up its model and answers."""
+        ok = await model_ready()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @router.get("/models/{model}/ready", responses=errors(e404="Another model name.", e503="Not ready."))
+    async def model_is_ready(model: str) -> JSONResponse:
+        """Readiness of the model."""
+        known(model)
+        return await ready()
+
+    @router.get("/models/{model}", responses=errors(e404="Another model name."))
+    async def metadata(model: str) -> dict[str, Any]:
+        """The model's inputs and outputs."""
+        known(model)
+        labels = (await model_info())["label_names"]
+        return {"name": name, "versions": ["1"], "platform": "pytorch",
+                "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]}],
+                "parameters": {"labels": labels}}
+
+    @router.post("/models/{model}/infer", responses={**(errors(e401="Missing or wrong API key.") if keyed else {}),
+                                                     **errors(e404="Another model name.", e503="Overloaded.")})
+    async def infer(model: str, request: Request) -> dict[str, Any]:
+        """Labels and every label's probability (in the order of ``/v2/models/{name}``'s ``labels``).
+
+        The body is JSON whatever its Content-Type (Triton's client sends none), optionally followed
+        by binary tensor data after the first ``Inference-Header-Content-Length`` bytes."""
+        known(model)
+        raw = await request.body()  # RequestGate bounds its size and its time
+        header_size = request.headers.get("inference-header-content-length", "")
+        split = int(header_size) if header_size.isdigit() else len(raw)
+        try:
+            body = V2InferRequest.model_validate_json(raw[:split])
+            texts = body.texts(raw[split:])
+        except ValidationError as err:
+            raise RequestValidationError(err.errors()) from None
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+        wanted = [o.name for o in body.outputs] if body.outputs else list(V2_OUTPUTS)
+        if unknown := sorted(set(wanted) - set(V2_OUTPUTS)):
+            raise HTTPException(422, f"outputs: unknown {unknown}; this model gives {list(V2_OUTPUTS)}")
+        if len(texts) > args.max_texts or any(len(t) > args.max_text_chars for t in texts):
+            raise HTTPException(422, f"inputs: at most {args.max_texts} texts of at most {args.max_text_chars} characters")
+        predictions = await predict_texts(texts)
+        labels = list(predictions[0].probabilities)
+        tensors = {
+            "label": {"name": "label", "datatype": "BYTES", "shape": [len(texts)], "data": [p.label for p in predictions]},
+            "probabilities": {"name": "probabilities", "datatype": "FP32", "shape": [len(texts), len(labels)],
+                              "data": [p.probabilities[n] for p in predictions for n in labels]},
+        }
+        return {"model_name": name, "model_version": "1", **({"id": body.id} if body.id else {}),
+                "outputs": [tensors[n] for n in wanted]}
+
+    return router

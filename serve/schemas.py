@@ -26,6 +26,8 @@ class ServeArgs(BaseModel):
         description="Model folder, epoch checkpoint, run folder, folder with best.json, 'best' "
         "(the sweep's recorded best under storage_path) or a URI (s3://, gs://, file://)."
     )
+    model_name: str = Field("sentiment", pattern=r"^[A-Za-z0-9_.-]+$",
+                            description="The model's name in the Open Inference Protocol routes (/v2/models/{name}).")
     which: Literal["best", "last"] = Field("best", description="Epoch of a run folder to serve.")
     storage_path: Location | None = Field(None, description="Where 'best' is looked up (default ~/sentiment-runs).")
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per model replica.")

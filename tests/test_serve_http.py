@@ -267,3 +267,50 @@ def test_tei_info_and_health(api):
     assert info["model_type"]["classifier"]["id2label"] == {"0": "negative", "1": "positive"}
     assert (info["max_input_length"], info["max_client_batch_size"], info["model_sha"]) == (64, 3, "1" * 64)
     assert requests.get(f"{url}/health", timeout=10).json() == {"status": "ok"}  # open, like /healthz
+
+
+# --- Open Inference Protocol v2 (KServe, Triton) -------------------------------------------------
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary-input", "json-input"])
+def test_a_triton_client_infers_with_the_key_and_reads_labels_and_probabilities(api, binary):
+    import numpy as np
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    url, _ = api
+    client = triton.InferenceServerClient(url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()  # probes are open
+    text = triton.InferInput("text", [2], "BYTES")
+    text.set_data_from_numpy(np.array(["good film", "dull"], dtype=object), binary_data=binary)
+    wanted = [triton.InferRequestedOutput(n, binary_data=False) for n in ("label", "probabilities")]
+    result = client.infer("sentiment", [text], outputs=wanted, headers=dict(AUTH))  # the client adds to it
+    assert [str(v, "utf-8") if isinstance(v, bytes) else v for v in result.as_numpy("label")] == ["positive", "negative"]
+    np.testing.assert_allclose(result.as_numpy("probabilities"), [[0.1, 0.9], [0.6, 0.4]], rtol=1e-6)
+    assert client.get_model_metadata("sentiment", headers=dict(AUTH))["parameters"]["labels"] == ["negative", "positive"]
+    with pytest.raises(InferenceServerException, match="401|API key"):
+        client.infer("sentiment", [text], outputs=wanted)
+
+
+@pytest.mark.parametrize("path, body, status, message", [
+    ("/v2/models/other/infer", {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["good"]}]},
+     404, "serves 'sentiment'"),
+    ("/v2/models/sentiment/infer", {"inputs": [{"name": "ids", "shape": [1], "datatype": "INT64", "data": [1]}]},
+     422, "one BYTES tensor named 'text'"),
+    ("/v2/models/sentiment/infer", {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]},
+     422, "shape [3] does not hold its 1 strings"),
+    ("/v2/models/sentiment/infer", {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}],
+                                    "outputs": [{"name": "logits"}]}, 422, "unknown ['logits']"),
+])
+def test_v2_infer_refuses_what_it_cannot_do_naming_it(api, path, body, status, message):
+    url, _ = api
+    reply = requests.post(url + path, json=body, headers=AUTH, timeout=10)
+    assert reply.status_code == status and message in reply.text, reply.text
+
+
+def test_v2_infer_json_shape(api):
+    url, _ = api
+    body = {"id": "r1", "inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": [["good"]]}],
+            "outputs": [{"name": "probabilities"}]}
+    reply = requests.post(f"{url}/v2/models/sentiment/infer", json=body, headers=AUTH, timeout=10).json()
+    assert reply["id"] == "r1" and reply["model_name"] == "sentiment"
+    assert reply["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [1, 2], "data": [0.1, 0.9]}]
