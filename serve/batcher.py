@@ -29,6 +29,7 @@ class _Waiting:
     text: Any
     tokens: int
     future: asyncio.Future[Any]
+    since: float  # the event loop's time when it arrived
 
 
 class ContinuousBatcher:
@@ -37,14 +38,16 @@ class ContinuousBatcher:
     Args:
         run: the batch function, ``texts -> one result per text``; it runs in a worker thread.
         tokens: a text's token count (what the model keeps of it), for the token budget.
+        observe: called after each batch with its results and each text's wait (seconds) for it.
         max_texts, max_tokens, wait_s: see the module docstring; ``max_tokens=None``: texts only.
     """
 
     def __init__(
         self, run: Callable[[list[Any]], list[Any]], tokens: Callable[[Any], int] = lambda text: 1,
         max_texts: int = DEFAULT_MAX_TEXTS, max_tokens: int | None = DEFAULT_MAX_TOKENS, wait_s: float = 0.0,
+        observe: Callable[[list[Any], list[float]], None] | None = None,
     ) -> None:
-        self.run, self.tokens = run, tokens
+        self.run, self.tokens, self.observe = run, tokens, observe
         self.max_texts, self.max_tokens, self.wait_s = max_texts, max_tokens, wait_s
         self.queue: deque[_Waiting] = deque()
         self.worker: asyncio.Task[None] | None = None
@@ -56,7 +59,7 @@ class ContinuousBatcher:
             Exception: whatever ``run`` raised for the batch this text was in.
         """
         future = asyncio.get_running_loop().create_future()
-        self.queue.append(_Waiting(text, self.tokens(text), future))
+        self.queue.append(_Waiting(text, self.tokens(text), future, asyncio.get_running_loop().time()))
         if self.worker is None or self.worker.done():
             self.worker = asyncio.create_task(self._work())
         return await future
@@ -85,6 +88,7 @@ class ContinuousBatcher:
             batch = self.take()
             if not batch:
                 continue
+            started = asyncio.get_running_loop().time()
             try:
                 results = await asyncio.to_thread(self.run, [item.text for item in batch])
             except Exception as err:  # every caller of the batch gets the error
@@ -95,3 +99,5 @@ class ContinuousBatcher:
             for item, result in zip(batch, results):
                 if not item.future.done():
                     item.future.set_result(result)
+            if self.observe is not None:
+                self.observe(results, [started - item.since for item in batch])

@@ -21,6 +21,7 @@ import torch
 from ray import serve
 
 from serve.batcher import ContinuousBatcher
+from serve.metrics import ModelMetrics
 from serve.schemas import BatchConfig
 from sentiment.layout import ResolvedModel
 from sentiment.predict import Encoded, KeyToken, Prediction, Predictor
@@ -51,7 +52,8 @@ class SentimentModel:
         device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", None)  # CPU: the checkpoint's precision where native
         self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend, long_reviews=long_reviews)
         self.predictor.predict_details(["warm up"])  # the first request pays no one-off cost; ready means warm
-        self.batcher = ContinuousBatcher(self._details, tokens=lambda encoded: sum(map(len, encoded.windows)))
+        self.batcher = ContinuousBatcher(self._details, tokens=lambda encoded: sum(map(len, encoded.windows)),
+                                         observe=ModelMetrics().record)
         cfg = model.config
         served_file, served_sha = self.predictor.served_file
         self.model_info = {

@@ -322,6 +322,24 @@ def test_huggingface_inference_client_gets_the_v1_probabilities(server: str, cli
     assert info["model_type"]["classifier"]["id2label"] == {"0": "negative", "1": "positive"}
 
 
+def test_the_model_replicas_metrics_reach_prometheus(server: str, client: requests.Session) -> None:
+    import ray
+
+    for text in TEXTS:
+        assert client.post(f"{server}/v1/predict", json={"text": text}).status_code == 200
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    exported = {"ray_sentiment_predictions_total", "ray_sentiment_confidence_bucket", "ray_sentiment_tokens_per_text_bucket",
+                "ray_sentiment_batch_texts_bucket", "ray_sentiment_queue_seconds_bucket", "ray_sentiment_truncated_total"}
+
+    def scraped() -> set[str]:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        return {line.split("{")[0] for line in text.splitlines() if line.startswith("ray_sentiment_")}
+
+    wait_until(lambda: exported <= scraped(), 90, "the replica's metrics on the node's Prometheus port")
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert re.search(r'ray_sentiment_predictions_total\{[^}]*label="(positive|negative)"', text)
+
+
 def test_api_key_by_bearer_and_basic_auth(server: str) -> None:
     url, body = f"{server}/v1/predict", {"json": {"text": "A fun brain candy movie...good dialog."}}
     assert requests.post(url, **body).status_code == 401
