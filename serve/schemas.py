@@ -20,7 +20,7 @@ API_KEY_ENV = "SENTIMENT_API_KEY"
 class ServeArgs(BaseModel):
     """Arguments of :func:`build_app` (``serve run ... key=value`` or ``args:`` in a config file)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # an error never repeats a secret given
 
     checkpoint: Location = Field(
         description="Model folder, epoch checkpoint, run folder, folder with best.json, 'best' "
