@@ -270,12 +270,15 @@ def _relative_key(folder: str, key: str) -> str:
 
 
 def save_model_dir(model: Any, tokenizer: Any, cfg: Config, metrics: dict[str, Any], dest: str | os.PathLike[str]) -> Path:
-    """Write a local model folder (weights, tokenizer, training config, metrics) atomically."""
+    """Write a local model folder (weights, tokenizer, training config, metrics, model card) atomically."""
+    from sentiment.model_card import write_model_card  # the card builds on the config, like this module
+
     with atomic_dir(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_local_json(tmp / CONFIG_FILE, cfg.model_dump(mode="json"))
         write_local_json(tmp / METRICS_FILE, metrics)
+        write_model_card(tmp, cfg, metrics)
     return Path(dest)
 
 

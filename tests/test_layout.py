@@ -75,6 +75,19 @@ def test_model_folder_is_plain_hf_with_config_and_metrics(model_dir):
     assert model.sha256 == hashlib.sha256(weights).hexdigest() and model.size == len(weights)
 
 
+def test_the_model_card_names_the_task_and_pipeline_loads_the_folder(model_dir):
+    from huggingface_hub import ModelCard
+    from transformers import pipeline
+
+    folder = model_dir / "epoch_001" / "model"
+    card = ModelCard.load(folder / "README.md")
+    assert (card.data.library_name, card.data.pipeline_tag) == ("transformers", "text-classification")
+    assert card.data.base_model is None  # fine-tuned from a local folder: no Hub id to name
+    assert "| val_accuracy | 0.5000 |" in card.text and "`neg`, `pos`" in card.text
+    (scores,) = pipeline("text-classification", model=str(folder), top_k=None)(["A fun movie."])
+    assert {s["label"] for s in scores} == {"neg", "pos"}
+
+
 def test_resolve_each_layout(model_dir):
     folder = str(model_dir / "epoch_001" / "model")
     assert resolve(folder).location == folder and resolve(folder).epoch_dir is None
