@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve.schemas import ServeArgs, errors
+from serve.schemas import ServeArgs, errors, not_blank
 from sentiment.predict import Prediction
 
 Function = Literal["sigmoid", "softmax", "none"]
@@ -96,6 +96,23 @@ def scores(prediction: Prediction, labels: list[str], function: Function, top_k:
     return [{"label": name, "score": float(value)} for name, value in ranked]
 
 
+def check_texts(texts: list[str], args: ServeArgs) -> None:
+    """``/v1``'s limits on the texts of a request in another protocol's shape.
+
+    Raises:
+        HTTPException: 422 naming the limit (count, length) or an empty text.
+    """
+    if len(texts) > args.max_texts:
+        raise HTTPException(422, f"inputs: at most {args.max_texts} texts per request, got {len(texts)}")
+    for i, text in enumerate(texts):
+        if len(text) > args.max_text_chars:
+            raise HTTPException(422, f"inputs[{i}]: a text over max_text_chars={args.max_text_chars} characters")
+        try:
+            not_blank(text)
+        except ValueError as err:
+            raise HTTPException(422, f"inputs[{i}]: {err}") from None
+
+
 def tei_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]],
                model_info: Callable[[], Awaitable[dict[str, Any]]], args: ServeArgs, keyed: bool) -> APIRouter:
     """``POST /predict``, ``GET /info`` (behind the key when ``keyed``: :class:`~serve.http.RequestGate`
@@ -119,10 +136,7 @@ def tei_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]]
             texts = body.texts()
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
-        if len(texts) > args.max_texts:
-            raise HTTPException(422, f"inputs: at most {args.max_texts} texts per request, got {len(texts)}")
-        if any(len(t) > args.max_text_chars for t in texts):
-            raise HTTPException(422, f"inputs: a text over max_text_chars={args.max_text_chars} characters")
+        check_texts(texts, args)
         predictions = await predict_texts(texts)
         if body.truncate is False and any(p.truncated for p in predictions):
             raise HTTPException(422, "inputs: a text is longer than the checkpoint's max_seq_length and truncate=false")
@@ -300,8 +314,7 @@ def v2_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]],
         wanted = [o.name for o in body.outputs] if body.outputs else list(V2_OUTPUTS)
         if unknown := sorted(set(wanted) - set(V2_OUTPUTS)):
             raise HTTPException(422, f"outputs: unknown {unknown}; this model gives {list(V2_OUTPUTS)}")
-        if len(texts) > args.max_texts or any(len(t) > args.max_text_chars for t in texts):
-            raise HTTPException(422, f"inputs: at most {args.max_texts} texts of at most {args.max_text_chars} characters")
+        check_texts(texts, args)
         predictions = await predict_texts(texts)
         labels = list(predictions[0].probabilities)
         tensors = {

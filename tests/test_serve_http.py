@@ -250,6 +250,7 @@ def same_scores(got, expected):
     ({"inputs": [["good", "bad"]]}, 422, "inputs[0]: a text pair (2 texts); this model classifies single texts"),
     ({"inputs": ["a", "b", "c", "d"]}, 422, "at most 3 texts per request, got 4"),
     ({"inputs": "x" * 51}, 422, "over max_text_chars=50"),
+    ({"inputs": ["good", " <br /> "]}, 422, "inputs[1]: text is empty"),
     ({"inputs": "long and good", "truncate": False}, 422, "truncate=false"),
     ({"inputs": "good", "function_to_apply": "tanh"}, 422, "function_to_apply"),
     ({"inputs": "overload"}, 503, "overloaded"),
@@ -300,6 +301,8 @@ def test_a_triton_client_infers_with_the_key_and_reads_labels_and_probabilities(
      422, "shape [3] does not hold its 1 strings"),
     ("/v2/models/sentiment/infer", {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}],
                                     "outputs": [{"name": "logits"}]}, 422, "unknown ['logits']"),
+    ("/v2/models/sentiment/infer", {"inputs": [{"name": "text", "shape": [4], "datatype": "BYTES", "data": ["a"] * 4}]},
+     422, "at most 3 texts per request, got 4"),
 ])
 def test_v2_infer_refuses_what_it_cannot_do_naming_it(api, path, body, status, message):
     url, _ = api
