@@ -22,7 +22,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.admission import Overloaded, RequestTooCostly
-from serve.protocols import tei_router, v2_router
+from serve.protocols import V2Error, tei_router, v2_error, v2_router
 from serve.schemas import (
     BODY_ERRORS, Health, ModelInfo, PredictResponse, ServeArgs, TextPrediction, errors, not_blank, request_model,
 )
@@ -155,7 +155,7 @@ def make_api(backend: Backend, args: ServeArgs, key: SecretStr | None) -> FastAP
         version="1",
         description="Text classification from a fine-tuned checkpoint. `/v1` needs the API key when the "
         "deployment has one (`Authorization: Bearer <key>`, or basic auth with the key as user).",
-        exception_handlers={RequestValidationError: validation_error},
+        exception_handlers={RequestValidationError: validation_error, V2Error: v2_error},
     )
     app.add_middleware(RequestGate, key=key, protected=PROTECTED, max_bytes=args.max_body_bytes,
                        body_timeout_s=args.body_timeout_s, min_rate=args.min_body_rate)

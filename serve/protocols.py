@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -221,6 +220,19 @@ class V2InferRequest(BaseModel):
 V2_OUTPUTS = ("label", "probabilities")
 
 
+class V2Error(Exception):
+    """An error answered in the protocol's shape, ``{"error": "..."}`` (see :func:`v2_error`)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+async def v2_error(_: Request, err: V2Error) -> JSONResponse:
+    """The Open Inference Protocol's error body: ``{"error": message}`` with its status."""
+    return JSONResponse({"error": err.message}, status_code=err.status)
+
+
 def binary_strings(data: bytes) -> list[Any]:
     """The strings of a ``BYTES`` tensor in the binary extension.
 
@@ -258,7 +270,7 @@ def v2_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]],
 
     def known(model: str) -> None:
         if model != name:
-            raise HTTPException(404, f"no model {model!r} here; this endpoint serves {name!r}")
+            raise V2Error(404, f"no model {model!r} here; this endpoint serves {name!r}")
 
     @router.get("")
     async def server() -> dict[str, Any]:
@@ -308,13 +320,17 @@ def v2_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]],
             body = V2InferRequest.model_validate_json(raw[:split])
             texts = body.texts(raw[split:])
         except ValidationError as err:
-            raise RequestValidationError(err.errors()) from None
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_input=False))
+            raise V2Error(400, f"the request is not an inference request: {problems}") from None
         except ValueError as err:
-            raise HTTPException(422, str(err)) from None
+            raise V2Error(400, str(err)) from None
         wanted = [o.name for o in body.outputs] if body.outputs else list(V2_OUTPUTS)
         if unknown := sorted(set(wanted) - set(V2_OUTPUTS)):
-            raise HTTPException(422, f"outputs: unknown {unknown}; this model gives {list(V2_OUTPUTS)}")
-        check_texts(texts, args)
+            raise V2Error(400, f"outputs: unknown {unknown}; this model gives {list(V2_OUTPUTS)}")
+        try:
+            check_texts(texts, args)
+        except HTTPException as err:
+            raise V2Error(400, err.detail) from None
         predictions = await predict_texts(texts)
         labels = list(predictions[0].probabilities)
         tensors = {

@@ -288,6 +288,8 @@ def test_a_triton_client_infers_with_the_key_and_reads_labels_and_probabilities(
     assert [str(v, "utf-8") if isinstance(v, bytes) else v for v in result.as_numpy("label")] == ["positive", "negative"]
     np.testing.assert_allclose(result.as_numpy("probabilities"), [[0.1, 0.9], [0.6, 0.4]], rtol=1e-6)
     assert client.get_model_metadata("sentiment", headers=dict(AUTH))["parameters"]["labels"] == ["negative", "positive"]
+    defaults = client.infer("sentiment", [text], headers=dict(AUTH))  # no outputs named: the client's defaults
+    np.testing.assert_allclose(defaults.as_numpy("probabilities"), [[0.1, 0.9], [0.6, 0.4]], rtol=1e-6)
     with pytest.raises(InferenceServerException, match="401|API key"):
         client.infer("sentiment", [text], outputs=wanted)
 
@@ -296,18 +298,19 @@ def test_a_triton_client_infers_with_the_key_and_reads_labels_and_probabilities(
     ("/v2/models/other/infer", {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["good"]}]},
      404, "serves 'sentiment'"),
     ("/v2/models/sentiment/infer", {"inputs": [{"name": "ids", "shape": [1], "datatype": "INT64", "data": [1]}]},
-     422, "one BYTES tensor named 'text'"),
+     400, "one BYTES tensor named 'text'"),
     ("/v2/models/sentiment/infer", {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]},
-     422, "shape [3] does not hold its 1 strings"),
+     400, "shape [3] does not hold its 1 strings"),
     ("/v2/models/sentiment/infer", {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}],
-                                    "outputs": [{"name": "logits"}]}, 422, "unknown ['logits']"),
+                                    "outputs": [{"name": "logits"}]}, 400, "unknown ['logits']"),
     ("/v2/models/sentiment/infer", {"inputs": [{"name": "text", "shape": [4], "datatype": "BYTES", "data": ["a"] * 4}]},
-     422, "at most 3 texts per request, got 4"),
+     400, "at most 3 texts per request, got 4"),
+    ("/v2/models/sentiment/infer", {"input": []}, 400, "inputs: Field required"),
 ])
 def test_v2_infer_refuses_what_it_cannot_do_naming_it(api, path, body, status, message):
     url, _ = api
     reply = requests.post(url + path, json=body, headers=AUTH, timeout=10)
-    assert reply.status_code == status and message in reply.text, reply.text
+    assert reply.status_code == status and message in reply.json()["error"], reply.text  # the protocol's error body
 
 
 def test_v2_infer_json_shape(api):
