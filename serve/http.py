@@ -166,8 +166,8 @@ def make_api(backend: Backend, args: ServeArgs, key: SecretStr | None) -> FastAP
         """The backend's predictions, its refusals as HTTP errors (one mapping for every route)."""
         try:
             return await backend.predict(texts, explain)
-        except (ExplainUnavailable, RequestTooCostly) as err:
-            raise HTTPException(422, str(err)) from None
+        except (ExplainUnavailable, RequestTooCostly) as err:  # a 422 in the shape the OpenAPI schema documents
+            raise RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": str(err)}]) from None
         except Overloaded as err:
             raise HTTPException(503, str(err), headers={"Retry-After": str(err.retry_after_s)}) from None
 

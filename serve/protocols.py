@@ -22,11 +22,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve.schemas import ServeArgs, errors, not_blank
+from serve.schemas import BODY_ERRORS, ServeArgs, errors, not_blank
 from sentiment.predict import Prediction
 
 Function = Literal["sigmoid", "softmax", "none"]
@@ -99,17 +100,23 @@ def check_texts(texts: list[str], args: ServeArgs) -> None:
     """``/v1``'s limits on the texts of a request in another protocol's shape.
 
     Raises:
-        HTTPException: 422 naming the limit (count, length) or an empty text.
+        RequestValidationError: naming the limit (count, length) or an empty text (a 422 like any
+            invalid body's).
     """
     if len(texts) > args.max_texts:
-        raise HTTPException(422, f"inputs: at most {args.max_texts} texts per request, got {len(texts)}")
+        raise invalid_inputs(f"inputs: at most {args.max_texts} texts per request, got {len(texts)}")
     for i, text in enumerate(texts):
         if len(text) > args.max_text_chars:
-            raise HTTPException(422, f"inputs[{i}]: a text over max_text_chars={args.max_text_chars} characters")
+            raise invalid_inputs(f"inputs[{i}]: a text over max_text_chars={args.max_text_chars} characters")
         try:
             not_blank(text)
         except ValueError as err:
-            raise HTTPException(422, f"inputs[{i}]: {err}") from None
+            raise invalid_inputs(f"inputs[{i}]: {err}") from None
+
+
+def invalid_inputs(message: str) -> RequestValidationError:
+    """A 422 in FastAPI's validation-error shape (what the OpenAPI schema documents) about ``inputs``."""
+    return RequestValidationError([{"type": "value_error", "loc": ("body", "inputs"), "msg": message}])
 
 
 def tei_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]],
@@ -126,7 +133,7 @@ def tei_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]]
     router = APIRouter(tags=["Hugging Face / TEI"])
     denied = errors(e401="Missing or wrong API key.") if keyed else {}
 
-    @router.post("/predict", responses={**denied, **errors(e503="Overloaded; retry after Retry-After seconds.")},
+    @router.post("/predict", responses={**denied, **BODY_ERRORS},
                  description="Text classification in text-embeddings-inference's shape (Hugging Face's "
                  "`InferenceClient.text_classification` works unchanged).")
     async def predict(body: TEIPredictRequest) -> list[Any]:
@@ -134,11 +141,11 @@ def tei_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]]
         try:
             texts = body.texts()
         except ValueError as err:
-            raise HTTPException(422, str(err)) from None
+            raise invalid_inputs(str(err)) from None
         check_texts(texts, args)
         predictions = await predict_texts(texts)
         if body.truncate is False and any(p.truncated for p in predictions):
-            raise HTTPException(422, "inputs: a text is longer than the checkpoint's max_seq_length and truncate=false")
+            raise invalid_inputs("inputs: a text is longer than the checkpoint's max_seq_length and truncate=false")
         labels = list(predictions[0].probabilities)
         function, top_k = body.scoring()
         rows = [scores(p, labels, function, top_k) for p in predictions]
@@ -220,6 +227,23 @@ class V2InferRequest(BaseModel):
 V2_OUTPUTS = ("label", "probabilities")
 
 
+class V2ErrorBody(BaseModel):
+    """The Open Inference Protocol's error body."""
+
+    error: str
+
+
+class V2Ready(BaseModel):
+    """A readiness answer."""
+
+    ready: bool
+
+
+def v2_errors(**descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries in the protocol's error shape, ``v2_errors(e404="...")``."""
+    return {int(code[1:]): {"model": V2ErrorBody, "description": text} for code, text in descriptions.items()}
+
+
 class V2Error(Exception):
     """An error answered in the protocol's shape, ``{"error": "..."}`` (see :func:`v2_error`)."""
 
@@ -282,19 +306,20 @@ def v2_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]],
         """Liveness: the ingress answers."""
         return {"live": True}
 
-    @router.get("/health/ready", responses=errors(e503="No model replica answers yet."))
+    @router.get("/health/ready", responses={503: {"model": V2Ready, "description": "No model replica answers yet."}})
     async def ready() -> JSONResponse:
         """Readiness: a model replica has loaded and warmed up its model and answers."""
         ok = await model_ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
-    @router.get("/models/{model}/ready", responses=errors(e404="Another model name.", e503="Not ready."))
+    @router.get("/models/{model}/ready", responses={**v2_errors(e404="Another model name."),
+                                                    503: {"model": V2Ready, "description": "Not ready."}})
     async def model_is_ready(model: str) -> JSONResponse:
         """Readiness of the model."""
         known(model)
         return await ready()
 
-    @router.get("/models/{model}", responses=errors(e404="Another model name."))
+    @router.get("/models/{model}", responses=v2_errors(e404="Another model name."))
     async def metadata(model: str) -> dict[str, Any]:
         """The model's inputs and outputs."""
         known(model)
@@ -305,8 +330,11 @@ def v2_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]],
                             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]}],
                 "parameters": {"labels": labels}}
 
-    @router.post("/models/{model}/infer", responses={**(errors(e401="Missing or wrong API key.") if keyed else {}),
-                                                     **errors(e404="Another model name.", e503="Overloaded.")})
+    @router.post("/models/{model}/infer", responses={
+        **(errors(e401="Missing or wrong API key.") if keyed else {}),
+        **{code: entry for code, entry in BODY_ERRORS.items() if code != 400},
+        **v2_errors(e400="Not one BYTES tensor 'text' of strings, a shape that does not hold them, an unknown "
+                    "output, or a body that is no inference request.", e404="Another model name.")})
     async def infer(model: str, request: Request) -> dict[str, Any]:
         """Labels and every label's probability (in the order of ``/v2/models/{name}``'s ``labels``).
 
@@ -329,8 +357,8 @@ def v2_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]],
             raise V2Error(400, f"outputs: unknown {unknown}; this model gives {list(V2_OUTPUTS)}")
         try:
             check_texts(texts, args)
-        except HTTPException as err:
-            raise V2Error(400, err.detail) from None
+        except RequestValidationError as err:
+            raise V2Error(400, err.errors()[0]["msg"]) from None
         predictions = await predict_texts(texts)
         labels = list(predictions[0].probabilities)
         tensors = {

@@ -172,7 +172,7 @@ def test_explain_beyond_its_limits_or_backend_gets_a_422_naming_it(api, body, ex
 def test_overload_gets_a_503_with_retry_after_and_cost_caps_a_422(api, text, status, message):
     url, _ = api
     reply = requests.post(f"{url}/v1/predict", json={"text": text}, headers=AUTH, timeout=10)
-    assert reply.status_code == status and message in reply.json()["detail"]
+    assert reply.status_code == status and message in reply.text
     assert reply.headers.get("Retry-After") == ("2" if status == 503 else None)
 
 
