@@ -4,7 +4,8 @@
     python -m ray_jobs.train --config ... train.export=[onnx,onnx-int8]     (at the end of training)
 
 Writes ``onnx/`` inside the model folder (see :mod:`sentiment.export`): ``model.onnx``,
-``model-int8.onnx`` and ``export.json`` with what each check measured. The check reviews are the
+``model-int8.onnx`` and ``export.json`` with what each check measured, then
+rewrites the folder's model card (``README.md``) to name them and say how to run them. The check reviews are the
 checkpoint's own validation split, rebuilt from its data config (``--data`` or ``$IMDB_DATA_DIR``
 for the location). A variant that fails its check is not written and the command says why (exit 2).
 """
@@ -23,6 +24,7 @@ from sentiment.config import ConfigError
 from sentiment.data import DataError, SpecialTokens, encode_texts, fit_to_length, load_splits
 from sentiment.export import MIN_CHECK_REVIEWS, CheckData, ExportError, export_model
 from sentiment.layout import ONNX_DIR, CheckpointError, ResolvedModel
+from sentiment.model_card import write_model_card
 
 
 class ExportConfig(BaseModel):
@@ -52,7 +54,8 @@ def check_data(model: ResolvedModel, tokenizer: Any, args: ExportConfig) -> Chec
 
 
 def run(args: ExportConfig) -> dict[str, Any]:
-    """Export, verify, write ``onnx/`` beside the weights; returns the ``export.json`` record.
+    """Export, verify, write ``onnx/`` beside the weights and rewrite the model card; returns the
+    ``export.json`` record.
 
     Raises:
         CheckpointError, DataError: a bad checkpoint or data.
@@ -68,6 +71,7 @@ def run(args: ExportConfig) -> dict[str, Any]:
         print(f"export: {model.location}, checks on {len(check.ids)} validation reviews", flush=True)
         with layout.publish_dir(layout.child(model.location, ONNX_DIR)) as out:
             record = export_model(local.path, out, check, args.int8, collate, min(MIN_CHECK_REVIEWS, args.check_reviews))
+    write_model_card(*layout.filesystem(model.location))
     for name, entry in record["exports"].items():
         print(f"export: {name} written ({entry['file']}, sha256 {entry['sha256'][:12]}): {entry['check']}", flush=True)
     if args.int8 and "onnx-int8" in record["rejected"]:

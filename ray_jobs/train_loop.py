@@ -29,7 +29,7 @@ from ray_jobs.deepspeed_config import build_deepspeed_config
 from ray_jobs.tracking import Tracker, start_tracking
 from sentiment.batching import eval_batches, iterate, make_collator, train_batches
 from sentiment import layout
-from sentiment.layout import DEEPSPEED_DIR, MODEL_DIR, STATE_FILE, TEST_METRICS_FILE, epoch_dir_name, save_model_dir
+from sentiment.layout import DEEPSPEED_DIR, MODEL_DIR, STATE_FILE, epoch_dir_name, save_model_dir
 from sentiment.config import Config, config_from_dict
 from sentiment.distillation import distillation_loss
 from sentiment.data import EncodedSplit, SpecialTokens, chunked_inputs, mean_by_owner, model_inputs
@@ -375,7 +375,7 @@ def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ct
         metrics = evaluate(model, splits["test"], cfg, ctx.collate, ctx.device, prefix="test_")
         metrics["test_epoch"], metrics["test_checkpoint"] = state.best_epoch, state.best_checkpoint
         if ctx.rank == 0:
-            layout.write_json(fs, layout.join(ctx.run_dir, TEST_METRICS_FILE), metrics)
+            layout.write_test_metrics(fs, ctx.run_dir, metrics)  # and the tested folder's model card
             tracker.summary(scalar_metrics(metrics))
             tracker.log({f"test/{k.removeprefix('test_')}": v for k, v in scalar_metrics(metrics).items()}, step=state.global_step)
             tracker.log_model(local, name=f"model-{ctx.run_name}", aliases=["best", f"epoch-{state.best_epoch}"], metadata=scalar_metrics(metrics))

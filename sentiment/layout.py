@@ -14,7 +14,10 @@ Everything lives on a pyarrow filesystem, so a local path and a URI (``s3://``, 
             tokenizer.json ...            the tokenizer
             train_config.json             the resolved project config (max length, truncation, labels ...)
             metrics.json                  the metrics of the epoch it was saved at
+            README.md                     the model card (the Hub's format: how it was trained, its scores, how to
+                                          load it), rewritten when test metrics or an export arrive
             calibration.json              optional: {"temperature": T, ...} from ``ray_jobs.evaluate --calibrate``
+            test_metrics.json             optional: the run's test metrics, when the test scored this folder
             onnx/                         optional, from ``ray_jobs.export``: model.onnx, model-int8.onnx and
                                           export.json (each verified variant: file, sha256, its check's figures)
         deepspeed/                        engine, optimizer and scheduler state per rank (resuming)
@@ -62,6 +65,7 @@ BEST_FILE = "best.json"
 ONNX_DIR = "onnx"
 EXPORT_FILE = "export.json"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 REQUIRED_MODEL_FILES = (HF_CONFIG_FILE, WEIGHTS_FILE, CONFIG_FILE)
 EPOCH_CHECKPOINT_PARTS = (STATE_FILE, DEEPSPEED_DIR, MODEL_DIR)
 _CHUNK = 1 << 20
@@ -185,12 +189,17 @@ def read_json(fs: pafs.FileSystem, path: str) -> Any:
         return json.loads(src.read().decode())
 
 
-def write_json(fs: pafs.FileSystem, path: str, data: Any) -> None:
-    """Write JSON to ``path`` under a temporary name first, then move it into place."""
+def write_file(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` under a temporary name first, then move it into place."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with fs.open_output_stream(tmp) as out:
-        out.write(json.dumps(data, indent=2, sort_keys=True).encode())
+        out.write(data)
     fs.move(tmp, path)
+
+
+def write_json(fs: pafs.FileSystem, path: str, data: Any) -> None:
+    """Write JSON to ``path`` atomically (:func:`write_file`)."""
+    write_file(fs, path, json.dumps(data, indent=2, sort_keys=True).encode())
 
 
 def write_local_json(path: str | os.PathLike[str], data: Any) -> None:
@@ -270,16 +279,34 @@ def _relative_key(folder: str, key: str) -> str:
 
 
 def save_model_dir(model: Any, tokenizer: Any, cfg: Config, metrics: dict[str, Any], dest: str | os.PathLike[str]) -> Path:
-    """Write a local model folder (weights, tokenizer, training config, metrics, model card) atomically."""
-    from sentiment.model_card import write_model_card  # the card builds on the config, like this module
+    """Write a local model folder (weights, tokenizer, training config, metrics, model card) atomically.
+
+    The tokenizer is saved with ``model_max_length`` set to ``data.max_seq_length``, so that a tool
+    truncating by the tokenizer's own limit (``transformers.pipeline(..., truncation=True)``) feeds
+    the model the length it was trained at.
+    """
+    from sentiment.model_card import write_model_card  # the card reads this module's files
 
     with atomic_dir(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        tokenizer_config = json.loads((tmp / TOKENIZER_CONFIG_FILE).read_text())
+        write_local_json(tmp / TOKENIZER_CONFIG_FILE, tokenizer_config | {"model_max_length": cfg.data.max_seq_length})
         write_local_json(tmp / CONFIG_FILE, cfg.model_dump(mode="json"))
         write_local_json(tmp / METRICS_FILE, metrics)
-        write_model_card(tmp, cfg, metrics)
+        write_model_card(pafs.LocalFileSystem(), str(tmp.resolve()))
     return Path(dest)
+
+
+def write_test_metrics(fs: pafs.FileSystem, run_dir: str, metrics: dict[str, Any]) -> None:
+    """Record a run's test metrics: ``<run>/test_metrics.json``, a copy in the model folder they
+    scored (``metrics["test_checkpoint"]``'s), and that folder's model card rewritten with them."""
+    from sentiment.model_card import write_model_card
+
+    write_json(fs, join(run_dir, TEST_METRICS_FILE), metrics)
+    model_dir = join(metrics["test_checkpoint"], MODEL_DIR)
+    write_json(fs, join(model_dir, TEST_METRICS_FILE), metrics)
+    write_model_card(fs, model_dir)
 
 
 # --- resolving a checkpoint reference ---------------------------------------------------------

@@ -57,7 +57,7 @@ def test_write_json_is_atomic_on_a_filesystem(tmp_path):
 
 @pytest.fixture()
 def model_dir(tmp_path, tiny_model_dir):
-    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "model.label_names=[neg, pos]"])
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "model.label_names=[neg, pos]", "data.max_seq_length=64"])
     save_model_dir(build_model(cfg.model), load_tokenizer(str(tiny_model_dir)), cfg, {"val_accuracy": 0.5}, tmp_path / "run" / "epoch_001" / "model")
     return tmp_path / "run"
 
@@ -77,15 +77,46 @@ def test_model_folder_is_plain_hf_with_config_and_metrics(model_dir):
 
 def test_the_model_card_names_the_task_and_pipeline_loads_the_folder(model_dir):
     from huggingface_hub import ModelCard
-    from transformers import pipeline
+    from transformers import AutoTokenizer, pipeline
 
     folder = model_dir / "epoch_001" / "model"
     card = ModelCard.load(folder / "README.md")
     assert (card.data.library_name, card.data.pipeline_tag) == ("transformers", "text-classification")
     assert card.data.base_model is None  # fine-tuned from a local folder: no Hub id to name
+    assert card.data.datasets == ["stanfordnlp/imdb"] and card.data.labels == ["neg", "pos"]  # the config's data: the Hub's IMDB
+    assert card.data.eval_results is None and "onnx" not in card.data.tags and "No test metrics yet" in card.text
     assert "| val_accuracy | 0.5000 |" in card.text and "`neg`, `pos`" in card.text
-    (scores,) = pipeline("text-classification", model=str(folder), top_k=None)(["A fun movie."])
+    assert AutoTokenizer.from_pretrained(folder).model_max_length == 64  # the training length, for truncation=True
+    (scores,) = pipeline("text-classification", model=str(folder), top_k=None, truncation=True)(["A fun movie."])
     assert {s["label"] for s in scores} == {"neg", "pos"}
+
+
+def test_test_metrics_go_to_the_run_and_the_tested_folder_whose_card_gets_its_model_index(model_dir, small_imdb):
+    import pandas as pd
+    from huggingface_hub import ModelCard
+
+    from sentiment.metrics import compute_metrics
+    from sentiment.predict import Predictor
+
+    folder = model_dir / "epoch_001" / "model"
+    reviews = pd.read_parquet(small_imdb / "test.parquet").head(64)
+    predictor = Predictor.load(folder)
+    logits = predictor.logits(predictor.encode(list(reviews["text"])))
+    metrics = compute_metrics(logits, reviews["label"].to_numpy(), ["neg", "pos"], prefix="test_")
+    metrics |= {"test_epoch": 1, "test_checkpoint": str(model_dir / "epoch_001")}  # as the training run records them
+    fs, run_dir = layout.filesystem(model_dir)
+    layout.write_test_metrics(fs, run_dir, metrics)
+    recorded = json.loads((model_dir / "test_metrics.json").read_text())
+    assert json.loads((folder / "test_metrics.json").read_text()) == recorded == json.loads(json.dumps(metrics))
+    card = ModelCard.load(folder / "README.md")
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert set(results) == {"accuracy", "f1", "precision", "recall"}
+    assert results["accuracy"].metric_value == recorded["test_accuracy"] and results["f1"].metric_value == recorded["test_f1"]
+    assert {(r.task_type, r.dataset_type, r.dataset_name, r.dataset_split) for r in results.values()} == \
+        {("text-classification", "stanfordnlp/imdb", "imdb", "test")}
+    assert card.data.model_name and card.data.datasets == ["stanfordnlp/imdb"]
+    assert f"| test_accuracy | {recorded['test_accuracy']:.4f} |" in card.text and "Test: 64 reviews" in card.text
+    assert resolve(model_dir / "epoch_001").location == str(folder)  # the epoch checkpoint still resolves
 
 
 def test_resolve_each_layout(model_dir):

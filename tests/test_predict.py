@@ -127,6 +127,24 @@ def test_a_saved_temperature_scales_the_probabilities(checkpoint):
         Predictor.load(checkpoint)
 
 
+def test_transformers_pipeline_on_the_folder_gives_the_predictors_labels_and_probabilities(checkpoint, small_imdb):
+    from transformers import pipeline
+
+    config = json.loads((checkpoint / "train_config.json").read_text())
+    config["data"]["truncation"] = "head"  # what the tokenizer's own truncation keeps
+    (checkpoint / "train_config.json").write_text(json.dumps(config))
+    reviews = list(pd.read_parquet(small_imdb / "test.parquet")["text"][:32])  # IMDB's test split when $IMDB_DATA_DIR is set
+    texts = [*reviews, " ".join(reviews)]  # and one longer than the 64-token training length
+    ours = Predictor.load(checkpoint).predict_details(texts)
+    classifier = pipeline("text-classification", model=str(checkpoint), top_k=None, truncation=True)
+    theirs = classifier([re.sub(r"<br\s*/?>", " ", t, flags=re.IGNORECASE).strip() for t in texts])  # the card's recipe
+    assert [max(t, key=lambda s: s["score"])["label"] for t in theirs] == [o.label for o in ours]
+    got = np.array([[{s["label"]: s["score"] for s in t}[name] for name in ours[0].probabilities] for t in theirs])
+    want = np.array([list(o.probabilities.values()) for o in ours])
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    assert ours[-1].truncated and np.ptp(want[:, 1]) > 0.05  # a long text cut, outputs that vary text to text
+
+
 def test_labels_that_disagree_with_the_weights_are_refused(checkpoint):
     config = json.loads((checkpoint / "train_config.json").read_text())
     config["model"]["label_names"] = ["negative", "neutral", "positive"]
