@@ -29,6 +29,7 @@ from ray_jobs.tracking import record_served_model
 from serve.admission import Admission, Overloaded, RequestTooCostly
 from serve.deployment import SentimentExplainer, SentimentModel
 from serve.http import make_api
+from serve.metrics import IngressMetrics
 from serve.schemas import ServeArgs
 from sentiment import layout
 from sentiment.backends import choose_backend
@@ -62,6 +63,7 @@ class SentimentAPI:
         self.admission = Admission(args.max_queue_wait_s, min_windows=args.max_ongoing_requests,  # one replica's fill
                                    max_windows=args.max_ongoing_requests * args.max_replicas)
         self.explaining = 0  # explained requests in this ingress, from their predictions to their key tokens
+        self.metrics = IngressMetrics()
 
     async def predict(self, texts: list[str], explain: bool = False) -> list[Prediction]:
         """One model call per text, which the model replicas batch across requests; explained
@@ -83,6 +85,7 @@ class SentimentAPI:
                         predictions = list(await asyncio.gather(*(self._call("predict", t) for t in encoded.split())))
                     if explain:
                         await self._explain(encoded, predictions)
+                        self.metrics.explained.inc(len(predictions))
             except TimeoutError:
                 raise Overloaded(f"not answered within request_timeout_s={self.args.request_timeout_s:g} s") from None
         return predictions
@@ -140,7 +143,7 @@ class SentimentAPI:
         return await self.model.info.remote()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return make_api(self, self.args, self.key)
+        return make_api(self, self.args, self.key, self.metrics.record_status)
 
 
 def build_app(args: ServeArgs) -> Application:

@@ -38,14 +38,15 @@ class ContinuousBatcher:
     Args:
         run: the batch function, ``texts -> one result per text``; it runs in a worker thread.
         tokens: a text's token count (what the model keeps of it), for the token budget.
-        observe: called after each batch with its results and each text's wait (seconds) for it.
+        observe: called after each batch with its results, each text's wait (seconds) for it, the
+            batch's tokens and its seconds in ``run``.
         max_texts, max_tokens, wait_s: see the module docstring; ``max_tokens=None``: texts only.
     """
 
     def __init__(
         self, run: Callable[[list[Any]], list[Any]], tokens: Callable[[Any], int] = lambda text: 1,
         max_texts: int = DEFAULT_MAX_TEXTS, max_tokens: int | None = DEFAULT_MAX_TOKENS, wait_s: float = 0.0,
-        observe: Callable[[list[Any], list[float]], None] | None = None,
+        observe: Callable[[list[Any], list[float], int, float], None] | None = None,
     ) -> None:
         self.run, self.tokens, self.observe = run, tokens, observe
         self.max_texts, self.max_tokens, self.wait_s = max_texts, max_tokens, wait_s
@@ -100,4 +101,5 @@ class ContinuousBatcher:
                 if not item.future.done():
                     item.future.set_result(result)
             if self.observe is not None:
-                self.observe(results, [started - item.since for item in batch])
+                self.observe(results, [started - item.since for item in batch], sum(item.tokens for item in batch),
+                             asyncio.get_running_loop().time() - started)

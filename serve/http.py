@@ -10,6 +10,7 @@ import base64
 import binascii
 import hmac
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
@@ -136,7 +137,35 @@ class RequestGate:
         return receive_body
 
 
-def make_api(backend: Backend, args: ServeArgs, key: SecretStr | None) -> FastAPI:
+class StatusRecorder:
+    """ASGI middleware: hands each HTTP answer's status and path to ``record`` (the ingress's
+    error counter); a request that raised before answering counts as the 500 the server sends."""
+
+    def __init__(self, app: ASGIApp, record: Callable[[int, str], None]) -> None:
+        self.app, self.record = app, record
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        answered = False
+
+        async def send_recorded(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+                self.record(message["status"], scope["path"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recorded)
+        except Exception:
+            if not answered:
+                self.record(500, scope["path"])
+            raise
+
+
+def make_api(backend: Backend, args: ServeArgs, key: SecretStr | None,
+             record_status: Callable[[int, str], None] | None = None) -> FastAPI:
     """The HTTP API: ``/v1`` predictions and model info, ``/healthz``, the page at ``/``, and the
     API docs (Swagger UI at ``/docs``, ReDoc at ``/redoc``, ``/openapi.json``).
 
@@ -148,7 +177,8 @@ def make_api(backend: Backend, args: ServeArgs, key: SecretStr | None) -> FastAP
     ``Retry-After``, one over a cost cap (:class:`~serve.admission.RequestTooCostly`) 422. The docs' JavaScript and CSS come from
     the ``fastapi-offline`` package under ``/static-offline-docs``, never from a CDN: they work
     offline and put no third-party code in front of the key. Like the page, the docs are open;
-    their "Try it out" needs the key as any client does.
+    their "Try it out" needs the key as any client does. ``record_status``, when given, sees every
+    answer's status and path (:class:`StatusRecorder`, outside every other check).
     """
     app = FastAPIOffline(
         title="Sentiment",
@@ -159,6 +189,8 @@ def make_api(backend: Backend, args: ServeArgs, key: SecretStr | None) -> FastAP
     )
     app.add_middleware(RequestGate, key=key, protected=PROTECTED, max_bytes=args.max_body_bytes,
                        body_timeout_s=args.body_timeout_s, min_rate=args.min_body_rate)
+    if record_status is not None:
+        app.add_middleware(StatusRecorder, record=record_status)  # added last: the outermost
     v1 = APIRouter(prefix="/v1", responses=errors(e401="Missing or wrong API key.") if key else {})
     PredictRequest = request_model(args.max_text_chars, args.max_texts, args.explain_max_texts)
 

@@ -322,22 +322,70 @@ def test_huggingface_inference_client_gets_the_v1_probabilities(server: str, cli
     assert info["model_type"]["classifier"]["id2label"] == {"0": "negative", "1": "positive"}
 
 
-def test_the_model_replicas_metrics_reach_prometheus(server: str, client: requests.Session) -> None:
+def scrape(port: int) -> dict[tuple[str, frozenset], float]:
+    """Every sample on a node's Prometheus port: (name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def total(samples: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels`` (over replicas, routes...)."""
+    return sum(v for (n, tags), v in samples.items() if n == name and set(labels.items()) <= tags)
+
+
+def test_the_replicas_metrics_reach_prometheus_with_the_counts_sent(server: str, client: requests.Session) -> None:
     import ray
 
-    for text in TEXTS:
-        assert client.post(f"{server}/v1/predict", json={"text": text}).status_code == 200
+    wait_until(lambda: model_replicas() == {"RUNNING": 1}, 60, "one model replica (counters live as long as it does)")
     port = ray._private.worker.global_worker.node.metrics_export_port
-    exported = {"ray_sentiment_predictions_total", "ray_sentiment_confidence_bucket", "ray_sentiment_tokens_per_text_bucket",
-                "ray_sentiment_batch_texts_bucket", "ray_sentiment_queue_seconds_bucket", "ray_sentiment_truncated_total"}
+    before = scrape(port)
+    answers = [client.post(f"{server}/v1/predict", json={"text": text}).json()["predictions"][0] for text in TEXTS]
+    answers += client.post(f"{server}/v1/predict", json={"texts": TEXTS[:2], "explain": True}).json()["predictions"]
+    for _ in range(2):
+        assert requests.post(f"{server}/v1/predict", json={"text": "no key"}).status_code == 401
+    assert client.post(f"{server}/predict", json={"inputs": "   "}).status_code == 422
+    texts = len(answers)
+    labels = {label: sum(a["label"] == label for a in answers) for label in ("negative", "positive")}
+    expected = {
+        **{("ray_sentiment_predictions_total", (("label", k),)): v for k, v in labels.items()},
+        ("ray_sentiment_confidence_count", ()): texts,
+        ("ray_sentiment_queue_seconds_count", ()): texts,
+        # Ray exports a histogram's _sum from its buckets' midpoints: the buckets are what is exact
+        **{("ray_sentiment_tokens_per_text_bucket", (("le", f"{le:.1f}"),)): sum(a["num_tokens"] <= le for a in answers)
+           for le in (16, 32, 64)},
+        ("ray_sentiment_truncated_total", ()): sum(a["truncated"] for a in answers),
+        ("ray_sentiment_explained_total", ()): 2,
+        ("ray_sentiment_errors_total", (("status", "401"), ("api", "v1"))): 2,
+        ("ray_sentiment_errors_total", (("status", "422"), ("api", "tei"))): 1,
+        # Serve's own request metrics (from the HAProxy manager in this mode) count the same answers
+        ("ray_serve_num_http_requests_total", (("status_code", "401"),)): 2,
+        ("ray_serve_num_http_requests_total", (("status_code", "422"),)): 1,
+    }
 
-    def scraped() -> set[str]:
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        return {line.split("{")[0] for line in text.splitlines() if line.startswith("ray_sentiment_")}
+    def grown() -> dict[tuple[str, tuple], float]:
+        now = scrape(port)
+        return {key: total(now, key[0], **dict(key[1])) - total(before, key[0], **dict(key[1])) for key in expected}
 
-    wait_until(lambda: exported <= scraped(), 90, "the replica's metrics on the node's Prometheus port")
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    assert re.search(r'ray_sentiment_predictions_total\{[^}]*label="(positive|negative)"', text)
+    deadline = time.monotonic() + 90  # Ray's agents export every few seconds
+    while time.monotonic() < deadline and not all(grown()[k] >= v for k, v in expected.items()):
+        time.sleep(0.5)
+    time.sleep(2)  # a few more export rounds: nothing counted twice
+    assert grown() == expected
+    now = scrape(port)
+    batches = total(now, "ray_sentiment_batch_texts_count") - total(before, "ray_sentiment_batch_texts_count")
+    assert texts / TEST_ARGS["max_batch_size"] <= batches <= texts
+    for name in ("ray_sentiment_model_seconds_count", "ray_sentiment_batch_tokens_count"):
+        assert total(now, name) - total(before, name) == batches, name  # one observation per forward pass
+    small = total(now, "ray_sentiment_batch_tokens_bucket", le="128.0") - total(before, "ray_sentiment_batch_tokens_bucket", le="128.0")
+    assert small == batches  # max_batch_tokens=128: no batch holds more
+    dashboard = json.loads((ROOT / "configs" / "grafana-dashboard.json").read_text())
+    queried = {re.sub(r"_(bucket|total|sum|count)$", "", name)
+               for panel in dashboard["panels"] for t in panel["targets"] for name in re.findall(r"\bray_\w+", t["expr"])}
+    shown = {re.sub(r"_(bucket|total|sum|count)$", "", name) for name, _ in now}
+    assert queried <= shown, queried - shown  # every chart of the dashboard has data
 
 
 def test_api_key_by_bearer_and_basic_auth(server: str) -> None:

@@ -60,14 +60,17 @@ def test_texts_that_arrive_while_the_model_computes_form_the_next_batch_in_order
     assert model.batches == [["first"], texts]
 
 
-def test_each_batch_is_observed_with_its_results_and_how_long_its_texts_waited():
+def test_each_batch_is_observed_with_its_results_waits_tokens_and_time_in_the_model():
     model = Model()
-    seen: list[tuple[list[str], list[float]]] = []
-    texts = [f"t{i}" for i in range(3)]
-    asyncio.run(busy_then(model, ContinuousBatcher(model, observe=lambda r, w: seen.append((r, w))), "first", texts))
-    assert [r for r, _ in seen] == [["FIRST"], [t.upper() for t in texts]]
+    seen: list[tuple[list[str], list[float], int, float]] = []
+    texts = ["two words", "three words here", "one"]
+    batcher = ContinuousBatcher(model, tokens=words, observe=lambda *batch: seen.append(batch))
+    asyncio.run(busy_then(model, batcher, "first", texts))
+    assert [r for r, *_ in seen] == [["FIRST"], [t.upper() for t in texts]]
     first_wait, later_waits = seen[0][1], seen[1][1]
     assert first_wait[0] < 0.05 and all(w >= 0.05 for w in later_waits)  # queued behind the held batch (>= 50 ms)
+    assert [tokens for _, _, tokens, _ in seen] == [1, 6]
+    assert seen[0][3] >= 0.05 > seen[1][3] >= 0  # the first batch was held in the model >= 50 ms, the second not
 
 
 def test_a_batch_closes_at_max_texts():

@@ -7,12 +7,16 @@ app on Ray Serve with a real checkpoint.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +30,7 @@ from serve.schemas import ServeArgs
 from sentiment.predict import ExplainUnavailable, KeyToken, Prediction
 from ray_jobs.local_ray import free_loopback_port
 
+ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key-123"
 BODY_TIMEOUT_S = 1.0
 
@@ -37,6 +42,7 @@ class StandIn:
     def __init__(self) -> None:
         self.seen: list[list[str]] = []
         self.explains = True
+        self.statuses: list[tuple[int, str]] = []  # what the app's status recorder saw
 
     async def predict(self, texts: list[str], explain: bool = False) -> list[Prediction]:
         if explain and not self.explains:
@@ -65,7 +71,7 @@ def api() -> Iterator[tuple[str, StandIn]]:
     args = ServeArgs(checkpoint="c", max_text_chars=50, max_texts=3, max_body_bytes=2000, explain_max_texts=2,
                      body_timeout_s=BODY_TIMEOUT_S, min_body_rate=1_000_000)
     port = free_loopback_port()
-    server = uvicorn.Server(uvicorn.Config(make_api(backend, args, SecretStr(KEY)), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(make_api(backend, args, SecretStr(KEY), lambda *answer: backend.statuses.append(answer)), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -97,6 +103,16 @@ def test_the_key_is_required_by_bearer_or_basic_auth_and_never_echoed(api):
     assert requests.get(f"{url}/v1/model", timeout=10).status_code == 401
     assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok", "auth_required": True, "explain": True}
     assert "<html" in requests.get(f"{url}/", timeout=10).text.lower()  # the page is open; it asks for the key
+
+
+def test_every_answer_reaches_the_status_recorder_with_its_path_even_refusals_before_the_body(api):
+    url, backend = api
+    backend.statuses.clear()
+    requests.post(f"{url}/v1/predict", json={"text": "good"}, timeout=10)  # 401 from the headers
+    requests.post(f"{url}/predict", data=b"x" * 3000, headers={**AUTH, "Content-Type": "application/json"}, timeout=10)
+    requests.post(f"{url}/v1/predict", json={"text": "overload"}, headers=AUTH, timeout=10)
+    requests.post(f"{url}/v1/predict", json={"text": "good"}, headers=AUTH, timeout=10)
+    assert backend.statuses == [(401, "/v1/predict"), (413, "/predict"), (503, "/v1/predict"), (200, "/v1/predict")]
 
 
 @pytest.mark.parametrize("kwargs, status, message", [
@@ -292,6 +308,40 @@ def test_a_triton_client_infers_with_the_key_and_reads_labels_and_probabilities(
     np.testing.assert_allclose(defaults.as_numpy("probabilities"), [[0.1, 0.9], [0.6, 0.4]], rtol=1e-6)
     with pytest.raises(InferenceServerException, match="401|API key"):
         client.infer("sentiment", [text], outputs=wanted)
+
+
+KSERVE = "kserve==0.21.0"  # pinned: its own venv (its pins conflict with the project's, see tests/kserve_client.py)
+
+
+@pytest.fixture(scope="session")
+def kserve_python() -> Path:
+    """The Python of ``.venv-kserve``, a venv holding only KServe's client, made (once) with uv."""
+    venv = ROOT / ".venv-kserve"
+    python = venv / "bin" / "python"
+    stamp = venv / f".installed-{KSERVE}"
+    if not stamp.exists():
+        uv = [sys.executable, "-m", "uv"]
+        subprocess.run([*uv, "venv", "--quiet", "--clear", "--python", sys.executable, str(venv)], check=True)
+        subprocess.run([*uv, "pip", "install", "--quiet", "--python", str(python), KSERVE], check=True)
+        stamp.touch()
+    return python
+
+
+def test_kserves_rest_client_gets_the_v1_labels_and_probabilities_by_json_and_binary_input(api, kserve_python):
+    import numpy as np
+
+    url, _ = api
+    texts = ["good film", "dull film", "good"]
+    v1 = requests.post(f"{url}/v1/predict", json={"texts": texts}, headers=AUTH, timeout=10).json()["predictions"]
+    out = subprocess.run([str(kserve_python), str(ROOT / "tests" / "kserve_client.py"), url, "sentiment", KEY, json.dumps(texts)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    answers = json.loads(out.stdout)
+    assert (answers["live"], answers["ready"], answers["model_ready"], answers["without_key"]) == (True, True, True, 401)
+    for mode in ("json", "binary"):
+        assert answers[mode]["label"] == [p["label"] for p in v1]
+        expected = [[p["probabilities"][name] for name in ("negative", "positive")] for p in v1]
+        np.testing.assert_allclose(answers[mode]["probabilities"], expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("path, body, status, message", [
