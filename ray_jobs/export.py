@@ -4,10 +4,11 @@
     python -m ray_jobs.train --config ... train.export=[onnx,onnx-int8]     (at the end of training)
 
 Writes ``onnx/`` inside the model folder (see :mod:`sentiment.export`): ``model.onnx``,
-``model-int8.onnx`` and ``export.json`` with what each check measured, then
-rewrites the folder's model card (``README.md``) to name them and say how to run them. The check reviews are the
-checkpoint's own validation split, rebuilt from its data config (``--data`` or ``$IMDB_DATA_DIR``
-for the location). A variant that fails its check is not written and the command says why (exit 2).
+``model_quantized.onnx`` (optimum's names) and ``export.json`` with what each check measured, then
+rewrites the folder's model card (``README.md``) to name them and say how to run them. The check
+reviews are the checkpoint's own validation split, rebuilt from its data config (``--data`` or
+``$IMDB_DATA_DIR`` for the location). A variant that fails its check is not written and the command
+says why (exit 2).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 ``torch`` runs the Hugging Face model (bf16 on a GPU; on a CPU, bf16 for a checkpoint trained in
 bf16 where the CPU runs bf16 natively, else fp32). ``onnx`` and ``onnx-int8``
 run the graphs ``python -m ray_jobs.export`` wrote and verified beside the weights
-(``model/onnx/``): fused by ONNX Runtime's transformer optimizer, the second with int8 weights.
+(``model/onnx/model.onnx`` and ``model_quantized.onnx``, optimum's names): fused by ONNX Runtime's
+transformer optimizer, the second with int8 weights. An export under an older name is refused with
+the command that re-makes it.
 ``auto`` picks the fastest verified one for the device: a GPU gets torch bf16; a CPU that runs
 bf16 natively gets torch bf16 for a checkpoint trained in bf16 (2.7x torch fp32 at the same
 accuracy, against 1.7x for the int8 export, on a 2-core Xeon with AMX: bench/RESULTS.md); any other
@@ -18,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from sentiment.layout import ONNX_DIR, CheckpointError, ResolvedModel
+from sentiment.layout import ONNX_DIR, ONNX_FILES, CheckpointError, ResolvedModel
 from sentiment.precision import inference_dtype
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
@@ -81,23 +83,29 @@ def choose_backend(requested: str, model: ResolvedModel, device: str) -> str:
 
     Raises:
         CheckpointError: an unknown backend, an ONNX backend on a GPU, or one the checkpoint has
-            no verified export for (the message says how to make it).
+            no verified export for, or one under an older file name (the message says how to make it).
     """
     if requested not in BACKENDS:
         raise CheckpointError(f"backend {requested!r} is not one of {', '.join(BACKENDS)}")
     if requested == "auto":
         if device != "cpu" or inference_dtype(model.config.train.precision, device) == torch.bfloat16:
             return "torch"  # a GPU, or bf16 as the run was tested, on a CPU that runs it natively
-        return next((b for b in ONNX_BACKENDS if b in model.exports), "torch")
-    if requested != "torch":
-        if device != "cpu":
+        chosen = next((b for b in ONNX_BACKENDS if b in model.exports), "torch")
+    else:
+        chosen = requested
+        if requested != "torch" and device != "cpu":
             raise CheckpointError(f"backend {requested!r} runs on CPU only; use torch (bf16) on a GPU")
-        if requested not in model.exports:
-            raise CheckpointError(
-                f"backend {requested!r}: {model.location} has no verified {requested} export; make it with "
-                f"python -m ray_jobs.export --checkpoint {model.reference}{' --int8' if requested == 'onnx-int8' else ''}"
-            )
-    return requested
+    if chosen == "torch":
+        return chosen
+    make = f"python -m ray_jobs.export --checkpoint {model.reference}{' --int8' if chosen == 'onnx-int8' else ''}"
+    if chosen not in model.exports:
+        raise CheckpointError(f"backend {chosen!r}: {model.location} has no verified {chosen} export; make it with {make}")
+    if model.exports[chosen]["file"] != ONNX_FILES[chosen]:
+        raise CheckpointError(
+            f"backend {chosen!r}: {model.location}/{ONNX_DIR}/{model.exports[chosen]['file']} is an export under an "
+            f"older name (now {ONNX_DIR}/{ONNX_FILES[chosen]}, optimum's); re-make it with {make}"
+        )
+    return chosen
 
 
 def onnx_backend(name: str, model: ResolvedModel, local: Path) -> OnnxBackend:

@@ -16,7 +16,10 @@ graph): 8-bit weights everywhere 80.8% (1.55x) fails; 7-bit weights (``reduce_ra
 keeps the int8 products clear of saturation) everywhere 81.3% (1.57x) passes; quantizing only the
 MatMuls and leaving the fused attention in fp32 81.3% (1.47x); per-tensor weights 80.7% (1.69x).
 
-What each check measured is written to ``onnx/export.json`` beside the files; a variant that fails
+The files carry optimum's names (``model.onnx``, ``model_quantized.onnx``) and its tensor names:
+inputs ``input_ids``, ``attention_mask`` and, for a model with more than one token type (BERT,
+MiniLM, ELECTRA; not RoBERTa or DistilBERT), ``token_type_ids``; output ``logits``. What each check
+measured, and the inputs, are written to ``onnx/export.json`` beside the files; a variant that fails
 is not written, and :class:`ExportError` says why.
 """
 
@@ -38,7 +41,6 @@ from sentiment.metrics import softmax
 FP32_TOLERANCE = 1e-4
 INT8_MAX_DROP = 0.005
 MIN_CHECK_REVIEWS = 1000
-INPUTS = ("input_ids", "attention_mask")
 # (name, quantize_dynamic settings): tried in order, the first within INT8_MAX_DROP is kept.
 INT8_RECIPES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("per-channel, 7-bit weights", {"reduce_range": True}),
@@ -73,13 +75,14 @@ def export_model(
         raise ExportError(f"the check needs >= {min_reviews} reviews of the validation split, got {len(check.ids)}")
     model = _load_eager(model_dir)
     reference = _torch_logits(model, check, collate)
+    inputs = input_names(model.config)
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as scratch:
         raw = Path(scratch) / "raw.onnx"
-        _trace(model, raw)
+        _trace(model, raw, inputs)
         fp32 = Path(scratch) / ONNX_FILES["onnx"]
         _fuse(raw, fp32, model.config)
         fp32_logits = _onnx_logits(fp32, check, collate)
-        record: dict[str, Any] = {"exports": {}, "rejected": {}, "check_reviews": len(check.ids)}
+        record: dict[str, Any] = {"exports": {}, "rejected": {}, "check_reviews": len(check.ids), "inputs": inputs}
         diff = float(np.abs(softmax(fp32_logits.astype(np.float64)) - softmax(reference.astype(np.float64))).max())
         if diff > FP32_TOLERANCE:
             raise ExportError(f"the fp32 export's probabilities differ from torch's by {diff:.2e} (> {FP32_TOLERANCE}); not written")
@@ -124,11 +127,17 @@ def _load_eager(model_dir: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def _trace(model: torch.nn.Module, dest: Path) -> None:
-    example = {"input_ids": torch.ones(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
-    axes = {k: {0: "batch", 1: "length"} for k in INPUTS} | {"logits": {0: "batch"}}
+def input_names(config: Any) -> list[str]:
+    """The graph's inputs for a model of ``config``, as optimum names them: ``token_type_ids`` only
+    for a model with more than one token type."""
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if getattr(config, "type_vocab_size", 0) > 1 else [])
+
+
+def _trace(model: torch.nn.Module, dest: Path, inputs: list[str]) -> None:
+    example = {k: (torch.zeros if k == "token_type_ids" else torch.ones)(2, 8, dtype=torch.long) for k in inputs}
+    axes = {k: {0: "batch", 1: "length"} for k in inputs} | {"logits": {0: "batch"}}
     with torch.no_grad():
-        torch.onnx.export(model, (), str(dest), kwargs=example, input_names=list(INPUTS), output_names=["logits"],
+        torch.onnx.export(model, (), str(dest), kwargs=example, input_names=inputs, output_names=["logits"],
                           dynamic_axes=axes, opset_version=17, dynamo=False)
 
 

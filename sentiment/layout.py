@@ -18,8 +18,9 @@ Everything lives on a pyarrow filesystem, so a local path and a URI (``s3://``, 
                                           load it), rewritten when test metrics or an export arrive
             calibration.json              optional: {"temperature": T, ...} from ``ray_jobs.evaluate --calibrate``
             test_metrics.json             optional: the run's test metrics, when the test scored this folder
-            onnx/                         optional, from ``ray_jobs.export``: model.onnx, model-int8.onnx and
-                                          export.json (each verified variant: file, sha256, its check's figures)
+            onnx/                         optional, from ``ray_jobs.export``: model.onnx, model_quantized.onnx
+                                          (optimum's names) and export.json (each verified variant: file,
+                                          sha256, its check's figures; the graph's input names)
         deepspeed/                        engine, optimizer and scheduler state per rank (resuming)
         train_state.json                  epoch, step, best so far, history
 
@@ -64,7 +65,7 @@ TEST_METRICS_FILE = "test_metrics.json"
 BEST_FILE = "best.json"
 ONNX_DIR = "onnx"
 EXPORT_FILE = "export.json"
-ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model_quantized.onnx"}  # optimum's and transformers.js's names
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 REQUIRED_MODEL_FILES = (HF_CONFIG_FILE, WEIGHTS_FILE, CONFIG_FILE)
 EPOCH_CHECKPOINT_PARTS = (STATE_FILE, DEEPSPEED_DIR, MODEL_DIR)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ray_jobs import export
@@ -49,6 +51,15 @@ def exported_int8(tiny_model_dir, small_imdb, tmp_path_factory):
     return model, export.main(["--checkpoint", str(model), "--int8", "--data", str(small_imdb), "--check-reviews", "40"])
 
 
+@pytest.fixture(scope="module")
+def exported_varied(tiny_model_dir, small_imdb, tmp_path_factory):
+    """The checkpoint whose outputs vary text to text with both variants, int8 kept whatever it loses."""
+    model = make_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("export-varied") / "model")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sentiment.export, "INT8_MAX_DROP", 1.0)
+        return model, export.main(["--checkpoint", str(model), "--int8", "--data", str(small_imdb), "--check-reviews", "40"])
+
+
 def test_fp32_is_kept_and_an_int8_that_loses_accuracy_is_not(exported):
     model, message = exported
     assert {p.name for p in (model / "onnx").iterdir()} == {"model.onnx", "export.json"}
@@ -63,12 +74,13 @@ def test_fp32_is_kept_and_an_int8_that_loses_accuracy_is_not(exported):
 
 def test_both_variants_are_written_with_their_checks(exported_int8):
     model, record = exported_int8
-    assert {p.name for p in (model / "onnx").iterdir()} == {"model.onnx", "model-int8.onnx", "export.json"}
+    assert {p.name for p in (model / "onnx").iterdir()} == {"model.onnx", "model_quantized.onnx", "export.json"}
     assert json.loads((model / "onnx" / "export.json").read_text()) == record
     fp32, int8 = record["exports"]["onnx"], record["exports"]["onnx-int8"]
+    assert record["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]  # optimum's, for a BERT with token types
     assert fp32["check"]["max_probability_diff_vs_torch"] <= 1e-4 and record["check_reviews"] == 40
     assert int8["check"]["drop"] <= 0.005 and int8["bytes"] < fp32["bytes"]
-    assert int8["sha256"] == hashlib.sha256((model / "onnx" / "model-int8.onnx").read_bytes()).hexdigest()
+    assert int8["sha256"] == hashlib.sha256((model / "onnx" / "model_quantized.onnx").read_bytes()).hexdigest()
     assert Predictor.load(model, backend="auto").backend.name == "onnx-int8"  # the CPU's fastest verified one
 
 
@@ -92,11 +104,77 @@ def test_a_backend_without_an_export_or_a_corrupt_one_fails_clearly(exported, ex
     model, _ = exported_int8
     broken = tmp_path / "broken"
     shutil.copytree(model, broken)
-    (broken / "onnx" / "model-int8.onnx").write_bytes(b"not a graph")
-    with pytest.raises(CheckpointError, match="model-int8.onnx cannot be loaded by ONNX Runtime"):
+    (broken / "onnx" / "model_quantized.onnx").write_bytes(b"not a graph")
+    with pytest.raises(CheckpointError, match="model_quantized.onnx cannot be loaded by ONNX Runtime"):
         Predictor.load(broken, backend="onnx-int8")
     with pytest.raises(CheckpointError, match="backend 'tensorrt' is not one of"):
         Predictor.load(model, backend="tensorrt")
+
+
+def test_an_export_under_the_old_int8_name_is_refused_with_the_command_that_remakes_it(exported_int8, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(exported_int8[0], old)
+    (old / "onnx" / "model_quantized.onnx").rename(old / "onnx" / "model-int8.onnx")
+    record = json.loads((old / "onnx" / "export.json").read_text())
+    record["exports"]["onnx-int8"]["file"] = "model-int8.onnx"
+    (old / "onnx" / "export.json").write_text(json.dumps(record))
+    for backend in ("onnx-int8", "auto"):
+        with pytest.raises(CheckpointError, match=r"onnx/model-int8.onnx is an export under an older name \(now "
+                           r"onnx/model_quantized.onnx, optimum's\); re-make it with python -m ray_jobs.export --checkpoint .*old --int8"):
+            Predictor.load(old, backend=backend)
+    assert Predictor.load(old, backend="onnx").backend.name == "onnx" and Predictor.load(old).backend.name == "torch"
+
+
+def test_the_card_names_the_onnx_files_and_how_to_run_them(exported, exported_int8):
+    from huggingface_hub import ModelCard
+
+    fp32_only, both = (ModelCard.load(model / "README.md") for model in (exported[0], exported_int8[0]))
+    for card in (fp32_only, both):
+        assert (card.data.library_name, card.data.pipeline_tag) == ("transformers", "text-classification")
+        assert "onnx" in card.data.tags and "`onnx/model.onnx`: fp32" in card.text and "import onnxruntime as ort" in card.text
+    assert "model_quantized" not in fp32_only.text and 'file_name="model.onnx"' in fp32_only.text
+    assert "`onnx/model_quantized.onnx`: int8" in both.text and 'file_name="model_quantized.onnx"' in both.text
+    assert "Inputs `input_ids`, `attention_mask`, `token_type_ids`" in both.text and "verified on 40 validation reviews" in both.text
+
+
+def real_reviews(small_imdb: Path, n: int = 32) -> list[str]:
+    """The first ``n`` reviews of the fixture's test split (IMDB's test split when $IMDB_DATA_DIR is set),
+    and one text made of them all, longer than any training length."""
+    texts = list(pd.read_parquet(small_imdb / "test.parquet")["text"][:n])
+    return [*texts, " ".join(texts)]
+
+
+def head_truncating(folder: Path, dest: Path) -> Path:
+    """A copy of a model folder whose config keeps the head of a long text, as ``truncation=True`` does."""
+    shutil.copytree(folder, dest)
+    cfg = json.loads((dest / CONFIG_FILE).read_text())
+    cfg["data"]["truncation"] = "head"
+    (dest / CONFIG_FILE).write_text(json.dumps(cfg))
+    return dest
+
+
+@pytest.mark.parametrize("backend, file, tolerance", [("onnx", "model.onnx", 1e-5), ("onnx-int8", "model_quantized.onnx", 1e-4)])
+def test_plain_onnxruntime_on_the_standard_names_agrees_with_the_onnx_backend(backend, file, tolerance, exported_varied, small_imdb, tmp_path):
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    folder = head_truncating(exported_varied[0], tmp_path / "model")
+    texts = real_reviews(small_imdb)
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # the folder's tokenizer and the card's recipe, nothing of this project
+    session = ort.InferenceSession(str(folder / "onnx" / file), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    clean = [re.sub(r"<br\s*/?>", " ", t, flags=re.IGNORECASE).strip() for t in texts]
+    batch = tokenizer(clean, truncation=True, padding=True, return_tensors="np")
+    assert batch["input_ids"].shape[1] == 64  # long texts are cut to the training length
+    (logits,) = session.run(["logits"], {i.name: batch[i.name] for i in session.get_inputs()})
+    plain = np.exp(logits - logits.max(axis=1, keepdims=True))
+    plain /= plain.sum(axis=1, keepdims=True)
+    ours = Predictor.load(folder, backend=backend).predict(texts, return_proba=True)
+    assert plain.argmax(axis=1).tolist() == ours.argmax(axis=1).tolist()
+    np.testing.assert_allclose(plain, ours, atol=tolerance, rtol=0)
+    assert np.ptp(ours[:, 1]) > 0.05  # outputs that vary: a wrong input would show
+    print(f"{backend}: max |p_plain - p_ours| {np.abs(plain - ours).max():.2e}, spread of p {np.ptp(ours[:, 1]):.3f}")
 
 
 def test_explaining_on_an_onnx_backend_names_the_backend(exported_int8):
@@ -134,7 +212,7 @@ def test_a_replica_serves_the_verified_int8_export_and_says_so(exported_int8, ti
     try:
         url = start_serve({"checkpoint": str(model), "num_cpus": 1, "max_replicas": 1})  # backend auto on a CPU
         info = requests.get(f"{url}/v1/model", timeout=30).json()
-        assert (info["backend"], info["file"]) == ("onnx-int8", "model-int8.onnx")
+        assert (info["backend"], info["file"]) == ("onnx-int8", "model_quantized.onnx")
         assert info["sha256"] == record["exports"]["onnx-int8"]["sha256"] and info["weights_sha256"] == resolve(model).sha256
         served = requests.post(f"{url}/v1/predict", json={"texts": TEXTS}, timeout=60).json()["predictions"]
         local = Predictor.load(model, backend="onnx-int8").predict_details(TEXTS)

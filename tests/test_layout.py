@@ -227,11 +227,11 @@ def test_the_files_each_backend_loads_and_their_sha256(model_dir):
         model.expected_files("onnx-int8")
     (folder / "calibration.json").write_text(json.dumps({"temperature": 1.5}))
     (folder / "onnx").mkdir()
-    (folder / "onnx" / "model-int8.onnx").write_bytes(b"onnx bytes")
+    (folder / "onnx" / "model_quantized.onnx").write_bytes(b"onnx bytes")
     (folder / "onnx" / "export.json").write_text(json.dumps({"exports": {"onnx-int8": {
-        "file": "model-int8.onnx", "sha256": digest(folder / "onnx" / "model-int8.onnx")}}}))
+        "file": "model_quantized.onnx", "sha256": digest(folder / "onnx" / "model_quantized.onnx")}}}))
     model = resolve(folder)
-    assert model.expected_files("onnx-int8") == {"onnx/model-int8.onnx": digest(folder / "onnx" / "model-int8.onnx"),
+    assert model.expected_files("onnx-int8") == {"onnx/model_quantized.onnx": digest(folder / "onnx" / "model_quantized.onnx"),
                                                  "calibration.json": digest(folder / "calibration.json")}
     (folder / "onnx" / "export.json").write_text(json.dumps({"exports": {"onnx-int8": {"file": "../model.safetensors", "sha256": "0"}}}))
     with pytest.raises(CheckpointError, match=r"names files outside onnx/: \['../model.safetensors'\]"):
