@@ -2,13 +2,22 @@
 
     python -m bench.serve_throughput                      # packaged MiniLM-L6 at 128 tokens vs in-process
     python -m bench.serve_throughput --peer plain --checkpoint <model folder> --backends torch auto
-    python -m bench.serve_throughput --smoke --checkpoint <model folder> [--peer plain]   # CI-sized
+    python -m bench.serve_throughput --peer apis --checkpoint <model folder>   # /v1 vs TEI vs v2
+    python -m bench.serve_throughput --smoke --checkpoint <model folder> [--peer plain|apis]   # CI-sized
 
 ``--peer plain`` compares with the server a user would write by hand (``bench/plain_server.py``:
 FastAPI + uvicorn, one process, torch fp32, one text per request), started as its own process on
 the same cores, with the same client and the same reviews; then the project's endpoint with each
 of ``--backends``. The CPU set and nice level of both servers and of the client are printed.
 Printed last: project req/s divided by plain req/s, and the p50 latency ratio, per concurrency.
+
+``--peer apis`` compares the endpoint's own API with the protocols it also speaks, on one
+deployment (truncating as above) with the same client and reviews: ``/v1/predict`` (``{"text"}``),
+Hugging Face / TEI's ``/predict`` (``{"inputs"}``) and the Open Inference Protocol's
+``/v2/models/{name}/infer`` (one BYTES tensor). It first checks that the three give the same
+probabilities, then measures each at every concurrency in two passes of half the reviews, in
+opposite orders (v1, tei, v2 then v2, tei, v1), so drift on the machine falls on every API alike.
+Printed last: each protocol's req/s and p50 divided by ``/v1``'s, per concurrency.
 
 Reviews are real IMDB test reviews from $IMDB_DATA_DIR. One model replica (fixed, holding every
 core, as the in-process baseline does) serves single-review requests from an aiohttp client at each
@@ -30,7 +39,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 import numpy as np
@@ -41,6 +50,7 @@ from ray import serve
 
 from ray_jobs.local_ray import free_loopback_port, init_ray
 from serve.app import build_app
+from serve.schemas import ServeArgs
 from sentiment.layout import save_model_dir
 from sentiment.config import DATA_DIR_ENV, PACKAGED_MODEL, load_config
 from sentiment.data import clean_text
@@ -56,8 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-seq-length", type=int, default=128, help="for the packaged model (default 128)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests", type=int, default=400, help="timed requests per concurrency")
-    p.add_argument("--peer", choices=("inprocess", "plain"), default="inprocess",
-                   help="inprocess: Predictor in this process; plain: a hand-written FastAPI server (bench/plain_server.py)")
+    p.add_argument("--peer", choices=("inprocess", "plain", "apis"), default="inprocess",
+                   help="inprocess: Predictor in this process; plain: a hand-written FastAPI server "
+                   "(bench/plain_server.py); apis: the endpoint's TEI and v2 routes against its /v1")
     p.add_argument("--backends", nargs="+", default=["auto"], help="the endpoint's backends to measure (--peer plain)")
     p.add_argument("--batch-wait-timeout-s", type=float, default=None, help="the endpoint's batch wait (default: build_app's)")
     p.add_argument("--smoke", action="store_true", help="CI-sized: 24 requests at concurrency 1 and 4")
@@ -109,11 +120,24 @@ async def timed_requests(
     return latencies, time.perf_counter() - start
 
 
-def request_bodies(reviews: list[str], texts_per_request: int) -> list[dict[str, Any]]:
-    """``{"text": ...}`` bodies, one review each, or ``{"texts": [...]}`` of ``texts_per_request``."""
-    if texts_per_request == 1:
-        return [{"text": t} for t in reviews]
-    return [{"texts": reviews[i:i + texts_per_request]} for i in range(0, len(reviews), texts_per_request)]
+# Each API's path under the endpoint and its request body for a list of texts.
+API_PATHS = {"v1": "/v1/predict", "tei": "/predict", "v2": f"/v2/models/{ServeArgs.model_fields['model_name'].default}/infer"}
+API_BODIES: dict[str, Callable[[list[str]], dict[str, Any]]] = {
+    "v1": lambda texts: {"text": texts[0]} if len(texts) == 1 else {"texts": texts},
+    "tei": lambda texts: {"inputs": texts[0] if len(texts) == 1 else texts},
+    "v2": lambda texts: {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]},
+}
+
+
+def request_bodies(reviews: list[str], texts_per_request: int, api: str = "v1") -> list[dict[str, Any]]:
+    """``api``'s request bodies of ``texts_per_request`` reviews each (``{"text": ...}`` for one on /v1)."""
+    return [API_BODIES[api](reviews[i:i + texts_per_request]) for i in range(0, len(reviews), texts_per_request)]
+
+
+def figures(latencies: list[float], wall: float, reviews: int) -> dict[str, float]:
+    """Reviews/s and p50/p99 latency (ms) per request."""
+    ms = np.array(latencies) * 1000
+    return {"reviews_per_s": reviews / wall, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
 async def http_load(url: str, reviews: list[str], concurrency: int, texts_per_request: int = 1) -> dict[str, float]:
@@ -123,8 +147,7 @@ async def http_load(url: str, reviews: list[str], concurrency: int, texts_per_re
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         await timed_requests(session, url, warm, concurrency)
         latencies, wall = await timed_requests(session, url, request_bodies(reviews, texts_per_request), concurrency)
-    ms = np.array(latencies) * 1000
-    return {"reviews_per_s": len(reviews) / wall, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+    return figures(latencies, wall, len(reviews))
 
 
 def start_loopback_serve() -> int:
@@ -213,21 +236,78 @@ def against_plain(args: argparse.Namespace, checkpoint: Path, reviews: list[str]
     return rows
 
 
-def report_against_plain(rows: list[dict[str, Any]], reviews: list[str], max_len: int) -> None:
-    """The table, the conditions, then each project server's ratios to the plain one (last)."""
+def report_ratios(rows: list[dict[str, Any]], key: str, baseline: str) -> None:
+    """The table, then each other ``key``'s req/s and p50 divided by ``baseline``'s per concurrency (last)."""
     table = pd.DataFrame(rows)
+    print(table.drop(columns="where", errors="ignore").to_markdown(index=False, floatfmt=".1f"))
+    base = table[table[key] == baseline].set_index("concurrency")
+    for name, part in table[table[key] != baseline].groupby(key, sort=False):
+        print(f"{name} / {baseline}: " + ", ".join(
+            f"{r.reviews_per_s / base.loc[r.concurrency, 'reviews_per_s']:.2f}x req/s and "
+            f"{r.p50_ms / base.loc[r.concurrency, 'p50_ms']:.2f}x p50 at concurrency {r.concurrency}"
+            for r in part.itertuples()))
+
+
+def report_against_plain(rows: list[dict[str, Any]], reviews: list[str], max_len: int) -> None:
+    """The conditions, the table, then each project server's ratios to the plain one (last)."""
     print(f"\n{len(reviews)} IMDB test reviews, single-review POSTs, each truncated to {max_len} tokens by both servers, "
           f"{os.cpu_count()} cores; "
           f"client: this process ({conditions(os.getpid())})")
-    for server, where in table.groupby("server", sort=False)["where"].first().items():
+    for server, where in pd.DataFrame(rows).groupby("server", sort=False)["where"].first().items():
         print(f"{server}: {where}")
-    print(table.drop(columns="where").to_markdown(index=False, floatfmt=".1f"))
-    plain = table[table.server == "plain"].set_index("concurrency")
-    for server, part in table[table.server != "plain"].groupby("server", sort=False):
-        print(f"{server} / plain: " + ", ".join(
-            f"{r.reviews_per_s / plain.loc[r.concurrency, 'reviews_per_s']:.2f}x req/s and "
-            f"{r.p50_ms / plain.loc[r.concurrency, 'p50_ms']:.2f}x p50 at concurrency {r.concurrency}"
-            for r in part.itertuples()))
+    report_ratios(rows, "server", "plain")
+
+
+def same_answers(base: str, reviews: list[str]) -> None:
+    """Each API's probabilities for ``reviews`` equal /v1's (to 1e-5), or the run stops: a route
+    that answers something else is not measured."""
+    def call(path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(base + path, data, {"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(request, timeout=120).read())
+
+    def post(api: str) -> Any:
+        return call(API_PATHS[api], API_BODIES[api](reviews))
+
+    v1 = [p["probabilities"] for p in post("v1")["predictions"]]
+    tei = [{s["label"]: s["score"] for s in scores} for scores in post("tei")]
+    outputs = {o["name"]: o for o in post("v2")["outputs"]}
+    labels = call(API_PATHS["v2"].removesuffix("/infer"))["parameters"]["labels"]  # the probabilities' order
+    rows = np.reshape(outputs["probabilities"]["data"], (len(reviews), len(labels)))
+    v2 = [dict(zip(labels, map(float, row))) for row in rows]
+    for api, got in (("tei", tei), ("v2", v2)):
+        for want, have in zip(v1, got, strict=True):
+            if any(abs(want[k] - have[k]) > 1e-5 for k in want):
+                raise SystemExit(f"{api} answers {have} where /v1 answers {want}")
+
+
+def against_apis(args: argparse.Namespace, checkpoint: Path, reviews: list[str]) -> list[dict[str, Any]]:
+    """One deployment (``auto`` backend, truncating), measured through each API at every concurrency."""
+    apis = list(API_PATHS)
+    half = len(reviews) // 2
+    rows: list[dict[str, Any]] = []
+    try:
+        base = deploy(checkpoint, "auto", long_reviews="truncate").removesuffix(API_PATHS["v1"])
+        same_answers(base, reviews[:8])
+
+        async def measure(concurrency: int) -> list[dict[str, Any]]:
+            timed: dict[str, tuple[list[float], float]] = {api: ([], 0.0) for api in apis}
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+                for api in apis:  # warm-up
+                    await timed_requests(session, base + API_PATHS[api], request_bodies(reviews[:BATCH], 1, api), concurrency)
+                for order, part in ((apis, reviews[:half]), (apis[::-1], reviews[half:])):
+                    for api in order:
+                        latencies, wall = await timed_requests(session, base + API_PATHS[api],
+                                                               request_bodies(part, 1, api), concurrency)
+                        timed[api] = (timed[api][0] + latencies, timed[api][1] + wall)
+            return [{"api": api, "concurrency": concurrency, **figures(*timed[api], len(reviews))} for api in apis]
+
+        for c in args.concurrency:
+            rows += asyncio.run(measure(c))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -244,6 +324,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.peer == "plain":
             measured = against_plain(args, checkpoint, reviews)
             report_against_plain(measured, reviews, Predictor.load(checkpoint).cfg.data.max_seq_length)
+            return {"rows": measured}
+        if args.peer == "apis":
+            measured = against_apis(args, checkpoint, reviews)
+            info = Predictor.load(checkpoint).cfg.data.max_seq_length
+            print(f"\n{len(reviews)} IMDB test reviews, one per request, truncated to {info} tokens, {os.cpu_count()} "
+                  f"cores, one deployment ({API_PATHS['v1']}, TEI {API_PATHS['tei']}, v2 {API_PATHS['v2']}); "
+                  f"client: this process ({conditions(os.getpid())})")
+            report_ratios(measured, "api", "v1")
             return {"rows": measured}
         predictor = Predictor.load(checkpoint)
         predictor.predict_details(reviews[:BATCH], batch_size=BATCH)  # warm-up

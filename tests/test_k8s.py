@@ -144,6 +144,8 @@ def test_the_rayservice_serves_a_valid_serve_config_with_the_key_from_a_secret()
         assert "secretKeyRef" in key["valueFrom"]
     (head,) = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]
     assert head["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    for container in containers(service["spec"]["rayClusterConfig"]):  # what a PodMonitor scrapes
+        assert {"containerPort": 8080, "name": "metrics"} in container["ports"]  # KubeRay's --metrics-export-port
 
 
 def test_the_rayjob_runs_a_module_and_config_of_this_checkout():
