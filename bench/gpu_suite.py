@@ -1,9 +1,9 @@
 """One prepared GPU run: every figure the project claims on a GPU, in one JSON and one table.
 
-    python -m bench.gpu_suite --out "$OUT"                  # on the lent GPU, staged as bench/NOTES.md says
+    python -m bench.gpu_suite --out "$OUT"                  # on a GPU machine, staged as bench/NOTES.md says
     python -m bench.gpu_suite --smoke --out /tmp/gpu-smoke  # CPU, CI-sized: every step, on a tiny BERT
 
-A GPU is lent rarely and briefly, so this is the whole measurement in one command (about 7 minutes
+The whole GPU measurement is one command (about 7 minutes
 on one H100/H200), tested beforehand on CPU with ``--smoke``. Reviews come from
 ``$IMDB_DATA_DIR``. Three parts, one local Ray on 127.0.0.1 for all of them:
 
