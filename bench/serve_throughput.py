@@ -3,6 +3,7 @@
     python -m bench.serve_throughput                      # packaged MiniLM-L6 at 128 tokens vs in-process
     python -m bench.serve_throughput --peer plain --checkpoint <model folder> --backends torch auto
     python -m bench.serve_throughput --peer apis --checkpoint <model folder>   # /v1 vs TEI vs v2
+    python -m bench.serve_throughput --api tei --checkpoint <model folder>     # /v1 vs TEI only
     python -m bench.serve_throughput --smoke --checkpoint <model folder> [--peer plain|apis]   # CI-sized
 
 ``--peer plain`` compares with the server a user would write by hand (``bench/plain_server.py``:
@@ -59,6 +60,14 @@ from sentiment.predict import Predictor
 
 BATCH = 32
 
+# Each API's path under the endpoint and its request body for a list of texts.
+API_PATHS = {"v1": "/v1/predict", "tei": "/predict", "v2": f"/v2/models/{ServeArgs.model_fields['model_name'].default}/infer"}
+API_BODIES: dict[str, Callable[[list[str]], dict[str, Any]]] = {
+    "v1": lambda texts: {"text": texts[0]} if len(texts) == 1 else {"texts": texts},
+    "tei": lambda texts: {"inputs": texts[0] if len(texts) == 1 else texts},
+    "v2": lambda texts: {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]},
+}
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,12 +78,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peer", choices=("inprocess", "plain", "apis"), default="inprocess",
                    help="inprocess: Predictor in this process; plain: a hand-written FastAPI server "
                    "(bench/plain_server.py); apis: the endpoint's TEI and v2 routes against its /v1")
+    p.add_argument("--api", nargs="+", choices=list(API_PATHS), help="with --peer apis (implied): the routes to "
+                   "measure besides /v1, its baseline (default: tei v2)")
     p.add_argument("--backends", nargs="+", default=["auto"], help="the endpoint's backends to measure (--peer plain)")
     p.add_argument("--batch-wait-timeout-s", type=float, default=None, help="the endpoint's batch wait (default: build_app's)")
     p.add_argument("--smoke", action="store_true", help="CI-sized: 24 requests at concurrency 1 and 4")
     args = p.parse_args(argv)
     if args.smoke:
         args.concurrency, args.requests = [1, 4], 24
+    if args.api:
+        args.peer = "apis"
+    args.apis = ["v1", *[a for a in (args.api or ["tei", "v2"]) if a != "v1"]]
     return args
 
 
@@ -118,15 +132,6 @@ async def timed_requests(
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies, time.perf_counter() - start
-
-
-# Each API's path under the endpoint and its request body for a list of texts.
-API_PATHS = {"v1": "/v1/predict", "tei": "/predict", "v2": f"/v2/models/{ServeArgs.model_fields['model_name'].default}/infer"}
-API_BODIES: dict[str, Callable[[list[str]], dict[str, Any]]] = {
-    "v1": lambda texts: {"text": texts[0]} if len(texts) == 1 else {"texts": texts},
-    "tei": lambda texts: {"inputs": texts[0] if len(texts) == 1 else texts},
-    "v2": lambda texts: {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]},
-}
 
 
 def request_bodies(reviews: list[str], texts_per_request: int, api: str = "v1") -> list[dict[str, Any]]:
@@ -281,7 +286,7 @@ def same_answers(base: str, reviews: list[str]) -> None:
 
 def against_apis(args: argparse.Namespace, checkpoint: Path, reviews: list[str]) -> list[dict[str, Any]]:
     """One deployment (``auto`` backend, truncating), measured through each API at every concurrency."""
-    apis = list(API_PATHS)
+    apis = args.apis
     half = len(reviews) // 2
     rows: list[dict[str, Any]] = []
     try:
@@ -326,9 +331,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.peer == "apis":
             measured = against_apis(args, checkpoint, reviews)
             info = Predictor.load(checkpoint).cfg.data.max_seq_length
+            routes = ", ".join(f"{api} {API_PATHS[api]}" for api in args.apis)
             print(f"\n{len(reviews)} IMDB test reviews, one per request, truncated to {info} tokens, {os.cpu_count()} "
-                  f"cores, one deployment ({API_PATHS['v1']}, TEI {API_PATHS['tei']}, v2 {API_PATHS['v2']}); "
-                  f"client: this process ({conditions(os.getpid())})")
+                  f"cores, one deployment ({routes}); client: this process ({conditions(os.getpid())})")
             report_ratios(measured, "api", "v1")
             return {"rows": measured}
         predictor = Predictor.load(checkpoint)
