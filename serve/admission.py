@@ -59,6 +59,15 @@ class Admission:
         """Windows that may be in flight now."""
         return min(self.max_windows, max(self.min_windows, (self.rate or 0.0) * self.max_wait_s))
 
+    def refusal(self, windows: int = 1) -> Overloaded | None:
+        """Why ``windows`` more would be refused now, or None if they would be admitted. With the
+        default of one window: whether any request would be refused (the HTTP layer then answers
+        503 from the headers, before reading a body or tokenizing)."""
+        if self.in_flight and self.in_flight + windows > self.budget():
+            work = f", about {self.in_flight / self.rate:.1f} s of work" if self.rate else ""
+            return Overloaded(f"overloaded: {self.in_flight} windows in flight{work}; retry shortly")
+        return None
+
     @contextmanager
     def admitted(self, windows: int) -> Iterator[None]:
         """Hold ``windows`` in flight for the block.
@@ -66,9 +75,8 @@ class Admission:
         Raises:
             Overloaded: the windows ahead plus these would wait longer than ``max_wait_s``.
         """
-        if self.in_flight and self.in_flight + windows > self.budget():
-            work = f", about {self.in_flight / self.rate:.1f} s of work" if self.rate else ""
-            raise Overloaded(f"overloaded: {self.in_flight} windows in flight{work}; retry shortly")
+        if refused := self.refusal(windows):
+            raise refused
         if self._busy_since is None:
             self._busy_since = self.clock()
         self.in_flight += windows

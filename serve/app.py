@@ -90,6 +90,10 @@ class SentimentAPI:
                 raise Overloaded(f"not answered within request_timeout_s={self.args.request_timeout_s:g} s") from None
         return predictions
 
+    def overloaded(self) -> Overloaded | None:
+        """Why any prediction would be refused now (the load budget is spent), or None."""
+        return self.admission.refusal()
+
     @contextlib.contextmanager
     def explain_slot(self) -> Iterator[None]:
         """Hold one of this ingress's places for explained requests (as many as the explainers run and

@@ -31,6 +31,13 @@ from sentiment.predict import ExplainUnavailable, Prediction
 
 STATIC = Path(__file__).parent / "static"
 PROTECTED = ("/v1", "/predict", "/info", "/v2/models/")  # paths that need the key, when the deployment has one
+
+
+def predicting(scope: Scope) -> bool:
+    """Whether a request asks for predictions (POST to ``/v1/predict[/form]``, ``/predict`` or v2's ``infer``)."""
+    path = scope["path"]
+    return scope["method"] == "POST" and (path in ("/v1/predict", "/v1/predict/form", "/predict")
+                                          or (path.startswith("/v2/models/") and path.endswith("/infer")))
 UNAUTHORIZED = "missing or wrong API key: send 'Authorization: Bearer <key>' or basic auth with the key as user"
 
 
@@ -40,12 +47,15 @@ class Backend(Protocol):
     ``explains`` says whether ``predict(..., explain=True)`` can attribute (the deployment has an
     explainer); when it cannot, that call raises :class:`~sentiment.predict.ExplainUnavailable`.
     ``predict`` raises :class:`~serve.admission.Overloaded` (503) or
-    :class:`~serve.admission.RequestTooCostly` (422) to refuse a request.
+    :class:`~serve.admission.RequestTooCostly` (422) to refuse a request; ``overloaded`` says,
+    before a request's body is read, why any prediction would be refused now (or None).
     """
 
     explains: bool
 
     async def predict(self, texts: list[str], explain: bool = False) -> list[Prediction]: ...
+
+    def overloaded(self) -> Overloaded | None: ...
 
     async def info(self) -> dict[str, Any]: ...
 
@@ -83,18 +93,21 @@ async def validation_error(_: Request, exc: RequestValidationError) -> JSONRespo
 class RequestGate:
     """ASGI middleware: what a request must pass before its body is read, and a deadline on the body.
 
-    From the headers alone: a request to a protected path without the key gets its 401, and a
-    declared ``Content-Length`` over ``max_bytes`` its 413, before any byte of the body is read (an
-    unauthenticated client cannot hold the endpoint with slow uploads). Then the body must arrive
+    From the headers alone: a request to a protected path without the key gets its 401, a
+    declared ``Content-Length`` over ``max_bytes`` its 413, and a prediction while ``overloaded()``
+    names a refusal its 503 with ``Retry-After``, before any byte of the body is read (an
+    unauthenticated client cannot hold the endpoint with slow uploads, and a refusal under
+    overload costs no parsing or tokenizing). Then the body must arrive
     within ``body_timeout_s`` plus its declared length at ``min_rate`` bytes per second, or the
     request ends with 408; a body without a length (chunked) is counted as it streams in and cut at
     ``max_bytes`` with 413. (FastAPI's own ``max_body_size`` answers in plain text, hence the JSON here.)
     """
 
     def __init__(self, app: ASGIApp, key: SecretStr | None, protected: tuple[str, ...], max_bytes: int,
-                 body_timeout_s: float, min_rate: int) -> None:
+                 body_timeout_s: float, min_rate: int, overloaded: Callable[[], Overloaded | None]) -> None:
         self.app, self.key, self.protected = app, key, protected
         self.max_bytes, self.body_timeout_s, self.min_rate = max_bytes, body_timeout_s, min_rate
+        self.overloaded = overloaded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -105,6 +118,9 @@ class RequestGate:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await JSONResponse({"detail": self.too_large}, 413)(scope, receive, send)
+        if predicting(scope) and (refused := self.overloaded()):
+            return await JSONResponse({"detail": str(refused)}, 503,
+                                      {"Retry-After": str(refused.retry_after_s)})(scope, receive, send)
         await self.app(scope, self.deadlined(receive, int(declared) if declared.isdigit() else self.max_bytes), send)
 
     @property
@@ -188,7 +204,7 @@ def make_api(backend: Backend, args: ServeArgs, key: SecretStr | None,
         exception_handlers={RequestValidationError: validation_error, V2Error: v2_error},
     )
     app.add_middleware(RequestGate, key=key, protected=PROTECTED, max_bytes=args.max_body_bytes,
-                       body_timeout_s=args.body_timeout_s, min_rate=args.min_body_rate)
+                       body_timeout_s=args.body_timeout_s, min_rate=args.min_body_rate, overloaded=backend.overloaded)
     if record_status is not None:
         app.add_middleware(StatusRecorder, record=record_status)  # added last: the outermost
     v1 = APIRouter(prefix="/v1", responses=errors(e401="Missing or wrong API key.") if key else {})

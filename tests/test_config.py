@@ -1,8 +1,10 @@
+import shlex
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
-from sentiment.config import ConfigError, Config, load_config, parse_overrides, refuse_credentials
+from sentiment.config import ConfigError, config_from_dict, load_config, parse_overrides, refuse_credentials
 from sentiment.model import check_against_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +87,11 @@ def test_every_config_file_loads_and_starts_with_its_command(path):
     assert first.startswith("# ") and ("python -m" in first or "serve " in first or "ray " in first), first
     if path.name.startswith("serve"):
         return  # a Ray Serve config, not a training config (tests/test_serve.py validates it)
-    assert isinstance(load_config(path), Config)
+    command = shlex.split(first[2:].split("   ")[0])
+    module, (flag, named, *overrides) = command[command.index("-m") + 1], command[command.index("-m") + 2:]
+    assert find_spec(module) is not None and (flag, named) == ("--config", f"configs/{path.name}"), first
+    cfg = load_config(path, overrides)  # the command as its first line gives it
+    assert config_from_dict(cfg.model_dump(mode="json"), path.name) == cfg  # as a checkpoint's train_config.json stores it
 
 
 def test_unknown_storage_filesystem_fails_before_training():

@@ -66,8 +66,9 @@ def test_fp32_is_kept_and_an_int8_that_loses_accuracy_is_not(exported):
     record = json.loads((model / "onnx" / "export.json").read_text())
     assert record["exports"]["onnx"]["check"]["max_probability_diff_vs_torch"] <= 1e-4
     assert [r["recipe"] for r in record["rejected"]["onnx-int8"]] == [name for name, _ in INT8_RECIPES]
-    assert all(0 <= r["accuracy"] <= 1 and r["fp32_accuracy"] == record["exports"]["onnx"]["check"]["accuracy"]
-               for r in record["rejected"]["onnx-int8"])
+    for r in record["rejected"]["onnx-int8"]:  # each recipe's figures, on the 40 check reviews
+        assert r["fp32_accuracy"] == record["exports"]["onnx"]["check"]["accuracy"]
+        assert r["drop"] == pytest.approx(r["fp32_accuracy"] - r["accuracy"]) and r["accuracy"] * 40 == pytest.approx(round(r["accuracy"] * 40))
     assert message.startswith("onnx-int8 not written: accuracy fell more than 0.5 point below fp32 with every recipe")
     assert resolve(model).exports.keys() == {"onnx"}
 

@@ -35,6 +35,16 @@ def test_a_cold_ingress_admits_up_to_its_floor_then_refuses_at_once():
     assert admission.in_flight == 0
     with admission.admitted(40):  # one big request alone is never refused for want of a rate
         assert admission.in_flight == 40
+        assert "40 windows in flight" in str(admission.refusal())  # any more would be: the gate's 503
+    assert admission.refusal() is None
+
+
+def test_the_gates_question_is_whether_one_more_window_would_be_admitted():
+    admission = Admission(max_wait_s=1.0, min_windows=4, max_windows=10_000, clock=Clock())
+    with admission.admitted(3):
+        assert admission.refusal() is None and admission.refusal(2) is not None
+        with admission.admitted(1):
+            assert admission.refusal() is not None
 
 
 @pytest.mark.parametrize("rate", [20.0, 2000.0])

@@ -43,6 +43,7 @@ class StandIn:
         self.seen: list[list[str]] = []
         self.explains = True
         self.statuses: list[tuple[int, str]] = []  # what the app's status recorder saw
+        self.saturated = False  # what overloaded() says: every prediction refused from the headers
 
     async def predict(self, texts: list[str], explain: bool = False) -> list[Prediction]:
         if explain and not self.explains:
@@ -58,6 +59,9 @@ class StandIn:
                            key_tokens=[KeyToken("good", 0.5)] if explain and "good" in t else [] if explain else None,
                            logits=[-1.0, 1.2] if "good" in t else [0.2, -0.2])
                 for t in texts]
+
+    def overloaded(self) -> Overloaded | None:
+        return Overloaded("overloaded: 64 windows in flight", retry_after_s=3) if self.saturated else None
 
     async def info(self) -> dict[str, Any]:
         return {"checkpoint": "c", "path": "/p", "sha256": "0" * 64, "weights_sha256": "1" * 64,
@@ -192,11 +196,11 @@ def test_overload_gets_a_503_with_retry_after_and_cost_caps_a_422(api, text, sta
     assert reply.headers.get("Retry-After") == ("2" if status == 503 else None)
 
 
-def raw_request(url: str, headers: str) -> socket.socket:
-    """A socket that has sent a POST's request line and ``headers`` to ``url``, and no body."""
+def raw_request(url: str, headers: str, path: str = "/v1/predict") -> socket.socket:
+    """A socket that has sent a POST's request line to ``path`` and ``headers`` to ``url``, and no body."""
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{headers}\r\n".encode())
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{headers}\r\n".encode())
     return sock
 
 
@@ -209,6 +213,30 @@ def test_a_request_without_the_key_gets_its_401_before_sending_its_body(api):
         assert reply.startswith("HTTP/1.1 401") and "missing or wrong API key" in reply
         assert time.monotonic() - started < BODY_TIMEOUT_S  # from the headers alone, not after a body deadline
     assert len(backend.seen) == calls
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/predict/form", "/predict", "/v2/models/sentiment/infer"])
+def test_under_overload_a_prediction_gets_its_503_before_sending_its_body(api, path, monkeypatch):
+    url, backend = api
+    calls = len(backend.seen)
+    monkeypatch.setattr(backend, "saturated", True)
+    with raw_request(url, f"Authorization: Bearer {KEY}\r\nContent-Length: 1000\r\n", path) as sock:
+        started = time.monotonic()
+        reply = sock.recv(4096).decode()
+        assert time.monotonic() - started < BODY_TIMEOUT_S  # from the headers alone, not after a body deadline
+    assert reply.startswith("HTTP/1.1 503") and "retry-after: 3" in reply.lower() and "64 windows in flight" in reply
+    assert len(backend.seen) == calls  # nothing parsed, tokenized or predicted
+    assert requests.get(f"{url}/v2/models/sentiment", headers=AUTH, timeout=10).status_code == 200  # the rest is served
+    assert requests.post(f"{url}/v1/predict", json={"text": "good"}, timeout=10).status_code == 401  # the key first
+    monkeypatch.setattr(backend, "saturated", False)
+    assert requests.post(f"{url}{path.replace('/form', '')}", json=body_for(path), headers=AUTH, timeout=10).ok
+
+
+def body_for(path: str) -> dict[str, Any]:
+    """A one-text body for a prediction route (the form route's JSON twin, /v1/predict)."""
+    if path.startswith("/v2/"):
+        return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["good"]}]}
+    return {"inputs": "good"} if path == "/predict" else {"text": "good"}
 
 
 def test_a_body_slower_than_its_deadline_is_cut_with_408(api):
