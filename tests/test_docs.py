@@ -1,11 +1,13 @@
-"""The repository speaks of the product alone: no file outside the tests says how its development
-was organised (who measured, in which sitting, on whose lent hardware). Headings and figures name
-the benchmark, the machine and the date; a figure that does not exist is "not measured yet"."""
+"""The docs a user reads: they speak of the product alone (no file outside the tests says how its
+development was organised: who measured, in which sitting, on whose lent hardware; headings and
+figures name the benchmark, the machine and the date; a figure that does not exist is "not measured
+yet"), and every command, override and reference row they show exists."""
 
 from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,49 @@ def test_the_check_catches_each_kind_of_remark(line):
 ])
 def test_the_check_leaves_the_products_own_words(line):
     assert not PROCESS.search(line), line
+
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "bench").glob("*.md"))]
+SHOWN_MODULE = re.compile(r"python -m ((?:ray_jobs|tune|bench|serve|sentiment)\.\w+)")
+OVERRIDE = re.compile(r"\b(model|data|train|deepspeed|scaling|tracking|pretrain|run|sweep)\.(\w+)=")
+# Runs each module as `python -m <module> --help` would, in one process (the imports are paid once).
+HELP_EACH = """
+import runpy, sys
+for module in sys.argv[1:]:
+    sys.argv = [module, "--help"]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        print(module, "no exit")
+    except SystemExit as done:
+        print(module, done.code or 0)
+"""
+
+
+def test_every_python_m_command_the_docs_show_answers_help():
+    modules = sorted({m for path in DOCS for m in SHOWN_MODULE.findall(path.read_text())})
+    assert "ray_jobs.train" in modules and "bench.serve_throughput" in modules
+    out = subprocess.run([sys.executable, "-c", HELP_EACH, *modules], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    answers = dict(line.rsplit(" ", 1) for line in out.stdout.splitlines() if line.split(" ")[0] in modules)
+    assert answers == dict.fromkeys(modules, "0"), out.stderr[-3000:]
+
+
+def test_every_override_the_docs_show_names_a_config_key():
+    from sentiment.config import Config
+
+    files = [*DOCS, *sorted((ROOT / "configs").glob("*.yaml")), *sorted((ROOT / "k8s").glob("*.yaml"))]
+    shown = {(s, k) for path in files for s, k in OVERRIDE.findall(path.read_text())}
+    assert ("train", "lr") in shown
+    unknown = [f"{s}.{k}" for s, k in sorted(shown) if k not in Config.model_fields[s].annotation.model_fields]
+    assert not unknown, unknown
+
+
+def test_the_readmes_reference_tables_name_every_key_and_only_keys():
+    from serve.schemas import ServeArgs
+    from sentiment.config import Config
+
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", (ROOT / "README.md").read_text(), re.MULTILINE))
+    for section in set(Config.model_fields) - {"sweep"}:  # the sweep's keys have a section of their own
+        fields = Config.model_fields[section].annotation.model_fields
+        assert [k for k in fields if f"`{k}`" not in rows[section]] == [], section
+    serve_rows = set(rows) - set(Config.model_fields)
+    assert serve_rows and serve_rows <= set(ServeArgs.model_fields), serve_rows - set(ServeArgs.model_fields)
