@@ -15,6 +15,7 @@ model and explainer replicas in ``serve.deployment``.
 # validate the args dict into ServeArgs.
 import asyncio
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,6 +95,10 @@ class SentimentAPI:
         """Why any prediction would be refused now (the load budget is spent), or None."""
         return self.admission.refusal()
 
+    def budget(self) -> int:
+        """Windows this ingress admits in flight now (so at most that many predictions)."""
+        return int(self.admission.budget())
+
     @contextlib.contextmanager
     def explain_slot(self) -> Iterator[None]:
         """Hold one of this ingress's places for explained requests (as many as the explainers run and
@@ -147,7 +152,8 @@ class SentimentAPI:
         return await self.model.info.remote()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return make_api(self, self.args, self.key, self.metrics.record_status)
+        behind_haproxy = bool(os.environ.get("SENTIMENT_HAPROXY_BINARY"))  # the project's wrapper reads the budget
+        return make_api(self, self.args, self.key, self.metrics.record_status, self.budget if behind_haproxy else None)
 
 
 def build_app(args: ServeArgs) -> Application:

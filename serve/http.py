@@ -8,6 +8,7 @@
 import asyncio
 import base64
 import binascii
+import hashlib
 import hmac
 from pathlib import Path
 from collections.abc import Callable
@@ -38,6 +39,9 @@ def predicting(scope: Scope) -> bool:
     path = scope["path"]
     return scope["method"] == "POST" and (path in ("/v1/predict", "/v1/predict/form", "/predict")
                                           or (path.startswith("/v2/models/") and path.endswith("/infer")))
+# On predictions' answers, for the HAProxy in front (ray_jobs/haproxy-shed.awk), which removes them:
+BUDGET_HEADER = "x-sentiment-budget"  # the ingress's load budget
+KEY_HEADER = "x-sentiment-key"  # the sha256 of the API key, so that HAProxy counts only requests that carry it
 UNAUTHORIZED = "missing or wrong API key: send 'Authorization: Bearer <key>' or basic auth with the key as user"
 
 
@@ -101,13 +105,17 @@ class RequestGate:
     within ``body_timeout_s`` plus its declared length at ``min_rate`` bytes per second, or the
     request ends with 408; a body without a length (chunked) is counted as it streams in and cut at
     ``max_bytes`` with 413. (FastAPI's own ``max_body_size`` answers in plain text, hence the JSON here.)
+    With ``budget``, a prediction's answer carries ``budget()`` in :data:`BUDGET_HEADER` and the
+    key's sha256 in :data:`KEY_HEADER`, so that the front in C (HAProxy,
+    ``ray_jobs/haproxy-shed.awk``) can refuse a surge of keyed requests past it without reaching Python.
     """
 
     def __init__(self, app: ASGIApp, key: SecretStr | None, protected: tuple[str, ...], max_bytes: int,
-                 body_timeout_s: float, min_rate: int, overloaded: Callable[[], Overloaded | None]) -> None:
+                 body_timeout_s: float, min_rate: int, overloaded: Callable[[], Overloaded | None],
+                 budget: Callable[[], int] | None) -> None:
         self.app, self.key, self.protected = app, key, protected
         self.max_bytes, self.body_timeout_s, self.min_rate = max_bytes, body_timeout_s, min_rate
-        self.overloaded = overloaded
+        self.overloaded, self.budget = overloaded, budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,9 +126,11 @@ class RequestGate:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await JSONResponse({"detail": self.too_large}, 413)(scope, receive, send)
-        if predicting(scope) and (refused := self.overloaded()):
-            return await JSONResponse({"detail": str(refused)}, 503,
-                                      {"Retry-After": str(refused.retry_after_s)})(scope, receive, send)
+        if predicting(scope):
+            send = stating_budget(send, self.budget, self.key) if self.budget is not None else send
+            if refused := self.overloaded():
+                return await JSONResponse({"detail": str(refused)}, 503,
+                                          {"Retry-After": str(refused.retry_after_s)})(scope, receive, send)
         await self.app(scope, self.deadlined(receive, int(declared) if declared.isdigit() else self.max_bytes), send)
 
     @property
@@ -153,6 +163,20 @@ class RequestGate:
         return receive_body
 
 
+def stating_budget(send: Send, budget: Callable[[], int], key: SecretStr | None) -> Send:
+    """``send`` with ``budget()``, as it is when the answer starts, in :data:`BUDGET_HEADER`, and the
+    sha256 of ``key`` (if any) in :data:`KEY_HEADER`."""
+    keyed = [(KEY_HEADER.encode(), hashlib.sha256(key.get_secret_value().encode()).hexdigest().encode())] if key else []
+
+    async def send_budget(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            stated = [(BUDGET_HEADER.encode(), str(budget()).encode()), *keyed]
+            message = {**message, "headers": [*message.get("headers", ()), *stated]}
+        await send(message)
+
+    return send_budget
+
+
 class StatusRecorder:
     """ASGI middleware: hands each HTTP answer's status and path to ``record`` (the ingress's
     error counter); a request that raised before answering counts as the 500 the server sends."""
@@ -181,7 +205,8 @@ class StatusRecorder:
 
 
 def make_api(backend: Backend, args: ServeArgs, key: SecretStr | None,
-             record_status: Callable[[int, str], None] | None = None) -> FastAPI:
+             record_status: Callable[[int, str], None] | None = None,
+             budget: Callable[[], int] | None = None) -> FastAPI:
     """The HTTP API: ``/v1`` predictions and model info, ``/healthz``, the page at ``/``, and the
     API docs (Swagger UI at ``/docs``, ReDoc at ``/redoc``, ``/openapi.json``).
 
@@ -194,7 +219,8 @@ def make_api(backend: Backend, args: ServeArgs, key: SecretStr | None,
     the ``fastapi-offline`` package under ``/static-offline-docs``, never from a CDN: they work
     offline and put no third-party code in front of the key. Like the page, the docs are open;
     their "Try it out" needs the key as any client does. ``record_status``, when given, sees every
-    answer's status and path (:class:`StatusRecorder`, outside every other check).
+    answer's status and path (:class:`StatusRecorder`, outside every other check); ``budget``, when
+    given, is stated on every prediction's answer for the HAProxy in front (:class:`RequestGate`).
     """
     app = FastAPIOffline(
         title="Sentiment",
@@ -204,7 +230,8 @@ def make_api(backend: Backend, args: ServeArgs, key: SecretStr | None,
         exception_handlers={RequestValidationError: validation_error, V2Error: v2_error},
     )
     app.add_middleware(RequestGate, key=key, protected=PROTECTED, max_bytes=args.max_body_bytes,
-                       body_timeout_s=args.body_timeout_s, min_rate=args.min_body_rate, overloaded=backend.overloaded)
+                       body_timeout_s=args.body_timeout_s, min_rate=args.min_body_rate, overloaded=backend.overloaded,
+                       budget=budget)
     if record_status is not None:
         app.add_middleware(StatusRecorder, record=record_status)  # added last: the outermost
     v1 = APIRouter(prefix="/v1", responses=errors(e401="Missing or wrong API key.") if key else {})

@@ -7,6 +7,7 @@ app on Ray Serve with a real checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -75,7 +76,8 @@ def api() -> Iterator[tuple[str, StandIn]]:
     args = ServeArgs(checkpoint="c", max_text_chars=50, max_texts=3, max_body_bytes=2000, explain_max_texts=2,
                      body_timeout_s=BODY_TIMEOUT_S, min_body_rate=1_000_000)
     port = free_loopback_port()
-    server = uvicorn.Server(uvicorn.Config(make_api(backend, args, SecretStr(KEY), lambda *answer: backend.statuses.append(answer)), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(make_api(backend, args, SecretStr(KEY), lambda *answer: backend.statuses.append(answer),
+                                                    budget=lambda: BUDGET), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -88,6 +90,7 @@ def api() -> Iterator[tuple[str, StandIn]]:
 
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
+BUDGET = 7  # what the stand-in ingress states to the HAProxy in front
 
 
 def test_predictions_keep_order_and_mark_uncertain_ones(api):
@@ -230,6 +233,27 @@ def test_under_overload_a_prediction_gets_its_503_before_sending_its_body(api, p
     assert requests.post(f"{url}/v1/predict", json={"text": "good"}, timeout=10).status_code == 401  # the key first
     monkeypatch.setattr(backend, "saturated", False)
     assert requests.post(f"{url}{path.replace('/form', '')}", json=body_for(path), headers=AUTH, timeout=10).ok
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", "/predict", "/v2/models/sentiment/infer"])
+def test_a_predictions_answer_states_the_budget_for_haproxy_and_nothing_else_does(api, path, monkeypatch):
+    url, backend = api
+    answered = requests.post(f"{url}{path}", json=body_for(path), headers=AUTH, timeout=10)
+    assert answered.ok and answered.headers["x-sentiment-budget"] == str(BUDGET)
+    assert answered.headers["x-sentiment-key"] == hashlib.sha256(KEY.encode()).hexdigest()  # for HAProxy to count keyed ones
+    monkeypatch.setattr(backend, "saturated", True)
+    refused = requests.post(f"{url}{path}", json=body_for(path), headers=AUTH, timeout=10)
+    assert refused.status_code == 503 and refused.headers["x-sentiment-budget"] == str(BUDGET)
+    for other in (requests.get(f"{url}/healthz", timeout=10), requests.get(f"{url}/v2/models/sentiment", headers=AUTH, timeout=10)):
+        assert other.ok and not {"x-sentiment-budget", "x-sentiment-key"} & other.headers.keys()
+
+
+def test_without_a_budget_no_answer_states_one():
+    from fastapi.testclient import TestClient
+
+    app = make_api(StandIn(), ServeArgs(checkpoint="c"), SecretStr(KEY))
+    answered = TestClient(app).post("/v1/predict", json={"text": "good"}, headers=AUTH)
+    assert answered.status_code == 200 and not {"x-sentiment-budget", "x-sentiment-key"} & answered.headers.keys()
 
 
 def body_for(path: str) -> dict[str, Any]:
