@@ -39,6 +39,8 @@ def predicting(scope: Scope) -> bool:
     path = scope["path"]
     return scope["method"] == "POST" and (path in ("/v1/predict", "/v1/predict/form", "/predict")
                                           or (path.startswith("/v2/models/") and path.endswith("/infer")))
+
+
 # On predictions' answers, for the HAProxy in front (ray_jobs/haproxy-shed.awk), which removes them:
 BUDGET_HEADER = "x-sentiment-budget"  # the ingress's load budget
 KEY_HEADER = "x-sentiment-key"  # the sha256 of the API key, so that HAProxy counts only requests that carry it
@@ -116,6 +118,7 @@ class RequestGate:
         self.app, self.key, self.protected = app, key, protected
         self.max_bytes, self.body_timeout_s, self.min_rate = max_bytes, body_timeout_s, min_rate
         self.overloaded, self.budget = overloaded, budget
+        self.key_sha256 = hashlib.sha256(key.get_secret_value().encode()).hexdigest() if key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -127,7 +130,7 @@ class RequestGate:
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await JSONResponse({"detail": self.too_large}, 413)(scope, receive, send)
         if predicting(scope):
-            send = stating_budget(send, self.budget, self.key) if self.budget is not None else send
+            send = stating_budget(send, self.budget, self.key_sha256) if self.budget is not None else send
             if refused := self.overloaded():
                 return await JSONResponse({"detail": str(refused)}, 503,
                                           {"Retry-After": str(refused.retry_after_s)})(scope, receive, send)
@@ -163,10 +166,10 @@ class RequestGate:
         return receive_body
 
 
-def stating_budget(send: Send, budget: Callable[[], int], key: SecretStr | None) -> Send:
-    """``send`` with ``budget()``, as it is when the answer starts, in :data:`BUDGET_HEADER`, and the
-    sha256 of ``key`` (if any) in :data:`KEY_HEADER`."""
-    keyed = [(KEY_HEADER.encode(), hashlib.sha256(key.get_secret_value().encode()).hexdigest().encode())] if key else []
+def stating_budget(send: Send, budget: Callable[[], int], key_sha256: str | None) -> Send:
+    """``send`` with ``budget()``, as it is when the answer starts, in :data:`BUDGET_HEADER`, and
+    ``key_sha256`` (if any) in :data:`KEY_HEADER`."""
+    keyed = [(KEY_HEADER.encode(), key_sha256.encode())] if key_sha256 else []
 
     async def send_budget(message: Message) -> None:
         if message["type"] == "http.response.start":

@@ -13,7 +13,9 @@ replica, the ingress replica and the HTTP proxy grew by less than :data:`RSS_BOU
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
 import secrets
 import socket
 from collections.abc import Iterator
@@ -307,6 +309,14 @@ def test_abusive_clients_leave_an_ordinary_client_served(server: Server) -> None
     flood = result["explain flood"]
     assert set(flood["others"]["statuses"]) <= {"200", "503"} and flood["others"]["statuses"].get("200", 0) > 0
     assert set(flood["ordinary"]["statuses"]) == {"200"} and flood["ordinary"]["p99_s"] < bound
+
+
+def test_haproxy_keeps_what_the_ingress_states_to_itself(server: Server) -> None:
+    """The budget and the key's sha256 reach HAProxy's rules (ray_jobs/haproxy-shed.awk), never a client."""
+    assert os.environ.get("SENTIMENT_HAPROXY_BINARY")  # HAProxy mode: the ingress states both on each prediction
+    answered = CLIENT.post(f"{server.url}/v1/predict", json={"text": "a fine film"}, timeout=60)
+    assert answered.status_code == 200 and not [h for h in answered.headers if h.lower().startswith("x-sentiment")]
+    assert hashlib.sha256(KEY.encode()).hexdigest() not in str(answered.headers) + answered.text
 
 
 def test_memory_stays_bounded_and_serving_goes_on(server: Server) -> None:
