@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ray_jobs  # noqa: F401  (before Ray: a Ray started here stays on loopback)
 
+# isort: split
+
 import argparse
 import os
 import tempfile

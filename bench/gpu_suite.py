@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import ray_jobs  # noqa: F401  (before Ray: a Ray started here stays on 127.0.0.1)
 
+# isort: split
+
 import argparse
 import asyncio
 import datetime as dt
@@ -175,7 +177,8 @@ def serving(args: argparse.Namespace, checkpoint: str) -> list[dict[str, Any]]:
     concurrency = 4 if args.smoke else 64
     url = deploy(Path(checkpoint), num_gpus=1 if GPU else 0)
     try:
-        rows = [{"requests": f"{k} text{'s' if k > 1 else ''}", "concurrency": c, **asyncio.run(http_load(url, reviews, c, texts_per_request=k)),
+        rows = [{"requests": f"{k} text{'s' if k > 1 else ''}", "concurrency": c,
+                 **asyncio.run(http_load(url, reviews, c, texts_per_request=k)),
                  "in_process_reviews_per_s": local}
                 for k, c in ((64, 4 if args.smoke else 8), (1, concurrency))]
     finally:
@@ -193,7 +196,8 @@ def summary_table(result: dict[str, Any]) -> list[str]:
              f"MFU {r['mfu']:.1%}" for r in result["training"]]
     tta = result["accuracy"]
     lines.append(f"MiniLM full IMDB: test accuracy {tta['test_accuracy']:.4f} after {tta['train_s']:.1f} s of training")
-    lines += [f"in-process {r['length']} tokens: {r['reviews_per_s']:.1f} reviews/s, accuracy {r['accuracy']:.4f}" for r in result["inference"]]
+    lines += [f"in-process {r['length']} tokens: {r['reviews_per_s']:.1f} reviews/s, accuracy {r['accuracy']:.4f}"
+              for r in result["inference"]]
     lines += [f"endpoint, {r['requests']} at concurrency {r['concurrency']}: {r['reviews_per_s']:.1f} reviews/s, "
               f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, HTTP / in-process {r['ratio']:.2f}" for r in result["serving"]]
     real_vs_fixed = train[("real", "project ZeRO-0")]["samples_per_s"] / zero0["samples_per_s"]

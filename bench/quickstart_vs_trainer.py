@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import ray_jobs  # noqa: F401  (before Ray: a Ray started here stays on loopback)
 
+# isort: split
+
 import argparse
 import os
 import tempfile
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     n_train, n_test = len(splits["train"]), len(splits["test"])
     print(f"\n{n_train} training and {n_test} test reviews, {cfg.data.max_seq_length} tokens, {cfg.train.epochs} epoch(s), "
           f"lr {cfg.train.lr}, global batch {cfg.train.batch_size * cfg.scaling.num_workers}, {os.cpu_count()} cores")
-    print(f"transformers.Trainer ({trainer_precision}): test accuracy {trainer['accuracy']:.4f}, training + test {trainer['seconds']:.0f} s")
+    print(f"transformers.Trainer ({trainer_precision}): test accuracy {trainer['accuracy']:.4f}, "
+          f"training + test {trainer['seconds']:.0f} s")
     print(f"quickstart (Ray Train + DeepSpeed, {cfg.scaling.num_workers} workers, {precision}): test accuracy {project['accuracy']:.4f}, "
           f"Ray start + training + test {project['seconds']:.0f} s")
     print(f"quickstart / Trainer: accuracy {100 * (project['accuracy'] - trainer['accuracy']):+.1f} points, "

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import ray_jobs  # noqa: F401  (before Ray: a Ray started here stays on loopback)
 
+# isort: split
+
 import argparse
 import asyncio
 import json
@@ -50,13 +52,13 @@ import ray
 from ray import serve
 
 from ray_jobs.local_ray import free_loopback_port, init_ray
-from serve.app import build_app
-from serve.schemas import ServeArgs
-from sentiment.layout import save_model_dir
 from sentiment.config import DATA_DIR_ENV, PACKAGED_MODEL, load_config
 from sentiment.data import clean_text
+from sentiment.layout import save_model_dir
 from sentiment.model import build_model, load_tokenizer
 from sentiment.predict import Predictor
+from serve.app import build_app
+from serve.schemas import ServeArgs
 
 BATCH = 32
 

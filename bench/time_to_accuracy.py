@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ray_jobs  # noqa: F401  (before Ray: a Ray started here stays on 127.0.0.1)
 
+# isort: split
+
 import argparse
 import datetime as dt
 import os
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         ray.shutdown()
     train_s, job_s, prep_s = row["train_s"], row["job_s"], row["prep_s"]
-    print("\n| device | date | commit | config | train reviews | epochs | test reviews | test accuracy | training s | job s | data prep s |")
+    print("\n| device | date | commit | config | train reviews | epochs | test reviews | test accuracy | training s | job s "
+          "| data prep s |")
     print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     print(f"| {row['device']} | {row['date']} | {row['commit']} | {row['config']} | {row['train_reviews']} | {row['epochs']} | "
           f"{row['test_reviews']} | {row['test_accuracy']:.4f} | {train_s:.1f} | {job_s:.1f} | {prep_s:.1f} |")

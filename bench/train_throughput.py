@@ -19,6 +19,8 @@ import time
 from typing import Any
 
 import ray_jobs  # noqa: F401  (before Ray: a Ray started here stays on 127.0.0.1)
+
+# isort: split
 import ray
 import torch
 
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         plain = samples / seconds
         project = project_path(cfg, data)
         ratios.append(project / plain)
-        print(f"| {shape} {cfg.data.max_seq_length} | {plain:.1f} | {tokens / seconds:.0f} | {project:.1f} | {project / plain:.2f} |", flush=True)
+        print(f"| {shape} {cfg.data.max_seq_length} | {plain:.1f} | {tokens / seconds:.0f} | {project:.1f} "
+              f"| {project / plain:.2f} |", flush=True)
     ray.shutdown()
     print(f"ratio project/plain (geometric mean over shapes): {math.prod(ratios) ** (1 / len(ratios)):.2f}")
 

@@ -34,16 +34,21 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ray_jobs.batch_inference import (
-    cluster_has_gpus, default_workers, logit_column, probability_column, quiet_ray_data, score_texts,
+    cluster_has_gpus,
+    default_workers,
+    logit_column,
+    probability_column,
+    quiet_ray_data,
+    score_texts,
 )
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import Tracker, start_tracking
 from sentiment import layout
 from sentiment.backends import BACKENDS, choose_backend
 from sentiment.config import Config, ConfigError
-from sentiment.layout import CALIBRATION_FILE, RESULT_FILE, STATE_FILE, CheckpointError, ResolvedModel
 from sentiment.data import DataError, load_splits
 from sentiment.evaluation import confident_mistakes, evaluate_predictions, fit_temperature, headline
+from sentiment.layout import CALIBRATION_FILE, RESULT_FILE, STATE_FILE, CheckpointError, ResolvedModel
 from sentiment.metrics import softmax
 from sentiment.predict import Predictor
 from sentiment.report import SCENARIOS, TITLES, Example, write_report
@@ -181,7 +186,8 @@ def attribution_target(label_names: list[str]) -> int:
     return label_names.index("positive") if "positive" in label_names else len(label_names) - 1
 
 
-def log_to_wandb(tracker: Tracker, metrics: dict[str, Any], plots: dict[str, Path], table: pd.DataFrame, label_names: list[str], link: dict[str, str]) -> None:
+def log_to_wandb(tracker: Tracker, metrics: dict[str, Any], plots: dict[str, Path], table: pd.DataFrame,
+                 label_names: list[str], link: dict[str, str]) -> None:
     """Metrics, each plot as an image, W&B's confusion matrix, the predictions table and the
     checkpoint the numbers belong to."""
     if not tracker.enabled:

@@ -33,7 +33,12 @@ from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import start_tracking
 from ray_jobs.train import build_trainer, check_resources, check_storage, prepare_data, wandb_dir
 from ray_jobs.train_loop import (
-    _log, build_optimizer, build_train_model, class_weight_tensor, use_the_prebuilt_deepspeed_op, worker_setup,
+    _log,
+    build_optimizer,
+    build_train_model,
+    class_weight_tensor,
+    use_the_prebuilt_deepspeed_op,
+    worker_setup,
 )
 from sentiment import layout
 from sentiment.batching import iterate, make_collator, train_batches

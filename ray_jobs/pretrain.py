@@ -31,8 +31,17 @@ from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import Tracker, start_tracking
 from ray_jobs.train import build_trainer, check_resources, check_storage
 from ray_jobs.train_loop import (
-    TrainState, _device, _gather, _log, _progress, build_optimizer, build_scheduler, check_room_to_go_on, report_epoch,
-    restore, use_the_prebuilt_deepspeed_op,
+    TrainState,
+    _device,
+    _gather,
+    _log,
+    _progress,
+    build_optimizer,
+    build_scheduler,
+    check_room_to_go_on,
+    report_epoch,
+    restore,
+    use_the_prebuilt_deepspeed_op,
 )
 from sentiment import layout
 from sentiment.batching import eval_batches, train_batches

@@ -22,16 +22,16 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from ray_jobs.batch_inference import cluster_has_gpus, default_workers, logit_column, quiet_ray_data, score_texts
 from ray_jobs.export import ExportConfig
 from ray_jobs.export import run as export_checkpoint
-from ray_jobs.batch_inference import cluster_has_gpus, default_workers, logit_column, quiet_ray_data, score_texts
 from ray_jobs.local_ray import init_ray
 from ray_jobs.train_loop import train_loop_per_worker
 from sentiment import layout
 from sentiment.config import Config, ConfigError, load_config
-from sentiment.layout import EPOCH_CHECKPOINT_PARTS, MODEL_DIR, RESULT_FILE, STATE_FILE, TEST_METRICS_FILE, ResolvedModel, StorageFullError
-from sentiment.distillation import check_teacher_labels
 from sentiment.data import EncodedSplit, check_folds, cross_validation_fold, encode_splits, load_splits
+from sentiment.distillation import check_teacher_labels
+from sentiment.layout import EPOCH_CHECKPOINT_PARTS, MODEL_DIR, RESULT_FILE, STATE_FILE, TEST_METRICS_FILE, ResolvedModel, StorageFullError
 from sentiment.model import check_against_model, load_tokenizer
 
 

@@ -27,15 +27,15 @@ from transformers import AutoModelForSequenceClassification, get_scheduler
 
 from ray_jobs.deepspeed_config import build_deepspeed_config
 from ray_jobs.tracking import Tracker, start_tracking
-from sentiment.batching import eval_batches, iterate, make_collator, train_batches
 from sentiment import layout
-from sentiment.layout import DEEPSPEED_DIR, MODEL_DIR, STATE_FILE, epoch_dir_name, save_model_dir
+from sentiment.batching import eval_batches, iterate, make_collator, train_batches
 from sentiment.config import Config, config_from_dict
-from sentiment.distillation import distillation_loss
 from sentiment.data import EncodedSplit, SpecialTokens, chunked_inputs, mean_by_owner, model_inputs
+from sentiment.distillation import distillation_loss
+from sentiment.layout import DEEPSPEED_DIR, MODEL_DIR, STATE_FILE, epoch_dir_name, save_model_dir
 from sentiment.metrics import compute_metrics, scalar_metrics
-from sentiment.precision import agreed_precision, auto_precision, autocast_dtype, inference_dtype
 from sentiment.model import build_model, eval_frozen_bottom, freeze_bottom, layer_lr_scales, load_tokenizer
+from sentiment.precision import agreed_precision, auto_precision, autocast_dtype, inference_dtype
 
 DS_TAG = "state"
 
@@ -352,7 +352,8 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
             eta = per_step * (ctx.total_steps - state.global_step)
             lr = engine.get_lr()[0]
             _log(rank, _progress(state, ctx.total_steps, mean, lr, rate, eta, state.epoch + 1))
-            tracker.log({"train/loss": mean, "train/lr": lr, "train/samples_per_s": rate, "train/epoch": state.epoch + micro / len(batches)}, step=state.global_step)
+            tracker.log({"train/loss": mean, "train/lr": lr, "train/samples_per_s": rate,
+                         "train/epoch": state.epoch + micro / len(batches)}, step=state.global_step)
             window_loss.zero_()
             window_n, tw = 0, now
     totals = torch.stack([epoch_loss, epoch_correct.float()])
@@ -378,7 +379,8 @@ def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ct
             layout.write_test_metrics(fs, ctx.run_dir, metrics)  # and the tested folder's model card
             tracker.summary(scalar_metrics(metrics))
             tracker.log({f"test/{k.removeprefix('test_')}": v for k, v in scalar_metrics(metrics).items()}, step=state.global_step)
-            tracker.log_model(local, name=f"model-{ctx.run_name}", aliases=["best", f"epoch-{state.best_epoch}"], metadata=scalar_metrics(metrics))
+            tracker.log_model(local, name=f"model-{ctx.run_name}", aliases=["best", f"epoch-{state.best_epoch}"],
+                              metadata=scalar_metrics(metrics))
     return metrics
 
 
@@ -471,7 +473,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _log(rank, f"epoch {state.epoch}/{cfg.train.epochs}: train_loss {train_loss:.4f} | " +
              " | ".join(f"{k} {metrics[k]:.4f}" for k in ("val_loss", "val_accuracy", "val_f1")) +
              (" | early stop" if stop else ""))
-        tracker.log({f"val/{k.removeprefix('val_')}": v for k, v in scalar_metrics(metrics).items()} | {"epoch": state.epoch, "train/epoch_loss": train_loss, "train/epoch_accuracy": train_accuracy}, step=state.global_step)
+        validation = {f"val/{k.removeprefix('val_')}": v for k, v in scalar_metrics(metrics).items()}
+        tracker.log(validation | {"epoch": state.epoch, "train/epoch_loss": train_loss, "train/epoch_accuracy": train_accuracy},
+                    step=state.global_step)
         report_epoch(engine, tokenizer, cfg, state, metrics, scalars, rank, world)
     del engine, optimizer, model
     dist.barrier()  # rank 0 may still be uploading the last epoch's model folder

@@ -105,7 +105,7 @@ def window_words(predictor: Predictor, encoded: Encoded, targets: list[int], n_s
     out: list[list[tuple[str, float]]] = [[] for _ in encoded.full_lengths]
     for owner, ids, scores in zip(encoded.owners, encoded.windows,
                                   token_attributions(predictor, encoded.windows, window_targets, n_steps)):
-        tokens = predictor.tokenizer.convert_ids_to_tokens(ids)
+        tokens = list(predictor.tokenizer.convert_ids_to_tokens(ids))  # a list for a list of ids
         pairs = words_of(tokens, scores * share[owner], np.array([t in special for t in ids]))
         out[owner].extend(pairs)
     return out

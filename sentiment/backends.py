@@ -15,13 +15,16 @@ CPU gets the int8 export when present, else the fp32 export, else torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
 from sentiment.layout import ONNX_DIR, ONNX_FILES, CheckpointError, ResolvedModel
 from sentiment.precision import inference_dtype
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 ONNX_BACKENDS = ("onnx-int8", "onnx")  # auto's order of preference on a CPU
@@ -43,7 +46,7 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: PreTrainedModel) -> None:
         self.model = model.eval()
         first = next(model.parameters())
         self.device, self.dtype = first.device, str(first.dtype).removeprefix("torch.")

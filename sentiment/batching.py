@@ -68,7 +68,7 @@ def eval_batches(lengths: Sequence[int], batch_size: int, *, rank: int = 0, worl
     Ranks may get a different number of batches; evaluation needs no lock-step.
     """
     mine = np.arange(rank, len(lengths), world_size)
-    mine = mine[np.argsort([lengths[i] for i in mine], kind="stable")]
+    mine = mine[np.argsort([lengths[int(i)] for i in mine], kind="stable")]
     return [mine[i : i + batch_size].tolist() for i in range(0, len(mine), batch_size)]
 
 
@@ -85,7 +85,7 @@ def iterate(
 ) -> Iterator[tuple[list[int], dict[str, Any]]]:
     """Yield ``(indices, padded batch)`` for each planned batch; ``labels`` become ``labels``."""
     for idx in batches:
-        features = [{"input_ids": inputs[i]} for i in idx]
+        features: list[dict[str, Any]] = [{"input_ids": inputs[i]} for i in idx]
         if labels is not None:
             for f, i in zip(features, idx):
                 f["labels"] = int(labels[i])

@@ -38,18 +38,18 @@ def clean_text(text: str) -> str:
     return BR_TAG.sub(" ", text).strip()
 
 
-def resolve_source(cfg: DataConfig) -> tuple[str, str | None]:
+def resolve_source(cfg: DataConfig) -> tuple[str, str]:
     """Decide which loader to use and from where.
 
     Returns:
-        ``(source, path)``; ``path`` is None for the hub.
+        ``(source, path)``; ``path`` is empty for the hub.
 
     Raises:
         DataError: a configured path that does not exist, or a folder whose format is unknown.
     """
     path = cfg.path or os.environ.get(DATA_DIR_ENV)
     if cfg.source == "hub" or (cfg.source == "auto" and not path):
-        return "hub", None
+        return "hub", ""
     if not path:
         raise DataError(f"data.source={cfg.source} needs data.path or ${DATA_DIR_ENV}")
     where = Path(path).expanduser()

@@ -30,13 +30,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from sentiment.layout import EXPORT_FILE, ONNX_FILES, write_local_json
 from sentiment.metrics import softmax
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 FP32_TOLERANCE = 1e-4
 INT8_MAX_DROP = 0.005
@@ -120,7 +123,7 @@ def _entry(file: Path, check: dict[str, Any]) -> dict[str, Any]:
     return {"file": file.name, "sha256": digest, "bytes": file.stat().st_size, "check": check}
 
 
-def _load_eager(model_dir: Path) -> torch.nn.Module:
+def _load_eager(model_dir: Path) -> PreTrainedModel:
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True, attn_implementation="eager")
@@ -165,11 +168,11 @@ def _batches(check: CheckData, collate: Any, batch_size: int = 64):
 
 
 @torch.inference_mode()
-def _torch_logits(model: torch.nn.Module, check: CheckData, collate: Any) -> np.ndarray:
-    out = np.zeros((len(check.ids), model.config.num_labels), dtype=np.float32)
+def _torch_logits(model: PreTrainedModel, check: CheckData, collate: Any) -> np.ndarray:
+    rows: dict[int, np.ndarray] = {}  # batches come sorted by length
     for idx, batch in _batches(check, collate):
-        out[idx] = model(**batch).logits.float().numpy()
-    return out
+        rows.update(zip(idx, model(**batch).logits.float().numpy()))
+    return np.stack([rows[i] for i in range(len(check.ids))])
 
 
 def _onnx_logits(path: Path, check: CheckData, collate: Any) -> np.ndarray:

@@ -104,7 +104,7 @@ def frozen_modules(model: PreTrainedModel, embeddings: bool, layers: int) -> lis
     return [base.embeddings, *blocks[:layers]]
 
 
-def eval_frozen_bottom(model: torch.nn.Module, embeddings: bool, layers: int) -> None:
+def eval_frozen_bottom(model: PreTrainedModel, embeddings: bool, layers: int) -> None:
     """Put the frozen bottom (``freeze_bottom``'s arguments) in eval mode; call after ``model.train()``.
 
     Frozen layers keep their dropout off: they are a fixed function of the input, as they are when

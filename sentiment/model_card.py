@@ -22,7 +22,15 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from sentiment.config import PACKAGED_MODEL, Config, DataConfig, config_from_dict
 from sentiment.layout import (
-    CONFIG_FILE, EXPORT_FILE, METRICS_FILE, ONNX_DIR, TEST_METRICS_FILE, is_file, join, read_json, write_file,
+    CONFIG_FILE,
+    EXPORT_FILE,
+    METRICS_FILE,
+    ONNX_DIR,
+    TEST_METRICS_FILE,
+    is_file,
+    join,
+    read_json,
+    write_file,
 )
 
 CARD_FILE = "README.md"
@@ -142,7 +150,7 @@ def _onnx_section(exports: dict[str, Any], record: dict[str, Any]) -> str:
         return ""
     files = "\n".join(f"- `{ONNX_DIR}/{e['file']}`: {VARIANTS.get(name, name)}" for name, e in exports.items())
     names = ", ".join(f"`{n}`" for n in record.get("inputs", ["input_ids", "attention_mask"]))  # older records: these two
-    file = exports.get("onnx-int8", exports.get("onnx"))["file"]
+    file = (exports.get("onnx-int8") or exports["onnx"])["file"]
     return f"""
 ## ONNX
 

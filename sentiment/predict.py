@@ -8,15 +8,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from sentiment.backends import Backend, TorchBackend, choose_backend, onnx_backend
 from sentiment.batching import eval_batches, iterate, make_collator
-from sentiment.layout import WEIGHTS_FILE, CheckpointError, ResolvedModel, read_temperature, resolve
-from sentiment.node_cache import LocalModel, verify_files
 from sentiment.config import Config, DataConfig
 from sentiment.data import SpecialTokens, chunked_inputs, encode_texts, fit_to_length, mean_by_owner
+from sentiment.layout import WEIGHTS_FILE, CheckpointError, ResolvedModel, read_temperature, resolve
 from sentiment.metrics import softmax
+from sentiment.node_cache import LocalModel, verify_files
 from sentiment.precision import inference_dtype
 
 
@@ -109,7 +109,7 @@ class TextEncoder:
         ValueError: ``long_reviews`` is neither.
     """
 
-    def __init__(self, tokenizer: object, data: DataConfig, long_reviews: str | None = None) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, data: DataConfig, long_reviews: str | None = None) -> None:
         if long_reviews not in (None, "truncate", "chunks"):
             raise ValueError(f"long_reviews={long_reviews!r}: choose truncate or chunks")
         self.tokenizer, self.data = tokenizer, data
@@ -155,7 +155,7 @@ class Predictor:
     """
 
     def __init__(
-        self, backend: Backend, tokenizer: object, resolved: ResolvedModel, local: LocalModel, temperature: float = 1.0
+        self, backend: Backend, tokenizer: PreTrainedTokenizerBase, resolved: ResolvedModel, local: LocalModel, temperature: float = 1.0
     ) -> None:
         self.backend = backend
         self.model = backend.model if isinstance(backend, TorchBackend) else None  # gradients (attributions) need torch
@@ -182,11 +182,11 @@ class Predictor:
         long_reviews: str | None = None,
     ) -> Predictor:
         """Load a checkpoint: a :class:`~sentiment.layout.ResolvedModel` (resolved once by the
-        caller, never again here: the files this backend loads are hashed again against it), or any reference :func:`sentiment.layout.resolve` takes (a
-        model folder, an epoch checkpoint, a run folder's ``best`` or ``last``, a sweep folder,
-        ``best`` under ``storage_path``, a URI). A remote model is loaded from this node's cached
-        copy, held until :meth:`close`. A temperature saved with the model
-        (``calibration.json``) scales the probabilities it returns. ``backend`` is ``torch``,
+        caller, never again here: the files this backend loads are hashed again against it), or any
+        reference :func:`sentiment.layout.resolve` takes (a model folder, an epoch checkpoint, a run
+        folder's ``best`` or ``last``, a sweep folder, ``best`` under ``storage_path``, a URI). A
+        remote model is loaded from this node's cached copy, held until :meth:`close`. A
+        temperature saved with the model (``calibration.json``) scales the probabilities it returns. ``backend`` is ``torch``,
         ``onnx``, ``onnx-int8`` or ``auto`` (see :mod:`sentiment.backends`); every backend gives the
         same outputs within its verified tolerance, and the same errors. ``long_reviews``
         (``truncate`` or ``chunks``) overrides the checkpoint's ``data.long_reviews``. ``dtype`` is
@@ -199,7 +199,7 @@ class Predictor:
                 or a backend it has no verified export for.
         """
         handed = isinstance(checkpoint, ResolvedModel)
-        resolved = checkpoint if handed else resolve(checkpoint, which, storage_path)
+        resolved = checkpoint if isinstance(checkpoint, ResolvedModel) else resolve(checkpoint, which, storage_path)
         kind = choose_backend(backend, resolved, device)
         local = resolved.open_local()
         try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from datasets import load_dataset
-from transformers import DataCollatorForLanguageModeling
+from transformers import DataCollatorForLanguageModeling, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
 from sentiment.config import Config, DataConfig
@@ -130,7 +130,7 @@ class MaskedPositionsMLM(torch.nn.Module):
     (``MLM_HEADS``) run whole. ``save_pretrained`` saves the wrapped model unchanged.
     """
 
-    def __init__(self, mlm: torch.nn.Module) -> None:
+    def __init__(self, mlm: PreTrainedModel) -> None:
         super().__init__()
         self.mlm = mlm
         self.head_name = next((n for n in MLM_HEADS if isinstance(getattr(mlm, n, None), torch.nn.Module)), None)

@@ -55,5 +55,6 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
         elapsed = _duration(time.perf_counter() - self.start)
-        print(f"{self.label}: {self.done}/{self.total} {self.unit} in {elapsed} ({self.rate:.1f} {self.unit}/s)", file=self.stream, flush=True)
+        print(f"{self.label}: {self.done}/{self.total} {self.unit} in {elapsed} ({self.rate:.1f} {self.unit}/s)",
+              file=self.stream, flush=True)
         return self.rate

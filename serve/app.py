@@ -27,15 +27,15 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from ray_jobs.tracking import record_served_model
+from sentiment import layout
+from sentiment.backends import choose_backend
+from sentiment.layout import ResolvedModel
+from sentiment.predict import Encoded, ExplainUnavailable, Prediction, TextEncoder
 from serve.admission import Admission, Overloaded, RequestTooCostly
 from serve.deployment import SentimentExplainer, SentimentModel
 from serve.http import make_api
 from serve.metrics import IngressMetrics
 from serve.schemas import ServeArgs
-from sentiment import layout
-from sentiment.backends import choose_backend
-from sentiment.layout import ResolvedModel
-from sentiment.predict import Encoded, ExplainUnavailable, Prediction, TextEncoder
 
 EXPLAIN_THREADS = 1  # an explainer takes at most one core from the predictions
 

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from ray import serve
 
+from sentiment.layout import ResolvedModel
+from sentiment.predict import Encoded, KeyToken, Prediction, Predictor
 from serve.batcher import ContinuousBatcher
 from serve.metrics import ModelMetrics
 from serve.schemas import BatchConfig
-from sentiment.layout import ResolvedModel
-from sentiment.predict import Encoded, KeyToken, Prediction, Predictor
 
 logger = logging.getLogger("ray.serve")
 

@@ -10,8 +10,8 @@ import base64
 import binascii
 import hashlib
 import hmac
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
@@ -23,12 +23,20 @@ from pydantic import AfterValidator, SecretStr
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sentiment.predict import ExplainUnavailable, Prediction
 from serve.admission import Overloaded, RequestTooCostly
 from serve.protocols import V2Error, tei_router, v2_error, v2_router
 from serve.schemas import (
-    BODY_ERRORS, Health, ModelInfo, PredictResponse, ServeArgs, TextPrediction, errors, not_blank, request_model,
+    BODY_ERRORS,
+    Health,
+    ModelInfo,
+    PredictResponse,
+    ServeArgs,
+    TextPrediction,
+    errors,
+    not_blank,
+    request_model,
 )
-from sentiment.predict import ExplainUnavailable, Prediction
 
 STATIC = Path(__file__).parent / "static"
 PROTECTED = ("/v1", "/predict", "/info", "/v2/models/")  # paths that need the key, when the deployment has one

@@ -27,8 +27,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve.schemas import BODY_ERRORS, ServeArgs, errors, not_blank
 from sentiment.predict import Prediction
+from serve.schemas import BODY_ERRORS, ServeArgs, errors, not_blank
 
 Function = Literal["sigmoid", "softmax", "none"]
 READY_TIMEOUT_S = 2.0  # a model replica that does not answer its info call by then is not ready

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from ray.serve.config import AutoscalingConfig
 
-from sentiment.data import clean_text
 from sentiment.config import Location
+from sentiment.data import clean_text
 
 API_KEY_ENV = "SENTIMENT_API_KEY"
 

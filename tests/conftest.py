@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ray_jobs  # noqa: F401  (imported before Ray: keeps the Rays tests start on loopback)
 
+# isort: split
+
 import os
 from pathlib import Path
 
@@ -31,8 +33,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide BERT with the packaged MiniLM's uncased WordPiece tokenizer."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from sentiment.model import resolve_model_path
     from sentiment.config import PACKAGED_MODEL
+    from sentiment.model import resolve_model_path
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(PACKAGED_MODEL))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sentiment.attribution import explain, token_attributions, top_words, words_of
-from sentiment.report import SCENARIOS
 from sentiment.predict import Predictor
+from sentiment.report import SCENARIOS
 from tests.test_serve import TEXTS, make_checkpoint
 
 

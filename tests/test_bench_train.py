@@ -35,7 +35,8 @@ def test_train_throughput_smoke_prints_the_ratio_last(tiny_model_dir, small_imdb
 def test_time_to_accuracy_smoke_reports_accuracy_and_time_last(tiny_model_dir, small_imdb, tmp_path):
     lines = _run("bench.time_to_accuracy", "--smoke", f"model.name_or_path={tiny_model_dir}",
                  f"data.path={small_imdb}", f"run.storage_path={tmp_path}", data=small_imdb)
-    m = re.fullmatch(r"time-to-accuracy: (\d\.\d{4}) test accuracy after ([\d.]+) s of training \(([\d.]+) s job\) on CPU, \d+ cores, no GPU", lines[-1])
+    m = re.fullmatch(r"time-to-accuracy: (\d\.\d{4}) test accuracy after ([\d.]+) s of training "
+                     r"\(([\d.]+) s job\) on CPU, \d+ cores, no GPU", lines[-1])
     assert m, lines[-1]
     correct = float(m.group(1)) * 32  # a share of the 32 test reviews (printed to 4 decimals)
     assert abs(correct - round(correct)) < 0.005 and 0 < float(m.group(2)) <= float(m.group(3))

@@ -125,7 +125,8 @@ def test_stratified_split_takes_the_rows_train_test_split_would(n_first, n_secon
 
 
 def test_stratified_split_of_a_label_with_one_review_names_the_counts():
-    with pytest.raises(DataError, match=r"cannot split 10 reviews into 5 and 5 stratified by label \(negative 9, positive 1\): a label has fewer than 2"):
+    with pytest.raises(DataError, match=r"cannot split 10 reviews into 5 and 5 stratified by label "
+                                        r"\(negative 9, positive 1\): a label has fewer than 2"):
         stratified_split(_labelled([0] * 9 + [1]), 5, 5, seed=0)
 
 

@@ -90,8 +90,8 @@ def test_every_override_the_docs_show_names_a_config_key():
 
 
 def test_the_readmes_reference_tables_name_every_key_and_only_keys():
-    from serve.schemas import ServeArgs
     from sentiment.config import Config
+    from serve.schemas import ServeArgs
 
     rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", (ROOT / "README.md").read_text(), re.MULTILINE))
     for section in set(Config.model_fields) - {"sweep"}:  # the sweep's keys have a section of their own

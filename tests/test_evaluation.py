@@ -5,12 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.metrics import (
-    accuracy_score, confusion_matrix, f1_score, log_loss, precision_score, recall_score, roc_auc_score,
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_score,
+    recall_score,
+    roc_auc_score,
 )
 
 from sentiment.evaluation import (
-    by_fit, by_length, calibration_bins, confident_mistakes, evaluate_predictions,
-    expected_calibration_error, fit_temperature, headline,
+    by_fit,
+    by_length,
+    calibration_bins,
+    confident_mistakes,
+    evaluate_predictions,
+    expected_calibration_error,
+    fit_temperature,
+    headline,
 )
 from sentiment.metrics import softmax
 

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ray_jobs import export
 import sentiment.export
+from ray_jobs import export
 from sentiment.attribution import explain
 from sentiment.config import load_config
 from sentiment.export import INT8_RECIPES, ExportError
@@ -68,7 +68,8 @@ def test_fp32_is_kept_and_an_int8_that_loses_accuracy_is_not(exported):
     assert [r["recipe"] for r in record["rejected"]["onnx-int8"]] == [name for name, _ in INT8_RECIPES]
     for r in record["rejected"]["onnx-int8"]:  # each recipe's figures, on the 40 check reviews
         assert r["fp32_accuracy"] == record["exports"]["onnx"]["check"]["accuracy"]
-        assert r["drop"] == pytest.approx(r["fp32_accuracy"] - r["accuracy"]) and r["accuracy"] * 40 == pytest.approx(round(r["accuracy"] * 40))
+        assert r["drop"] == pytest.approx(r["fp32_accuracy"] - r["accuracy"])
+        assert r["accuracy"] * 40 == pytest.approx(round(r["accuracy"] * 40))
     assert message.startswith("onnx-int8 not written: accuracy fell more than 0.5 point below fp32 with every recipe")
     assert resolve(model).exports.keys() == {"onnx"}
 
@@ -155,7 +156,8 @@ def head_truncating(folder: Path, dest: Path) -> Path:
 
 
 @pytest.mark.parametrize("backend, file, tolerance", [("onnx", "model.onnx", 1e-5), ("onnx-int8", "model_quantized.onnx", 1e-4)])
-def test_plain_onnxruntime_on_the_standard_names_agrees_with_the_onnx_backend(backend, file, tolerance, exported_varied, small_imdb, tmp_path):
+def test_plain_onnxruntime_on_the_standard_names_agrees_with_the_onnx_backend(backend, file, tolerance, exported_varied,
+                                                                              small_imdb, tmp_path):
     import onnxruntime as ort
     from transformers import AutoTokenizer
 

@@ -28,8 +28,8 @@ from ray.runtime_env import RuntimeEnv
 from ray.serve.config import ProxyLocation
 from ray.serve.schema import ServeDeploySchema
 
-from serve.schemas import ServeArgs
 from sentiment.config import load_config, refuse_credentials
+from serve.schemas import ServeArgs
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import fsspec
 import pyarrow.fs as pafs
@@ -58,7 +59,8 @@ def test_write_json_is_atomic_on_a_filesystem(tmp_path):
 @pytest.fixture()
 def model_dir(tmp_path, tiny_model_dir):
     cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "model.label_names=[neg, pos]", "data.max_seq_length=64"])
-    save_model_dir(build_model(cfg.model), load_tokenizer(str(tiny_model_dir)), cfg, {"val_accuracy": 0.5}, tmp_path / "run" / "epoch_001" / "model")
+    save_model_dir(build_model(cfg.model), load_tokenizer(str(tiny_model_dir)), cfg, {"val_accuracy": 0.5},
+                   tmp_path / "run" / "epoch_001" / "model")
     return tmp_path / "run"
 
 
@@ -124,7 +126,8 @@ def test_resolve_each_layout(model_dir):
     assert resolve(folder).location == folder and resolve(folder).epoch_dir is None
     by_epoch = resolve(model_dir / "epoch_001")
     assert by_epoch.location == folder and by_epoch.epoch_dir == str(model_dir / "epoch_001")
-    (model_dir / "result.json").write_text(json.dumps({"best_checkpoint": str(model_dir / "epoch_001"), "last_checkpoint": str(model_dir / "epoch_001")}))
+    epoch = str(model_dir / "epoch_001")
+    (model_dir / "result.json").write_text(json.dumps({"best_checkpoint": epoch, "last_checkpoint": epoch}))
     assert resolve(model_dir, "last").location == folder
     assert resolve(f"file://{model_dir}", "last").location == f"file://{folder}"
     with pytest.raises(CheckpointError, match="choose best or last"):
@@ -220,7 +223,10 @@ def test_the_files_each_backend_loads_and_their_sha256(model_dir):
     import hashlib
 
     folder = model_dir / "epoch_001" / "model"
-    digest = lambda f: hashlib.sha256(f.read_bytes()).hexdigest()
+
+    def digest(f: Path) -> str:
+        return hashlib.sha256(f.read_bytes()).hexdigest()
+
     model = resolve(folder)
     assert model.calibration_sha256 is None and model.expected_files("torch") == {"model.safetensors": model.sha256}
     with pytest.raises(CheckpointError, match="no verified onnx-int8 export"):

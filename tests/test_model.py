@@ -8,7 +8,13 @@ import pytest
 
 from sentiment.config import PACKAGED_MODEL, ConfigError, load_config
 from sentiment.model import (
-    build_model, check_against_model, eval_frozen_bottom, freeze_bottom, layer_lr_scales, load_model_config, load_tokenizer,
+    build_model,
+    check_against_model,
+    eval_frozen_bottom,
+    freeze_bottom,
+    layer_lr_scales,
+    load_model_config,
+    load_tokenizer,
     resolve_model_path,
 )
 
@@ -66,7 +72,8 @@ def test_freezing_is_checked_against_the_model_and_the_embeddings(tiny_model_dir
     with pytest.raises(ConfigError, match="freeze_layers needs train.freeze_embeddings"):
         load_config(None, ["train.freeze_layers=1"])
     with pytest.raises(ConfigError, match=r"train.freeze_layers=2 must be below the model's 2 layers"):
-        check_against_model(load_config(None, [f"model.name_or_path={tiny_model_dir}", "train.freeze_embeddings=true", "data.max_seq_length=64",
+        check_against_model(load_config(None, [f"model.name_or_path={tiny_model_dir}", "train.freeze_embeddings=true",
+                                               "data.max_seq_length=64",
                                                 "train.freeze_layers=2"]))
 
 

@@ -3,7 +3,6 @@ in headless Chromium with no console errors and every section shown (screenshot 
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from PIL import Image

@@ -33,12 +33,12 @@ from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
 
 from ray_jobs.local_ray import free_loopback_port, init_ray
-from serve.app import build_app
-from serve.schemas import API_KEY_ENV, ServeArgs
-from sentiment.layout import CheckpointError, resolve, save_model_dir
 from sentiment.config import load_config
+from sentiment.layout import CheckpointError, resolve, save_model_dir
 from sentiment.model import build_model, load_tokenizer
 from sentiment.predict import Predictor
+from serve.app import build_app
+from serve.schemas import API_KEY_ENV, ServeArgs
 
 # Serve warns when look_back_period_s is under its deprecated 10 s metrics_interval_s; the tests
 # push metrics every 0.1 s (FAST_METRICS_ENV), so a 2 s window is sound.
@@ -263,14 +263,16 @@ def test_probabilities_equal_the_in_process_predictor(server: str, client: reque
     assert response.status_code == 200
     assert_matches(response.json()["predictions"], expected)
     # cleaned like the training data: <br /> tags are not tokens
-    html, plain = client.post(f"{server}/v1/predict", json={"texts": ["Fun.<br /><br />Good dialog.", "Fun. Good dialog."]}).json()["predictions"]
+    texts = ["Fun.<br /><br />Good dialog.", "Fun. Good dialog."]
+    html, plain = client.post(f"{server}/v1/predict", json={"texts": texts}).json()["predictions"]
     assert html["num_tokens"] == plain["num_tokens"] and html["probabilities"] == pytest.approx(plain["probabilities"], abs=1e-6)
 
 
 LONG = "x" * 2001
 BAD_INPUT = [
     # id, method, path, request kwargs, status, text the JSON error must contain
-    ("invalid-json", "post", "/v1/predict", {"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 422, "JSON decode error"),
+    ("invalid-json", "post", "/v1/predict", {"data": b"{not json", "headers": {"Content-Type": "application/json"}},
+     422, "JSON decode error"),
     ("missing-field", "post", "/v1/predict", {"json": {}}, 422, "exactly one of 'text'"),
     ("unknown-field", "post", "/v1/predict", {"json": {"review": "good"}}, 422, "review"),
     ("both-fields", "post", "/v1/predict", {"json": {"text": "a", "texts": ["b"]}}, 422, "exactly one of 'text'"),
@@ -284,7 +286,8 @@ BAD_INPUT = [
     ("too-many-texts", "post", "/v1/predict", {"json": {"texts": ["ok"] * 9}}, 422, "at most 8 items"),
     ("text-too-long", "post", "/v1/predict", {"json": {"text": LONG}}, 422, "at most 2000 characters"),
     ("over-the-windows-cap", "post", "/v1/predict", {"json": {"texts": ["ok"] * 7}}, 422, "over max_request_windows=6"),
-    ("wrong-content-type", "post", "/v1/predict", {"data": "text=good", "headers": {"Content-Type": "text/plain"}}, 415, "application/json"),
+    ("wrong-content-type", "post", "/v1/predict", {"data": "text=good", "headers": {"Content-Type": "text/plain"}},
+     415, "application/json"),
     ("form-missing-review", "post", "/v1/predict/form", {"data": {"text": "good"}}, 422, "review"),
     ("form-blank-review", "post", "/v1/predict/form", {"data": {"review": "  "}}, 422, "text is empty"),
     ("form-review-too-long", "post", "/v1/predict/form", {"data": {"review": LONG}}, 422, "at most 2000 characters"),

@@ -186,12 +186,14 @@ JSON = st.recursive(
     max_leaves=12,
 )
 UNICODE = st.text(st.characters(codec=None, categories=None), max_size=300)  # every code point, surrogates included
-FIELDS = st.dictionaries(st.sampled_from(["text", "texts", "review", ""]) | st.text(max_size=6), JSON | UNICODE | st.lists(UNICODE, max_size=10), max_size=3)
+FIELDS = st.dictionaries(st.sampled_from(["text", "texts", "review", ""]) | st.text(max_size=6),
+                         JSON | UNICODE | st.lists(UNICODE, max_size=10), max_size=3)
 
 
 def post_json(url: str, value: Any) -> requests.Response:
     """POST ``value`` as JSON with \\u escapes (so lone surrogates travel as the escapes a client would send)."""
-    return CLIENT.post(f"{url}/v1/predict", data=json.dumps(value, ensure_ascii=True), headers={"Content-Type": "application/json"}, timeout=60)
+    return CLIENT.post(f"{url}/v1/predict", data=json.dumps(value, ensure_ascii=True),
+                       headers={"Content-Type": "application/json"}, timeout=60)
 
 
 @EXAMPLES

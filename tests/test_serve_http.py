@@ -25,11 +25,11 @@ import requests
 import uvicorn
 from pydantic import SecretStr
 
+from ray_jobs.local_ray import free_loopback_port
+from sentiment.predict import ExplainUnavailable, KeyToken, Prediction
 from serve.admission import Overloaded, RequestTooCostly
 from serve.http import make_api
 from serve.schemas import ServeArgs
-from sentiment.predict import ExplainUnavailable, KeyToken, Prediction
-from ray_jobs.local_ray import free_loopback_port
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key-123"

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from serve.schemas import API_KEY_ENV
 from sentiment.attribution import explain
 from sentiment.predict import Predictor
 from sentiment.report import SCENARIOS
+from serve.schemas import API_KEY_ENV
 from tests.test_serve import make_checkpoint, start_serve, stop_serve
 
 pytestmark = [pytest.mark.ray, pytest.mark.browser]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from ray_jobs.local_ray import free_loopback_port
 from ray_jobs.train import check_storage, launch, prepare_data
 from sentiment.config import ConfigError, load_config
-from ray_jobs.local_ray import free_loopback_port
 from tests.test_train_ray import smoke_config
 
 moto_server = pytest.importorskip("moto.server")
@@ -71,14 +71,13 @@ def test_training_writes_every_checkpoint_to_s3(s3, trained_on_s3):
 
 @pytest.mark.ray
 def test_serve_and_evaluate_read_the_run_from_s3(s3, trained_on_s3, small_imdb, monkeypatch):
+    import ray
+
     from ray_jobs import evaluate
+    from ray_jobs.local_ray import init_ray
     from sentiment import layout
     from sentiment.node_cache import cache_root
     from sentiment.predict import Predictor
-
-    import ray
-
-    from ray_jobs.local_ray import init_ray
 
     endpoint, client = s3
     # Plain s3:// URIs (what result.json and Serve hand around) find the endpoint through the
