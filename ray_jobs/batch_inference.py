@@ -13,10 +13,10 @@ import math
 import numpy as np
 import pandas as pd
 import ray
-import torch
 
 from sentiment.layout import ResolvedModel
 from sentiment.node_cache import prune_cache
+from sentiment.precision import inference_dtype
 from sentiment.predict import Predictor
 from sentiment.progress import Progress
 
@@ -59,8 +59,8 @@ class ReviewScorer:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise in job logs
-        # CPU: the checkpoint's precision where native; attributions' gradients in fp32
-        device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", torch.float32 if explain else None)
+        device = "cuda" if use_gpu else "cpu"
+        dtype = inference_dtype(model.config.train.precision, device, gradients=bool(explain))
         self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend,
                                         long_reviews="chunks" if compare else long_reviews)
         self.batch_size = batch_size

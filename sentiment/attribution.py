@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from captum.attr import LayerIntegratedGradients
 
 from sentiment.predict import Encoded, ExplainUnavailable, KeyToken, Prediction, Predictor
 
@@ -63,6 +62,8 @@ def token_attributions(
     Raises:
         ExplainUnavailable: the predictor's backend is not torch.
     """
+    from captum.attr import LayerIntegratedGradients  # only where attributions are computed
+
     model, tok = predictor.model, predictor.tokenizer
     if model is None:
         raise ExplainUnavailable(

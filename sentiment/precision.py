@@ -44,12 +44,19 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
-def inference_dtype(trained: str, device: torch.device | str) -> torch.dtype:
-    """The weights' dtype a checkpoint predicts with on ``device``: bf16 if it was trained in bf16
-    (its validation and test scores were computed in bf16) and the device runs bf16 natively;
-    otherwise fp32 (as accurate, and what a CPU without native bf16 runs fastest). Whole bf16
-    weights rather than autocast: autocast casts every weight again on every call, which made a
-    single review 11.1 ms against 7.8 ms (2-core Xeon with AMX, bench/RESULTS.md)."""
-    if trained == "bf16" and auto_precision(torch.device(device)) == "bf16":
+def inference_dtype(trained: str, device: torch.device | str, *, gradients: bool = False) -> torch.dtype:
+    """The weights' dtype a checkpoint predicts with on ``device``, for training's validation and
+    test scores, ``Predictor``, the Serve replicas and batch inference alike.
+
+    On a CUDA GPU that supports it, bf16 whatever the training precision (the GPU's tensor cores
+    run it; not yet measured against fp32 on a GPU), else fp32. On a CPU, bf16 only if the
+    checkpoint was trained in bf16 and the CPU runs bf16 natively, else fp32 (as accurate, and
+    what a CPU without native bf16 runs fastest); ``gradients`` (attributions) keep fp32 on a CPU.
+    Whole bf16 weights rather than autocast: autocast casts every weight again on every call,
+    which made a single review 11.1 ms against 7.8 ms (2-core Xeon with AMX, bench/RESULTS.md)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if auto_precision(device) == "bf16" else torch.float32
+    if trained == "bf16" and not gradients and auto_precision(device) == "bf16":
         return torch.bfloat16
     return torch.float32

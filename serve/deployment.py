@@ -21,6 +21,7 @@ import torch
 from ray import serve
 
 from sentiment.layout import ResolvedModel
+from sentiment.precision import inference_dtype
 from sentiment.predict import Encoded, KeyToken, Prediction, Predictor
 from serve.batcher import ContinuousBatcher
 from serve.metrics import ModelMetrics
@@ -31,7 +32,7 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment
 class SentimentModel:
-    """One replica of the model: bf16 on a GPU when the replica has one, fp32 on CPU.
+    """One replica of the model, in the precision :func:`sentiment.precision.inference_dtype` picks.
 
     A :class:`~serve.batcher.ContinuousBatcher` gathers single texts from concurrent requests into
     batches that start when the model is free (by texts and padded tokens), which
@@ -49,8 +50,8 @@ class SentimentModel:
         """
         if use_gpu and not torch.cuda.is_available():
             raise RuntimeError("num_gpus > 0 but this replica sees no CUDA device")
-        device, dtype = ("cuda", torch.bfloat16) if use_gpu else ("cpu", None)  # CPU: the checkpoint's precision where native
-        self.predictor = Predictor.load(model, device=device, dtype=dtype, backend=backend, long_reviews=long_reviews)
+        device = "cuda" if use_gpu else "cpu"  # the dtype: inference_dtype, in Predictor.load
+        self.predictor = Predictor.load(model, device=device, backend=backend, long_reviews=long_reviews)
         self.predictor.predict_details(["warm up"])  # the first request pays no one-off cost; ready means warm
         self.batcher = ContinuousBatcher(self._details, tokens=lambda encoded: sum(map(len, encoded.windows)),
                                          observe=ModelMetrics().record)
@@ -152,7 +153,8 @@ class SentimentExplainer:
         def attribute() -> list[list[KeyToken]]:
             in_background()
             if self.predictor is None:
-                self.predictor = Predictor.load(self.model, dtype=torch.float32, backend="torch")
+                dtype = inference_dtype(self.model.config.train.precision, "cpu", gradients=True)
+                self.predictor = Predictor.load(self.model, dtype=dtype, backend="torch")
             return key_tokens(self.predictor, encoded, targets, top_k, n_steps)
 
         return await asyncio.to_thread(attribute)

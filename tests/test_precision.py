@@ -47,3 +47,19 @@ def test_autocast_dtypes():
     assert autocast_dtype("bf16") is torch.bfloat16 and autocast_dtype("fp16") is torch.float16
     with pytest.raises(ValueError, match="resolved"):
         autocast_dtype("auto")
+
+
+@pytest.mark.parametrize("trained, device, native, gradients, expected", [
+    ("bf16", "cpu", True, False, torch.bfloat16),  # trained and scored in bf16, the CPU runs it
+    ("bf16", "cpu", False, False, torch.float32),  # emulated bf16 is slower than fp32
+    ("fp32", "cpu", True, False, torch.float32),  # an fp32 run is served as it was scored
+    ("bf16", "cpu", True, True, torch.float32),  # attributions' gradients in fp32 on a CPU
+    ("fp32", "cuda", True, False, torch.bfloat16),  # a GPU with bf16 runs it, whatever the training
+    ("fp32", "cuda", True, True, torch.bfloat16),
+    ("bf16", "cuda", False, False, torch.float32),  # a GPU without bf16: fp32
+])
+def test_one_inference_dtype_for_scores_predictor_serve_and_batch(monkeypatch, trained, device, native, gradients, expected):
+    monkeypatch.setattr(precision.torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(precision.torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(precision.torch.cuda, "is_bf16_supported", lambda: native)
+    assert precision.inference_dtype(trained, device, gradients=gradients) is expected
