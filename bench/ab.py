@@ -9,7 +9,8 @@ other, never at once), with ``--common`` overrides for both and ``--a`` / ``--b`
 each. Each arm's best checkpoint then scores the same test reviews (the config's
 ``data.max_test_samples``, seeded; whole reviews when ``data.long_reviews=chunks``) with a
 ``Predictor``; the accuracy difference B - A is paired over those reviews, with a normal 95%
-interval (mean of the per-review differences +- 1.96 standard errors). Each arm's wall time
+interval (mean of the per-review differences +- 1.96 standard errors); each arm's end-of-run macro
+F1 and F1 per class stand beside its accuracy. Each arm's wall time
 covers everything it runs: its data preparation (a teacher's logits included), training and
 the end-of-run test. The last line is the difference in points with its interval.
 """
@@ -88,11 +89,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         summary, seconds = run_arm(cfg)
         correct[arm] = correct_per_review(summary["run_dir"], cfg)
         test = summary["test_metrics"]
+        per_class = ", ".join(f"{name} {test[f'test_f1_{name}']:.2f}" for name in cfg.model.label_names)
         rows.append(f"| {arm.upper()} | {summary['run_dir']} | {seconds:.0f} | {test['test_accuracy']:.4f} | "
-                    f"{correct[arm].mean():.4f} | {len(correct[arm])} |")
+                    f"{test['test_f1']:.4f} | {per_class} | {correct[arm].mean():.4f} | {len(correct[arm])} |")
     ray.shutdown()  # the workers' last log lines come before the table, not after it
-    print("\n| arm | run | seconds | end-of-run test accuracy | accuracy (rescored) | test reviews |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("\n| arm | run | seconds | end-of-run test accuracy | macro F1 | F1 per class | accuracy (rescored) | test reviews |")
+    print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |")
     print("\n".join(rows))
     diff, lo, hi = paired_difference(correct["b"], correct["a"])
     print(f"B - A ({args.name}): {diff:+.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}] on {len(correct['a'])} test reviews")

@@ -29,9 +29,10 @@ from ray_jobs.local_ray import init_ray
 from ray_jobs.train_loop import train_loop_per_worker
 from sentiment import layout
 from sentiment.config import Config, ConfigError, load_config
-from sentiment.data import EncodedSplit, check_folds, cross_validation_fold, encode_splits, load_splits
+from sentiment.data import EncodedSplit, check_folds, cross_validation_fold, encode_splits, imbalance, load_splits, loss_class_weights
 from sentiment.distillation import check_teacher_labels
 from sentiment.layout import EPOCH_CHECKPOINT_PARTS, MODEL_DIR, RESULT_FILE, STATE_FILE, TEST_METRICS_FILE, ResolvedModel, StorageFullError
+from sentiment.metrics import WEAK_F1, weak_classes
 from sentiment.model import check_against_model, load_tokenizer
 
 
@@ -94,10 +95,14 @@ def prepare_data(cfg: Config) -> dict[str, EncodedSplit]:
         ConfigError: more folds than the pool's smallest class has reviews.
     """
     encoded = tokenized_splits(cfg)
-    if cfg.data.cv_folds is None:
-        return encoded
-    check_folds(encoded["train"].labels, cfg.data.cv_folds, cfg.model.label_names)
-    return cross_validation_fold(encoded["train"], cfg.data)
+    if cfg.data.cv_folds is not None:
+        check_folds(encoded["train"].labels, cfg.data.cv_folds, cfg.model.label_names)
+        encoded = cross_validation_fold(encoded["train"], cfg.data)
+    if note := imbalance(encoded["train"].labels, cfg.model.label_names):
+        weighed = loss_class_weights(cfg.train.class_weights, encoded["train"].labels, cfg.model.num_labels) is not None
+        print(f"data: {note}: " + ("class weights on (train.class_weights=none turns them off)" if weighed
+                                   else "no class weights (train.class_weights=auto or balanced weighs the classes)"), flush=True)
+    return encoded
 
 
 def check_resume_from(cfg: Config) -> None:
@@ -285,6 +290,16 @@ def outcome_line(cfg: Config, summary: dict[str, Any]) -> str:
             f"(macro F1 {test['test_f1']:.4f}, best epoch {test['test_epoch']})")
 
 
+def weak_classes_line(cfg: Config, summary: dict[str, Any]) -> str | None:
+    """A warning naming each class the tested model serves badly (:func:`sentiment.metrics.weak_classes`), or None."""
+    test = summary["test_metrics"]
+    weak = weak_classes(test["test_confusion_matrix"], cfg.model.label_names) if test else {}
+    if not weak:
+        return None
+    return f"warning: weak classes on the test split (F1 under {WEAK_F1}): " + "; ".join(
+        f"{name!r}: {why}" for name, why in weak.items())
+
+
 def storage_full_line(err: Exception) -> str | None:
     """The one-line reason of a run stopped by a full storage (the workers'
     :class:`~sentiment.layout.StorageFullError`), or None for any other failure."""
@@ -319,6 +334,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = launch(cfg, data)
     print(f"\ntraining + test took {time.perf_counter() - t0:.0f}s")
     print(outcome_line(cfg, summary))
+    if weak := weak_classes_line(cfg, summary):
+        print(weak)
     root = layout.storage_root(cfg)
     best_model = layout.location_of(root, layout.join(summary["best_checkpoint"], MODEL_DIR))
     print(f"checkpoint: {best_model}")

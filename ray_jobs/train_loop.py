@@ -30,7 +30,7 @@ from ray_jobs.tracking import Tracker, start_tracking
 from sentiment import layout
 from sentiment.batching import eval_batches, iterate, make_collator, train_batches
 from sentiment.config import Config, config_from_dict
-from sentiment.data import EncodedSplit, SpecialTokens, chunked_inputs, mean_by_owner, model_inputs
+from sentiment.data import EncodedSplit, SpecialTokens, chunked_inputs, loss_class_weights, mean_by_owner, model_inputs
 from sentiment.distillation import distillation_loss
 from sentiment.layout import DEEPSPEED_DIR, MODEL_DIR, STATE_FILE, epoch_dir_name, save_model_dir
 from sentiment.metrics import compute_metrics, scalar_metrics
@@ -151,14 +151,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: 
 
 
 def class_weight_tensor(cfg: Config, labels: np.ndarray, device: torch.device) -> torch.Tensor | None:
-    """Loss weights per class: ``balanced`` (n / (k * count)), an explicit list, or None."""
-    weights = cfg.train.class_weights
-    if weights is None:
-        return None
-    if weights == "balanced":
-        counts = np.bincount(labels, minlength=cfg.model.num_labels).astype(np.float64)
-        weights = (len(labels) / (cfg.model.num_labels * np.maximum(counts, 1))).tolist()
-    return torch.tensor(weights, dtype=torch.float32, device=device)
+    """The loss weight per class that ``train.class_weights`` asks for (:func:`sentiment.data.loss_class_weights`), or None."""
+    weights = loss_class_weights(cfg.train.class_weights, labels, cfg.model.num_labels)
+    return None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
 
 
 def _autocast(cfg: Config, device: torch.device) -> torch.autocast:

@@ -204,7 +204,12 @@ class TrainConfig(_Section):
         description="auto: bf16 where the device runs it natively (a CPU with AVX-512 BF16 or AMX, a GPU with bf16), "
         "else fp32; decided on the workers, recorded in the checkpoint's config (sentiment/precision.py).",
     )
-    class_weights: Literal["balanced"] | list[float] | None = None
+    class_weights: Literal["auto", "balanced", "none"] | list[float] | None = Field(
+        "auto",
+        description="Loss weight per class. auto: balanced when the training split is imbalanced (its largest class "
+        "more than 1.5x its smallest; the run says so in one line), else none; balanced: n / (k * count); none "
+        "(or null): every class 1; or one weight per label.",
+    )
     early_stopping_patience: int | None = Field(None, ge=1)
     teacher: Location | None = Field(
         None,

@@ -286,6 +286,37 @@ class EncodedSplit:
         return EncodedSplit([self.ids[i] for i in rows], self.labels[rows], teacher)
 
 
+IMBALANCE_RATIO = 1.5  # largest class over smallest in the training split past which it counts as imbalanced
+
+
+def imbalanced(counts: np.ndarray) -> bool:
+    """Whether class ``counts`` are imbalanced: a class is empty, or the largest is more than
+    :data:`IMBALANCE_RATIO` times the smallest."""
+    return bool(counts.min() == 0 or counts.max() > IMBALANCE_RATIO * counts.min())
+
+
+def imbalance(labels: np.ndarray, label_names: list[str]) -> str | None:
+    """How the training labels are imbalanced (:func:`imbalanced`), in words with the counts, or None."""
+    counts = np.bincount(labels, minlength=len(label_names))
+    if not imbalanced(counts):
+        return None
+    shares = ", ".join(f"{name} {n} ({n / len(labels):.0%})" for name, n in zip(label_names, counts))
+    return f"the training split is imbalanced ({shares})"
+
+
+def loss_class_weights(setting: str | list[float] | None, labels: np.ndarray, num_labels: int) -> list[float] | None:
+    """The loss weight per class that ``train.class_weights`` asks for on these training labels:
+    ``balanced`` is n / (k * count) (scikit-learn's "balanced"), ``auto`` is balanced when the
+    labels are imbalanced (:func:`imbalance`) and none otherwise, ``none`` (or None) is none, and a
+    list is used as it is."""
+    if isinstance(setting, list):
+        return list(setting)
+    counts = np.bincount(labels, minlength=num_labels)
+    if setting == "balanced" or (setting == "auto" and imbalanced(counts)):
+        return (len(labels) / (num_labels * np.maximum(counts, 1).astype(np.float64))).tolist()
+    return None
+
+
 def check_folds(labels: np.ndarray, folds: int, label_names: list[str]) -> None:
     """Refuse a fold count that stratified k-fold cannot honour on these labels.
 

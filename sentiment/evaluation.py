@@ -12,7 +12,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
-from sentiment.metrics import compute_metrics, softmax
+from sentiment.metrics import compute_metrics, softmax, weak_classes
 
 # Review-length buckets, in tokens (special tokens included): [0,128), [128,256) ... [1024, inf).
 LENGTH_EDGES = (0, 128, 256, 384, 512, 768, 1024)
@@ -121,7 +121,8 @@ def evaluate_predictions(
 
     Returns:
         ``accuracy``, macro ``precision``/``recall``/``f1``, ``per_class`` (precision, recall, F1,
-        support), ``confusion_matrix`` (rows true, columns predicted), ``roc_auc``, ``log_loss``,
+        support), ``weak_classes`` (name: why, :func:`sentiment.metrics.weak_classes`),
+        ``confusion_matrix`` (rows true, columns predicted), ``roc_auc``, ``log_loss``,
         ``ece`` and ``reliability`` bins, ``by_length``, ``by_fit``, ``count``.
     """
     logits = np.asarray(logits, dtype=np.float64)
@@ -147,6 +148,7 @@ def evaluate_predictions(
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for name, p, r, f, s in zip(label_names, precision, recall, f1, support)
         },
+        "weak_classes": weak_classes(base["confusion_matrix"], label_names),
         "reliability": calibration_bins(proba, labels),
         "by_length": by_length(correct, np.asarray(num_tokens)),
         "by_fit": by_fit(correct, long),

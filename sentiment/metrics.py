@@ -49,6 +49,31 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, label_names: list[st
     return {prefix + k: v for k, v in out.items()}
 
 
+WEAK_F1 = 0.5  # a class whose F1 is under this is flagged in a run's final lines and in the report
+
+
+def weak_classes(confusion: list[list[int]], label_names: list[str], floor: float = WEAK_F1) -> dict[str, str]:
+    """The classes a model serves badly, each with why, from a confusion matrix (rows: true class,
+    columns: predicted): a class never predicted, or one whose F1 is under ``floor`` (with its recall
+    and the class most of its misses went to). Classes absent from the data are left out."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    out: dict[str, str] = {}
+    for i, name in enumerate(label_names):
+        actual, predicted, hits = int(cm[i].sum()), int(cm[:, i].sum()), int(cm[i, i])
+        if actual == 0:
+            continue
+        if predicted == 0:
+            out[name] = f"never predicted ({actual} of its reviews went to other classes)"
+            continue
+        f1 = 2 * hits / (actual + predicted)
+        if f1 < floor:
+            misses = cm[i].copy()
+            misses[i] = -1
+            out[name] = (f"F1 {f1:.2f}, recall {hits / actual:.0%}, most misses predicted "
+                         f"{label_names[int(misses.argmax())]!r}")
+    return out
+
+
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The metrics that are plain numbers (what Ray, Tune and W&B charts take)."""
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

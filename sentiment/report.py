@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 from jinja2 import Environment, PackageLoader  # noqa: E402
 
 from sentiment.attribution import WordScore  # noqa: E402
+from sentiment.metrics import WEAK_F1  # noqa: E402
 
 # The seed's three scenarios: the examples every report shows, with the answer people expect.
 SCENARIOS = (
@@ -206,7 +207,7 @@ def write_report(
     env.filters["num"] = lambda v: "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
     html = env.get_template("report.html.j2").render(
         metrics=metrics, label_names=label_names, history=history, examples=examples, mistakes=mistakes,
-        words=words, meta=meta, titles=TITLES, images={k: _embed(p) for k, p in plots.items()},
+        words=words, meta=meta, titles=TITLES, images={k: _embed(p) for k, p in plots.items()}, weak_f1=WEAK_F1,
         created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
     report = out_dir / "report.html"

@@ -60,6 +60,7 @@ def test_ab_smoke_trains_both_arms_and_prints_the_paired_difference_last(tiny_mo
                  "--b", "train.lr=1e-3", data=small_imdb)
     arms = [line for line in lines if line.startswith("| A |") or line.startswith("| B |")]
     assert len(arms) == 2 and all(line.rstrip("| ").endswith("| 32") for line in arms)
+    assert all(re.search(r"\| \d\.\d{4} \| negative \d\.\d\d, positive \d\.\d\d \|", line) for line in arms)  # macro F1, per class
     m = re.fullmatch(r"B - A \(smoke\): ([+-]\d+\.\d\d) points, 95% CI \[([+-]\d+\.\d\d), ([+-]\d+\.\d\d)\] on 32 test reviews", lines[-1])
     assert m, lines[-1]
     mean, low, high = (float(g) for g in m.groups())

@@ -13,7 +13,9 @@ from sentiment.data import (
     clean_text,
     encode_texts,
     fit_to_length,
+    imbalance,
     load_splits,
+    loss_class_weights,
     resolve_source,
     stratified_split,
     truncate_ids,
@@ -237,3 +239,20 @@ def test_a_malformed_jsonl_is_a_data_error_naming_the_file_and_line(tmp_path, li
     (tmp_path / "test.jsonl").write_text(good)
     with pytest.raises(DataError, match=f"{tmp_path / 'train.jsonl'} cannot be read as json: {problem}"):
         load_splits(_cfg(tmp_path), LABELS)
+
+
+def test_an_imbalanced_training_split_is_named_with_its_counts():
+    names = ["low", "mid", "high"]
+    assert imbalance(np.array([0] * 50 + [1] * 20 + [2] * 30), names) == (
+        "the training split is imbalanced (low 50 (50%), mid 20 (20%), high 30 (30%))")
+    assert imbalance(np.array([0] * 14 + [1] * 10 + [2] * 12), names) is None  # 1.4x: within 1.5x
+    assert imbalance(np.array([0] * 10 + [1] * 10), names) is not None  # a class with no example
+
+
+def test_class_weights_auto_weighs_only_an_imbalanced_split():
+    skewed, even = np.array([0, 0, 0, 1]), np.array([0, 1, 0, 1])
+    assert loss_class_weights("balanced", skewed, 2) == pytest.approx([4 / 6, 2.0])  # n / (k * count)
+    assert loss_class_weights("auto", skewed, 2) == pytest.approx([4 / 6, 2.0])
+    assert loss_class_weights("auto", even, 2) is None
+    assert loss_class_weights("none", skewed, 2) is None and loss_class_weights(None, skewed, 2) is None
+    assert loss_class_weights([1.0, 3.0], even, 2) == [1.0, 3.0]

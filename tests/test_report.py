@@ -82,3 +82,19 @@ def test_report_opens_in_chromium_with_every_section(browser, report, artifacts)
     assert page.locator("section#examples tr").count() == 1 + len(SCENARIOS)
     page.screenshot(path=str(artifacts / "evaluation_report.png"), full_page=True)
     assert errors == []
+
+
+def test_the_report_flags_a_weak_class_and_only_then(report, tmp_path):
+    files, _ = report
+    assert 'id="weak-classes"' not in files["report"].read_text()  # both classes fine
+    names = ["low", "mid", "high"]
+    labels = np.repeat([0, 1, 2], 40)
+    logits = np.eye(3)[np.where(labels == 1, 0, labels)] * 3.0  # "mid" always predicted "low"
+    metrics = evaluate_predictions(logits, labels, names, np.full(120, 50), np.zeros(120, bool))
+    proba = softmax(logits)
+    meta = {"checkpoint": "c", "run": "r", "split": "test", "model": "tiny", "max_seq_length": 64, "truncation": "head",
+            "workers": 1, "device": "CPU", "reviews_per_s": 1.0, "skipped": 0}
+    written = write_report(tmp_path, metrics, names, [], {"confidence": proba.max(1), "correct": proba.argmax(1) == labels},
+                           [], [], {}, meta)
+    html = written["report"].read_text()
+    assert 'id="weak-classes"' in html and "<b>mid</b>: never predicted (40 of its reviews went to other classes)" in html

@@ -71,7 +71,10 @@ def test_balanced_class_weights_are_inverse_frequencies():
     cfg = load_config(None, ["train.class_weights=balanced"])
     weights = class_weight_tensor(cfg, np.array([0, 0, 0, 1]), torch.device("cpu"))
     assert weights.tolist() == pytest.approx([4 / 6, 2.0])
-    assert class_weight_tensor(load_config(None, []), np.array([0, 1]), torch.device("cpu")) is None
+    assert class_weight_tensor(load_config(None, []), np.array([0, 1]), torch.device("cpu")) is None  # auto, even
+    assert class_weight_tensor(load_config(None, []), np.array([0, 0, 0, 1]), torch.device("cpu")).tolist() == pytest.approx(
+        [4 / 6, 2.0])  # auto on an imbalanced split: balanced
+    assert class_weight_tensor(load_config(None, ["train.class_weights=none"]), np.array([0, 0, 0, 1]), torch.device("cpu")) is None
 
 
 def test_one_cycle_rises_to_the_lr_over_the_warmup_then_anneals_and_cycles_momentum(tiny_model_dir):

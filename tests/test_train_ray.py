@@ -203,3 +203,15 @@ def test_a_teacher_with_other_labels_is_refused_before_training(trained, tiny_mo
     missing = smoke_config(tiny_model_dir, small_imdb, tmp_path, "y", f"train.teacher={tmp_path / 'nothing'}")
     with pytest.raises(ConfigError, match="train.teacher: checkpoint .*nothing.* does not exist"):
         check_teacher(missing)
+
+
+def test_the_final_lines_flag_a_weak_class():
+    from ray_jobs.train import weak_classes_line
+
+    cfg = load_config(None, ["model.num_labels=3", "model.label_names=[low, mid, high]"])
+    summary = {"test_metrics": {"test_confusion_matrix": [[80, 15, 5], [20, 10, 30], [0, 15, 85]]}}
+    assert weak_classes_line(cfg, summary) == (
+        "warning: weak classes on the test split (F1 under 0.5): 'mid': F1 0.20, recall 17%, most misses predicted 'high'")
+    summary["test_metrics"]["test_confusion_matrix"] = [[80, 10, 10], [10, 80, 10], [10, 10, 80]]
+    assert weak_classes_line(cfg, summary) is None
+    assert weak_classes_line(cfg, {"test_metrics": None}) is None  # a cross-validation fold: no test split
