@@ -33,10 +33,10 @@ from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import start_tracking
 from ray_jobs.train import build_trainer, check_resources, check_storage, prepare_data, wandb_dir
 from ray_jobs.train_loop import (
-    _log,
     build_optimizer,
     build_train_model,
     class_weight_tensor,
+    log_rank0,
     use_the_prebuilt_deepspeed_op,
     worker_setup,
 )
@@ -88,7 +88,7 @@ def lr_find_loop_per_worker(config: dict[str, Any]) -> None:
     step_loss, micro = torch.zeros((), device=device), 0
     engine.train()
     eval_frozen_bottom(engine.module, cfg.train.freeze_embeddings, cfg.train.freeze_layers)
-    _log(rank, f"lr range test: {rng.min_lr:.1e} -> {rng.max_lr:.1e} over {rng.steps} steps on {world} worker(s)")
+    log_rank0(rank, f"lr range test: {rng.min_lr:.1e} -> {rng.max_lr:.1e} over {rng.steps} steps on {world} worker(s)")
     for _, batch in _micro_batches(split, cfg, rank, world, collate):
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")
@@ -106,7 +106,7 @@ def lr_find_loop_per_worker(config: dict[str, Any]) -> None:
         step_loss.zero_()
         diverged = tracker.update(losses[-1])
         if len(lrs) % cfg.train.log_every_steps == 0 or diverged:
-            _log(rank, f"step {len(lrs)}/{rng.steps} | lr {lr:.2e} | loss {losses[-1]:.4f} | smoothed {tracker.smoothed[-1]:.4f}")
+            log_rank0(rank, f"step {len(lrs)}/{rng.steps} | lr {lr:.2e} | loss {losses[-1]:.4f} | smoothed {tracker.smoothed[-1]:.4f}")
         if diverged:
             stop = "the smoothed loss diverged"
             break

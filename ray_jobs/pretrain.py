@@ -32,16 +32,16 @@ from ray_jobs.tracking import Tracker, start_tracking
 from ray_jobs.train import build_trainer, check_resources, check_storage
 from ray_jobs.train_loop import (
     TrainState,
-    _device,
-    _gather,
-    _log,
-    _progress,
     build_optimizer,
     build_scheduler,
     check_room_to_go_on,
+    gather_from_ranks,
+    log_rank0,
+    progress_line,
     report_epoch,
     restore,
     use_the_prebuilt_deepspeed_op,
+    worker_device,
 )
 from sentiment import layout
 from sentiment.batching import eval_batches, train_batches
@@ -112,7 +112,7 @@ def mlm_epoch(engine: Any, windows: Windows, cfg: Config, state: TrainState, ran
             rate = window_n * cfg.train.batch_size * world / (now - tw)
             eta = (now - t0) / max(1, state.global_step - start_step) * (total_steps - state.global_step)
             lr = engine.get_lr()[0]
-            _log(rank, _progress(state, total_steps, mean, lr, rate, eta, state.epoch + 1))
+            log_rank0(rank, progress_line(state, total_steps, mean, lr, rate, eta, state.epoch + 1))
             tracker.log({"pretrain/loss": mean, "pretrain/lr": lr, "pretrain/samples_per_s": rate}, step=state.global_step)
             window_loss.zero_()
             window_n, tw = 0, now
@@ -150,7 +150,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = config_from_dict(config["cfg"], "train_loop_config")
     tctx = ray.train.get_context()
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
-    device = _device(cfg)
+    device = worker_device(cfg)
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
     data = config["data"]
@@ -170,11 +170,11 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
     use_weights_only_loads(engine)
     state = restore(engine, cfg, rank)
     check_room_to_go_on(cfg, state)
-    state.worker_nodes = _gather(ray.get_runtime_context().get_node_id(), world)
+    state.worker_nodes = gather_from_ranks(ray.get_runtime_context().get_node_id(), world)
     state.starts += 1
     tracker = start_tracking(cfg, config["run_name"], config["wandb_dir"], job_type="pretrain") if rank == 0 else Tracker()
     run_dir = tctx.get_storage().experiment_fs_path
-    _log(rank, f"masked-LM training on {len(windows['train'])} windows with {world} worker(s): {steps_per_epoch} "
+    log_rank0(rank, f"masked-LM training on {len(windows['train'])} windows with {world} worker(s): {steps_per_epoch} "
                f"steps/epoch, {cfg.train.epochs} epochs, {cfg.pretrain.mlm_probability:.0%} "
                f"{'whole-word ' if cfg.pretrain.whole_word_mask else ''}masking")
     while state.epoch < cfg.train.epochs:
@@ -186,7 +186,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
         scalars = {"train_loss": train_loss, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0)),
                    "epoch": state.epoch, "step": state.global_step, "epoch_time_s": time.perf_counter() - t0}
         state.history.append(scalars)
-        _log(rank, f"epoch {state.epoch}/{cfg.train.epochs}: train_loss {train_loss:.4f} | val_loss {val_loss:.4f} | "
+        log_rank0(rank, f"epoch {state.epoch}/{cfg.train.epochs}: train_loss {train_loss:.4f} | val_loss {val_loss:.4f} | "
                    f"val_perplexity {scalars['val_perplexity']:.2f}")
         tracker.log({"val/mlm_loss": val_loss, "val/perplexity": scalars["val_perplexity"], "epoch": state.epoch,
                      "pretrain/epoch_loss": train_loss}, step=state.global_step)

@@ -101,12 +101,14 @@ class Split:
         return [len(x) for x in self.inputs]
 
 
-def _log(rank: int, msg: str) -> None:
+def log_rank0(rank: int, msg: str) -> None:
+    """Print ``msg`` on rank 0 only (one line per run in the job's log, not one per worker)."""
     if rank == 0:
         print(msg, flush=True)
 
 
-def _device(cfg: Config) -> torch.device:
+def worker_device(cfg: Config) -> torch.device:
+    """This worker's device: its GPU under ``scaling.use_gpu``, else the CPU."""
     return ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
 
 
@@ -166,9 +168,9 @@ def resolve_precision(cfg: Config, device: torch.device, rank: int, world: int) 
     every worker's device runs it natively); any other precision is returned as asked."""
     if cfg.train.precision != "auto":
         return cfg
-    precision = agreed_precision(_gather(auto_precision(device), world))
+    precision = agreed_precision(gather_from_ranks(auto_precision(device), world))
     why = "every worker's" if precision == "bf16" else "not every worker's"
-    _log(rank, f"precision: auto -> {precision} ({why} {device.type} runs bf16 natively)")
+    log_rank0(rank, f"precision: auto -> {precision} ({why} {device.type} runs bf16 natively)")
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
 
 
@@ -186,7 +188,7 @@ def evaluate(model: torch.nn.Module, split: Split, cfg: Config, collate: Any, de
         idx_all.extend(idx)
         logits_all.append(logits.float().cpu().numpy())
     local = (idx_all, np.concatenate(logits_all) if logits_all else np.zeros((0, cfg.model.num_labels)))
-    gathered = _gather(local, world)
+    gathered = gather_from_ranks(local, world)
     order = np.concatenate([np.asarray(i, dtype=np.int64) for i, _ in gathered])
     logits = np.concatenate([lg for _, lg in gathered])[np.argsort(order)]
     if split.owners is not None:
@@ -194,7 +196,7 @@ def evaluate(model: torch.nn.Module, split: Split, cfg: Config, collate: Any, de
     return compute_metrics(logits, split.labels, cfg.model.label_names, prefix=prefix)
 
 
-def _gather(value: Any, world: int) -> list[Any]:
+def gather_from_ranks(value: Any, world: int) -> list[Any]:
     """``value`` from every rank, in rank order."""
     out: list[Any] = [None] * world
     dist.all_gather_object(out, value)
@@ -228,7 +230,7 @@ def report_epoch(engine: Any, tokenizer: Any, cfg: Config, state: TrainState, me
     """
     with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
         save_checkpoint(engine, tokenizer, cfg, state, metrics, rank, Path(tmp))
-        parts = _gather(layout.file_sizes(pafs.LocalFileSystem(), tmp), world)  # Ray merges the ranks' folders
+        parts = gather_from_ranks(layout.file_sizes(pafs.LocalFileSystem(), tmp), world)  # Ray merges the ranks' folders
         needed = sum({name: size for part in parts for name, size in part.items()}.values())
         layout.check_free_space(layout.storage_root(cfg), needed, f"the epoch {state.epoch} checkpoint")
         best = {"best_epoch": state.best_epoch, "best_value": state.best_metric, "best_checkpoint": state.best_checkpoint}
@@ -261,7 +263,7 @@ def restore(engine: Any, cfg: Config, rank: int) -> TrainState:
         if path is None or not client or "train_state" not in client:
             raise RuntimeError(f"cannot resume from checkpoint {checkpoint.path!r}: no DeepSpeed state in it")
     state = TrainState(**client["train_state"])
-    _log(rank, f"resumed from {checkpoint.path} at epoch {state.epoch}, step {state.global_step}")
+    log_rank0(rank, f"resumed from {checkpoint.path} at epoch {state.epoch}, step {state.global_step}")
     return state
 
 
@@ -292,7 +294,8 @@ def _prepare_splits(config: dict[str, Any], cfg: Config, tokenizer: Any) -> dict
     return splits
 
 
-def _progress(state: TrainState, total: int, loss: float, lr: float, samples_per_s: float, eta_s: float, epoch: int) -> str:
+def progress_line(state: TrainState, total: int, loss: float, lr: float, samples_per_s: float, eta_s: float, epoch: int) -> str:
+    """The periodic training line: step, epoch, loss, lr, samples/s and time left."""
     eta = f"{int(eta_s // 60)}m{int(eta_s % 60):02d}s"
     return (
         f"step {state.global_step}/{total} | epoch {epoch} | loss {loss:.4f} | lr {lr:.2e} | "
@@ -346,7 +349,7 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
             per_step = (now - t0) / max(1, state.global_step - steps_done_at_start)
             eta = per_step * (ctx.total_steps - state.global_step)
             lr = engine.get_lr()[0]
-            _log(rank, _progress(state, ctx.total_steps, mean, lr, rate, eta, state.epoch + 1))
+            log_rank0(rank, progress_line(state, ctx.total_steps, mean, lr, rate, eta, state.epoch + 1))
             tracker.log({"train/loss": mean, "train/lr": lr, "train/samples_per_s": rate,
                          "train/epoch": state.epoch + micro / len(batches)}, step=state.global_step)
             window_loss.zero_()
@@ -397,7 +400,7 @@ def worker_setup(config: dict[str, Any]) -> tuple[Config, int, int, torch.device
     seed set), tokenizer and splits."""
     cfg = config_from_dict(config["cfg"], "train_loop_config")
     tctx = ray.train.get_context()
-    device = _device(cfg)
+    device = worker_device(cfg)
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
@@ -437,7 +440,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     use_weights_only_loads(engine)
     state = restore(engine, cfg, rank)
     check_room_to_go_on(cfg, state)
-    state.worker_nodes = _gather(ray.get_runtime_context().get_node_id(), world)
+    state.worker_nodes = gather_from_ranks(ray.get_runtime_context().get_node_id(), world)
     state.starts += 1
     run_name = config["run_name"]
     tracker = start_tracking(cfg, run_name, config["wandb_dir"]) if rank == 0 else Tracker()
@@ -447,7 +450,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         run_dir=tctx.get_storage().experiment_fs_path,
         class_weights=class_weight_tensor(cfg, splits["train"].labels, device),
     )
-    _log(rank, f"training {len(splits['train'])} reviews on {world} worker(s): {steps_per_epoch} steps/epoch, "
+    log_rank0(rank, f"training {len(splits['train'])} reviews on {world} worker(s): {steps_per_epoch} steps/epoch, "
                f"{cfg.train.epochs} epochs, global batch {cfg.train.batch_size * cfg.train.grad_accum_steps * world}")
     patience, metric_key = cfg.train.early_stopping_patience, cfg.run.metric
     stop = patience is not None and state.bad_epochs >= patience
@@ -465,7 +468,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                    "step": state.global_step, "epoch_time_s": time.perf_counter() - t0,
                    "train_samples_per_s": steps_per_epoch * cfg.train.grad_accum_steps * cfg.train.batch_size * world / train_time}
         state.history.append(scalars)
-        _log(rank, f"epoch {state.epoch}/{cfg.train.epochs}: train_loss {train_loss:.4f} | " +
+        log_rank0(rank, f"epoch {state.epoch}/{cfg.train.epochs}: train_loss {train_loss:.4f} | " +
              " | ".join(f"{k} {metrics[k]:.4f}" for k in ("val_loss", "val_accuracy", "val_f1")) +
              (" | early stop" if stop else ""))
         validation = {f"val/{k.removeprefix('val_')}": v for k, v in scalar_metrics(metrics).items()}
