@@ -47,7 +47,7 @@ from sentiment import layout
 from sentiment.batching import eval_batches, train_batches
 from sentiment.config import Config, ConfigError, config_from_dict, load_config
 from sentiment.data import DataError
-from sentiment.layout import MODEL_DIR, epoch_dir_name
+from sentiment.layout import MODEL_DIR, STATE_FILE, epoch_dir_name
 from sentiment.model import check_against_model, load_tokenizer, resolve_model_path
 from sentiment.pretraining import MaskedPositionsMLM, MaskingCollator, Windows, pretraining_texts, to_windows
 
@@ -212,7 +212,7 @@ def launch(cfg: Config, windows: dict[str, Windows] | None = None) -> dict[str, 
     best = result.metrics["best_checkpoint"]
     summary = {"run_dir": run_dir, "best_checkpoint": best, "model": layout.join(best, MODEL_DIR),
                "best_val_loss": result.metrics["best_value"],
-               "history": layout.read_json(fs, layout.join(result.checkpoint.path, "train_state.json"))["history"]}
+               "history": layout.read_json(fs, layout.join(result.checkpoint.path, STATE_FILE))["history"]}
     layout.write_json(fs, layout.join(run_dir, "pretrain.json"), summary)
     return summary
 
