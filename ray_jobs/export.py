@@ -26,6 +26,7 @@ from sentiment.data import DataError, SpecialTokens, encode_texts, fit_to_length
 from sentiment.export import MIN_CHECK_REVIEWS, CheckData, ExportError, export_model
 from sentiment.layout import ONNX_DIR, CheckpointError, ResolvedModel
 from sentiment.model_card import write_model_card
+from sentiment.node_cache import open_local
 
 
 class ExportConfig(BaseModel):
@@ -65,7 +66,7 @@ def run(args: ExportConfig) -> dict[str, Any]:
     model = layout.resolve(args.checkpoint, args.which, args.storage_path)
     from transformers import AutoTokenizer
 
-    with model.open_local() as local:
+    with open_local(model) as local:
         tokenizer = AutoTokenizer.from_pretrained(local.path, use_fast=True)
         check = check_data(model, tokenizer, args)
         collate = make_collator(tokenizer, model.config.data.pad_to_multiple_of)

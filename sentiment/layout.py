@@ -42,15 +42,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
 from sentiment.config import Config, ConfigError, RunConfig, config_from_dict, refuse_credentials
-
-if TYPE_CHECKING:
-    from sentiment.node_cache import LocalModel
 
 MODEL_DIR = "model"
 DEEPSPEED_DIR = "deepspeed"
@@ -344,14 +341,6 @@ class ResolvedModel:
     def is_remote(self) -> bool:
         """Whether the model folder is behind a URI (and must be copied to load it)."""
         return is_uri(self.location)
-
-    def open_local(self) -> LocalModel:
-        """A local folder holding the model: the folder itself, or this node's cached copy."""
-        from sentiment.node_cache import LocalModel, acquire_copy  # the cache builds on this module
-
-        if not self.is_remote:
-            return LocalModel(Path(self.location), None)
-        return acquire_copy(self)
 
     def expected_files(self, backend: str) -> dict[str, str]:
         """The sha256 of each file ``backend`` loads, by its path in the model folder, as resolved:

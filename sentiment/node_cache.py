@@ -7,6 +7,8 @@ copy; the copy is removed when the last lease is given back, and a lease whose p
 noticed at the next use on that node (:func:`prune_cache`), as is a download its process left
 half done. All changes happen under one file lock, waited for at most
 ``$SENTIMENT_CACHE_LOCK_TIMEOUT_S`` seconds. Files that are not the cache's own there are ignored.
+:func:`open_local` is the way in: a local model folder as it is, a remote one through the cache.
+This module builds on :mod:`sentiment.layout`, never the other way round.
 """
 
 from __future__ import annotations
@@ -107,6 +109,14 @@ def _cache_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_local(model: ResolvedModel) -> LocalModel:
+    """A local folder holding ``model``: its folder itself, or this node's cached copy of a remote one
+    (:func:`acquire_copy`); close it (or use it as a context manager) when done."""
+    if not model.is_remote:
+        return LocalModel(Path(model.location), None)
+    return acquire_copy(model)
 
 
 def acquire_copy(model: ResolvedModel) -> LocalModel:

@@ -16,7 +16,7 @@ from sentiment.config import Config, DataConfig
 from sentiment.data import SpecialTokens, chunked_inputs, encode_texts, fit_to_length, mean_by_owner
 from sentiment.layout import WEIGHTS_FILE, CheckpointError, ResolvedModel, read_temperature, resolve
 from sentiment.metrics import softmax
-from sentiment.node_cache import LocalModel, verify_files
+from sentiment.node_cache import LocalModel, open_local, verify_files
 from sentiment.precision import inference_dtype
 
 
@@ -125,7 +125,7 @@ class TextEncoder:
             CheckpointError: the tokenizer cannot be loaded.
             ValueError: ``long_reviews`` is neither ``truncate`` nor ``chunks``.
         """
-        with model.open_local() as local:
+        with open_local(model) as local:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(local.path, use_fast=True)
             except Exception as err:
@@ -201,7 +201,7 @@ class Predictor:
         handed = isinstance(checkpoint, ResolvedModel)
         resolved = checkpoint if isinstance(checkpoint, ResolvedModel) else resolve(checkpoint, which, storage_path)
         kind = choose_backend(backend, resolved, device)
-        local = resolved.open_local()
+        local = open_local(resolved)
         try:
             if handed:  # resolved elsewhere, maybe long ago: the files loaded must still be the ones checked
                 verify_files(local.path, resolved.expected_files(kind))

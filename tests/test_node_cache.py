@@ -12,7 +12,7 @@ import pytest
 from sentiment.config import load_config
 from sentiment.layout import CheckpointError, resolve, save_model_dir
 from sentiment.model import build_model, load_tokenizer
-from sentiment.node_cache import lock_timeout, prune_cache, verify_files
+from sentiment.node_cache import lock_timeout, open_local, prune_cache, verify_files
 
 
 @pytest.fixture()
@@ -26,7 +26,7 @@ def test_a_remote_model_is_copied_once_per_node_and_removed_when_unused(model_di
     monkeypatch.setenv("SENTIMENT_CACHE_DIR", str(tmp_path / "cache"))
     model = resolve(f"file://{model_dir}/epoch_001")
     assert model.is_remote
-    first, second = model.open_local(), model.open_local()
+    first, second = open_local(model), open_local(model)
     assert first.path == second.path == tmp_path / "cache" / model.sha256 / "model"
     assert (first.path / "model.safetensors").read_bytes() == (model_dir / "epoch_001/model/model.safetensors").read_bytes()
     first.close()
@@ -37,7 +37,8 @@ def test_a_remote_model_is_copied_once_per_node_and_removed_when_unused(model_di
 
 def test_a_copy_held_by_a_dead_process_is_pruned(model_dir, tmp_path):
     cache = tmp_path / "cache"
-    hold = ("from sentiment.layout import resolve; import sys; m = resolve(sys.argv[1]).open_local(); "
+    hold = ("from sentiment.layout import resolve; from sentiment.node_cache import open_local; import sys; "
+            "m = open_local(resolve(sys.argv[1])); "
             "print(m.path, flush=True)")
     env = {**os.environ, "SENTIMENT_CACHE_DIR": str(cache)}
     out = subprocess.run([sys.executable, "-c", hold, f"file://{model_dir}/epoch_001"], env=env, capture_output=True, text=True, check=True)
@@ -57,7 +58,7 @@ def test_a_remote_copy_that_changed_since_resolving_is_refused(model_dir, tmp_pa
     weights = model_dir / "epoch_001" / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
     with pytest.raises(CheckpointError, match="weights changed since resolved"):
-        model.open_local()
+        open_local(model)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [".lock"]
 
 
@@ -76,7 +77,7 @@ def test_a_download_left_by_a_killed_process_is_pruned(model_dir, tmp_path, monk
     for folder in (left, running):
         folder.mkdir(parents=True)
         (folder / "model.safetensors").write_bytes(b"half")
-    with model.open_local() as local:
+    with open_local(model) as local:
         assert (local.path / "model.safetensors").read_bytes() == (model_dir / "epoch_001/model/model.safetensors").read_bytes()
     assert not left.parent.exists() and running.is_dir()
 
@@ -85,12 +86,12 @@ def test_stray_files_in_the_cache_do_not_stop_a_load(model_dir, tmp_path, monkey
     cache = tmp_path / "cache"
     monkeypatch.setenv("SENTIMENT_CACHE_DIR", str(cache))
     model = resolve(f"file://{model_dir}/epoch_001")
-    held = model.open_local()
+    held = open_local(model)
     for junk in ("notes.txt", "abc", "-1", "99999999999999999999999-x"):
         (held.path.parent / "leases" / junk).write_text("junk")
     (cache / "README").write_text("junk")
     (cache / ("f" * 64)).write_text("a file named like a copy")
-    second = model.open_local()  # prunes first: the junk is no live lease, the held copy stays
+    second = open_local(model)  # prunes first: the junk is no live lease, the held copy stays
     assert second.path == held.path and (held.path / "config.json").is_file()
     held.close()
     second.close()
@@ -102,7 +103,7 @@ def test_a_file_where_the_copy_belongs_is_replaced(model_dir, tmp_path, monkeypa
     model = resolve(f"file://{model_dir}/epoch_001")
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / model.sha256).write_text("not a folder")
-    with model.open_local() as local:
+    with open_local(model) as local:
         assert (local.path / "model.safetensors").is_file()
 
 
@@ -116,11 +117,11 @@ def test_a_stuck_download_times_out_naming_the_lock(model_dir, tmp_path, monkeyp
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(CheckpointError, match=rf"lock {cache / '.lock'} was held for more than 0.5 s \(by pid {holder.pid}"):
-            model.open_local()
+            open_local(model)
     finally:
         holder.kill()
         holder.wait()
-    with model.open_local() as local:  # free again
+    with open_local(model) as local:  # free again
         assert local.path.is_dir()
 
 

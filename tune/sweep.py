@@ -39,6 +39,7 @@ from ray_jobs.train import launch, prepare_data, wandb_dir
 from sentiment import layout
 from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config
 from sentiment.layout import BEST_FILE
+from sentiment.node_cache import open_local
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -257,7 +258,7 @@ def track_sweep(cfg: Config, sweep_name: str, storage_path: str, table: pd.DataF
     tracker.log({"results": wandb.Table(dataframe=table.astype(str))})
     tracker.summary({f"best/{k}": v for k, v in best.items() if k != "params"} | {f"best/{k}": v for k, v in best["params"].items()})
     model = layout.resolve(layout.location_of(storage_path, best["checkpoint"]))
-    with model.open_local() as local:
+    with open_local(model) as local:
         tracker.log_model(str(local.path), name=f"model-{sweep_name}", aliases=["best"], metadata=best)
     tracker.finish()
 
