@@ -56,7 +56,7 @@ def run_job(cfg: Config, config_name: str) -> dict[str, Any]:
     """Prepare the data, run the job on this process's Ray (started if needed), and return its row:
     test accuracy, seconds of training (the epochs), of the job and of data preparation, and the
     best checkpoint."""
-    from sentiment import layout
+    from sentiment import layout, storage
 
     t0 = time.perf_counter()
     data = prepare_data(cfg)
@@ -65,8 +65,8 @@ def run_job(cfg: Config, config_name: str) -> dict[str, Any]:
     t1 = time.perf_counter()
     summary = launch(cfg, data)
     job_s = time.perf_counter() - t1
-    fs, _ = layout.filesystem(layout.storage_root(cfg))
-    history = layout.read_json(fs, layout.join(summary["last_checkpoint"], layout.STATE_FILE))["history"]
+    fs, _ = storage.filesystem(layout.storage_root(cfg))
+    history = storage.read_json(fs, storage.join(summary["last_checkpoint"], layout.STATE_FILE))["history"]
     test = summary["test_metrics"]
     return {"device": device_name(), "date": dt.date.today().isoformat(), "commit": commit(), "config": config_name,
             "train_reviews": len(data["train"]), "test_reviews": test["test_count"], "epochs": len(history),

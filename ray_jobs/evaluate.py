@@ -43,7 +43,7 @@ from ray_jobs.batch_inference import (
 )
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import Tracker, start_tracking
-from sentiment import layout
+from sentiment import layout, storage
 from sentiment.backends import BACKENDS, choose_backend
 from sentiment.config import Config, ConfigError
 from sentiment.data import DataError, load_splits
@@ -121,23 +121,23 @@ def training_history(model: ResolvedModel) -> list[dict[str, float]]:
     folder names one (``result.json``), else from the checkpoint's own epoch; empty if neither."""
     if model.epoch_dir is None:
         return []
-    fs, path = layout.filesystem(model.epoch_dir)
-    run_dir = layout.parent(path)
+    fs, path = storage.filesystem(model.epoch_dir)
+    run_dir = storage.parent(path)
     candidates = [path]
-    if layout.is_file(fs, layout.join(run_dir, RESULT_FILE)):
-        last = layout.read_json(fs, layout.join(run_dir, RESULT_FILE)).get("last_checkpoint")
+    if storage.is_file(fs, storage.join(run_dir, RESULT_FILE)):
+        last = storage.read_json(fs, storage.join(run_dir, RESULT_FILE)).get("last_checkpoint")
         if last:
             candidates.insert(0, last)
     for candidate in candidates:
-        state = layout.join(candidate, STATE_FILE)
-        if layout.is_file(fs, state):
-            return layout.read_json(fs, state).get("history", [])
+        state = storage.join(candidate, STATE_FILE)
+        if storage.is_file(fs, state):
+            return storage.read_json(fs, state).get("history", [])
     return []
 
 
 def default_output_dir(model: ResolvedModel, split: str) -> str:
     """``<epoch checkpoint>/eval_<split>``, beside the model folder (local path or URI)."""
-    return layout.child(model.epoch_dir or model.location, f"eval_{split}")
+    return storage.child(model.epoch_dir or model.location, f"eval_{split}")
 
 
 def check_output_dir(out: str, overwrite: bool) -> None:
@@ -146,8 +146,8 @@ def check_output_dir(out: str, overwrite: bool) -> None:
     Raises:
         ConfigError: naming the folder.
     """
-    fs, path = layout.filesystem(out)
-    if layout.exists(fs, path) and not overwrite:
+    fs, path = storage.filesystem(out)
+    if storage.exists(fs, path) and not overwrite:
         raise ConfigError(f"output folder {out!r} exists; pass --overwrite to replace it")
 
 
@@ -165,13 +165,13 @@ def load_split(cfg: Config, args: EvaluateConfig) -> tuple[pd.DataFrame, pd.Data
 def save_temperature(model: ResolvedModel, temperature: float, n: int) -> ResolvedModel:
     """Store the fitted temperature with the model folder (replacing an earlier one atomically);
     returns ``model`` expecting the new file's sha256 (what later loads verify)."""
-    fs, path = layout.filesystem(model.location)
-    file = layout.join(path, CALIBRATION_FILE)
-    layout.write_json(fs, file, {
+    fs, path = storage.filesystem(model.location)
+    file = storage.join(path, CALIBRATION_FILE)
+    storage.write_json(fs, file, {
         "temperature": temperature, "fitted_on": "validation", "reviews": n,
         "fitted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     })
-    return dataclasses.replace(model, calibration_sha256=layout.file_sha256(fs, file))
+    return dataclasses.replace(model, calibration_sha256=storage.file_sha256(fs, file))
 
 
 def scenario_examples(predictor: Predictor) -> list[Example]:
@@ -299,7 +299,7 @@ def run(args: EvaluateConfig) -> dict[str, Any]:
     finally:
         predictor.close()
     print(f"evaluate: accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f}, ROC AUC {metrics['roc_auc']:.4f}, "
-          f"ECE {metrics['ece']:.4f}; report: {layout.child(out, 'report.html')}", flush=True)
+          f"ECE {metrics['ece']:.4f}; report: {storage.child(out, 'report.html')}", flush=True)
     return metrics
 
 
@@ -327,11 +327,11 @@ def write_evaluation(
         "sha256": model.sha256, "attribution_target": names[attribution_target(names)], "attribution_min_count": 3,
         "attribution_reviews": min(args.attribution_samples, len(split)),
     }
-    with layout.publish_dir(out) as folder:
+    with storage.publish_dir(out) as folder:
         plots = write_report(folder, metrics, names, training_history(model), {
             "confidence": proba.max(1), "correct": proba.argmax(1) == labels,
         }, scenario_examples(predictor), mistakes, words, meta)
-        layout.write_local_json(folder / METRICS_FILE, metrics | {"meta": meta})
+        storage.write_local_json(folder / METRICS_FILE, metrics | {"meta": meta})
         table.to_parquet(folder / PREDICTIONS_FILE, index=False)
         tracker = start_tracking(cfg, f"eval-{link['run']}-{args.split}-{dt.datetime.now():%Y%m%d-%H%M%S}",
                                  str(folder / "wandb"), job_type="eval")

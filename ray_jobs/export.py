@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sentiment import layout
+from sentiment import layout, storage
 from sentiment.batching import make_collator
 from sentiment.config import ConfigError
 from sentiment.data import DataError, SpecialTokens, encode_texts, fit_to_length, load_splits
@@ -71,9 +71,9 @@ def run(args: ExportConfig) -> dict[str, Any]:
         check = check_data(model, tokenizer, args)
         collate = make_collator(tokenizer, model.config.data.pad_to_multiple_of)
         print(f"export: {model.location}, checks on {len(check.ids)} validation reviews", flush=True)
-        with layout.publish_dir(layout.child(model.location, ONNX_DIR)) as out:
+        with storage.publish_dir(storage.child(model.location, ONNX_DIR)) as out:
             record = export_model(local.path, out, check, args.int8, collate, min(MIN_CHECK_REVIEWS, args.check_reviews))
-    write_model_card(*layout.filesystem(model.location))
+    write_model_card(*storage.filesystem(model.location))
     for name, entry in record["exports"].items():
         print(f"export: {name} written ({entry['file']}, sha256 {entry['sha256'][:12]}): {entry['check']}", flush=True)
     if args.int8 and "onnx-int8" in record["rejected"]:

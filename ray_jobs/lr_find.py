@@ -40,7 +40,7 @@ from ray_jobs.train_loop import (
     use_the_prebuilt_deepspeed_op,
     worker_setup,
 )
-from sentiment import layout
+from sentiment import layout, storage
 from sentiment.batching import iterate, make_collator, train_batches
 from sentiment.config import Config, ConfigError, load_config
 from sentiment.lr_range import LossTracker, LrRange, Suggestion, plot, suggest
@@ -114,7 +114,8 @@ def lr_find_loop_per_worker(config: dict[str, Any]) -> None:
             break
     if rank == 0:
         fs, run_dir = tctx.get_storage().storage_filesystem, tctx.get_storage().experiment_fs_path
-        layout.write_json(fs, layout.join(run_dir, CURVE_FILE), {"lrs": lrs, "losses": losses, "smoothed": tracker.smoothed, "stop": stop})
+        curve = {"lrs": lrs, "losses": losses, "smoothed": tracker.smoothed, "stop": stop}
+        storage.write_json(fs, storage.join(run_dir, CURVE_FILE), curve)
 
 
 def write_outputs(curve: pd.DataFrame, suggestion: Suggestion, rng: LrRange, stop: str, folder: Path) -> dict[str, Any]:
@@ -126,7 +127,7 @@ def write_outputs(curve: pd.DataFrame, suggestion: Suggestion, rng: LrRange, sto
         "min_loss_over_10": suggestion.min_loss_over_10, "steps_run": len(curve), "stopped_because": stop,
         "range": asdict(rng),
     }
-    layout.write_local_json(folder / "lr_find.json", found)
+    storage.write_local_json(folder / "lr_find.json", found)
     return found
 
 
@@ -155,14 +156,14 @@ def find_lr(cfg: Config, rng: LrRange, run_name: str, data: Any = None) -> dict[
     build_trainer(
         cfg, ray.put(data), run_name, storage_path, loop=lr_find_loop_per_worker, loop_config={"lr_range": asdict(rng)},
     ).fit()
-    fs, root = layout.filesystem(storage_path)
-    m = layout.read_json(fs, layout.join(root, run_name, CURVE_FILE))
+    fs, root = storage.filesystem(storage_path)
+    m = storage.read_json(fs, storage.join(root, run_name, CURVE_FILE))
     curve = pd.DataFrame({"step": range(1, len(m["lrs"]) + 1), "lr": m["lrs"], "loss": m["losses"], "smoothed_loss": m["smoothed"]})
     suggestion = suggest(m["lrs"], m["losses"])
-    location = layout.child(storage_path, run_name, OUT_DIR)
+    location = storage.child(storage_path, run_name, OUT_DIR)
     with tempfile.TemporaryDirectory(prefix="lr-find-") as tmp:
         found = write_outputs(curve, suggestion, rng, m["stop"], Path(tmp))
-        with layout.publish_dir(location) as folder:  # all three files or none
+        with storage.publish_dir(location) as folder:  # all three files or none
             shutil.copytree(tmp, folder, dirs_exist_ok=True)
         track(cfg, run_name, storage_path, curve, suggestion, Path(tmp) / "lr_find.png")
     return found | {"location": location}
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     found = find_lr(cfg, rng, args.name or f"lr-find-{dt.datetime.now():%Y%m%d-%H%M%S}", data)
     print(f"\nlr range test: {found['steps_run']} steps in {time.perf_counter() - t0:.0f}s, stopped: {found['stopped_because']}")
     print(f"suggested lr: {found['suggested_lr']:.2e} ({found['rule']}); min loss / 10: {found['min_loss_over_10']:.2e}")
-    print(f"plot: {layout.child(found['location'], 'lr_find.png')}")
+    print(f"plot: {storage.child(found['location'], 'lr_find.png')}")
     config = f"--config {args.config} " if args.config else ""
     print(f"train at it: python -m ray_jobs.train {config}train.lr={found['suggested_lr']:.2e} train.schedule=one_cycle")
     return found

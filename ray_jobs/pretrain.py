@@ -43,7 +43,7 @@ from ray_jobs.train_loop import (
     use_the_prebuilt_deepspeed_op,
     worker_device,
 )
-from sentiment import layout
+from sentiment import layout, storage
 from sentiment.batching import eval_batches, train_batches
 from sentiment.config import Config, ConfigError, config_from_dict, load_config
 from sentiment.data import DataError
@@ -182,7 +182,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
         train_loss = mlm_epoch(engine, windows["train"], cfg, state, rank, world, total_steps, tokenizer, tracker)
         val_loss = mlm_validation_loss(engine.module, windows["validation"], cfg, rank, world, tokenizer)
         state.epoch += 1
-        state.update(val_loss, "min", layout.join(run_dir, epoch_dir_name(state.epoch)))
+        state.update(val_loss, "min", storage.join(run_dir, epoch_dir_name(state.epoch)))
         scalars = {"train_loss": train_loss, "val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0)),
                    "epoch": state.epoch, "step": state.global_step, "epoch_time_s": time.perf_counter() - t0}
         state.history.append(scalars)
@@ -207,13 +207,13 @@ def launch(cfg: Config, windows: dict[str, Windows] | None = None) -> dict[str, 
     storage_path = layout.storage_root(cfg)
     trainer = build_trainer(cfg, ray.put(windows), run_name, storage_path, loop=pretrain_loop_per_worker)
     result = trainer.fit()
-    fs, root = layout.filesystem(storage_path)
-    run_dir = layout.join(root, run_name)
+    fs, root = storage.filesystem(storage_path)
+    run_dir = storage.join(root, run_name)
     best = result.metrics["best_checkpoint"]
-    summary = {"run_dir": run_dir, "best_checkpoint": best, "model": layout.join(best, MODEL_DIR),
+    summary = {"run_dir": run_dir, "best_checkpoint": best, "model": storage.join(best, MODEL_DIR),
                "best_val_loss": result.metrics["best_value"],
-               "history": layout.read_json(fs, layout.join(result.checkpoint.path, STATE_FILE))["history"]}
-    layout.write_json(fs, layout.join(run_dir, "pretrain.json"), summary)
+               "history": storage.read_json(fs, storage.join(result.checkpoint.path, STATE_FILE))["history"]}
+    storage.write_json(fs, storage.join(run_dir, "pretrain.json"), summary)
     return summary
 
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     check_resources(cfg)
     summary = launch(cfg, windows)
     root = layout.storage_root(cfg)
-    model = layout.location_of(root, summary["model"])
+    model = storage.location_of(root, summary["model"])
     print(f"\nbest masked-LM validation loss {summary['best_val_loss']:.4f}")
     print(f"pretrained model: {model}\nfine-tune from it: python -m ray_jobs.train --config configs/quickstart.yaml "
           f"model.name_or_path={model}")

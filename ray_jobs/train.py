@@ -27,13 +27,14 @@ from ray_jobs.export import ExportConfig
 from ray_jobs.export import run as export_checkpoint
 from ray_jobs.local_ray import init_ray
 from ray_jobs.train_loop import train_loop_per_worker
-from sentiment import layout
+from sentiment import layout, storage
 from sentiment.config import Config, ConfigError, load_config
 from sentiment.data import EncodedSplit, check_folds, cross_validation_fold, encode_splits, imbalance, load_splits, loss_class_weights
 from sentiment.distillation import check_teacher_labels
-from sentiment.layout import EPOCH_CHECKPOINT_PARTS, MODEL_DIR, RESULT_FILE, STATE_FILE, TEST_METRICS_FILE, ResolvedModel, StorageFullError
+from sentiment.layout import EPOCH_CHECKPOINT_PARTS, MODEL_DIR, RESULT_FILE, STATE_FILE, TEST_METRICS_FILE, ResolvedModel
 from sentiment.metrics import WEAK_F1, weak_classes
 from sentiment.model import check_against_model, load_tokenizer
+from sentiment.storage import StorageFullError
 
 
 def tokenized_splits(cfg: Config) -> dict[str, EncodedSplit]:
@@ -113,9 +114,9 @@ def check_resume_from(cfg: Config) -> None:
     """
     if cfg.run.resume_from is None:
         return
-    fs, path = layout.filesystem(cfg.run.resume_from)
+    fs, path = storage.filesystem(cfg.run.resume_from)
     for part in EPOCH_CHECKPOINT_PARTS:
-        if not layout.exists(fs, layout.join(path, part)):
+        if not storage.exists(fs, storage.join(path, part)):
             raise ConfigError(f"run.resume_from={cfg.run.resume_from!r} is not an epoch checkpoint: no {part}")
 
 
@@ -127,7 +128,7 @@ def check_storage(cfg: Config) -> None:
     """
     location = layout.storage_root(cfg)
     try:
-        fs, path = layout.filesystem(location)
+        fs, path = storage.filesystem(location)
         fs.get_file_info(path)
     except Exception as err:
         raise ConfigError(f"run.storage_path={cfg.run.storage_path!r} cannot be used: {err}") from None
@@ -173,7 +174,7 @@ def _autoscaler_ceiling() -> dict[str, float] | None:
 
 def wandb_dir(storage_path: str, run_name: str) -> str:
     """W&B's local folder: inside the run folder on local storage, else ``./wandb``."""
-    return "wandb" if layout.is_uri(storage_path) else os.path.join(storage_path, run_name, "wandb")
+    return "wandb" if storage.is_uri(storage_path) else os.path.join(storage_path, run_name, "wandb")
 
 
 def build_trainer(
@@ -197,10 +198,10 @@ def build_trainer(
     # there and its restart would be refused ("run ID ... is in use"). A sweep passes its own.
     env = {"DS_ACCELERATOR": "cuda" if s.use_gpu else "cpu", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
            "WANDB_SERVICE": "", **(worker_env or {})}
-    # A URI's filesystem comes from layout.filesystem (the one place that builds it, query options
+    # A URI's filesystem comes from storage.filesystem (the one place that builds it, query options
     # such as ?endpoint_override= included); Ray then addresses runs by paths on that filesystem.
-    fs, fs_path = layout.filesystem(storage_path)
-    remote = layout.is_uri(storage_path)
+    fs, fs_path = storage.filesystem(storage_path)
+    remote = storage.is_uri(storage_path)
     return TorchTrainer(
         loop,
         train_loop_config={
@@ -234,10 +235,10 @@ def summarize(cfg: Config, result: Any, run_name: str, storage_path: str) -> dic
     A cross-validation fold has no test metrics (``None``); its best epoch is the one training
     reported last as best.
     """
-    fs, root = layout.filesystem(storage_path)
-    run_dir = layout.join(root, run_name)
+    fs, root = storage.filesystem(storage_path)
+    run_dir = storage.join(root, run_name)
     if cfg.data.cv_folds is None:
-        test = layout.read_json(fs, layout.join(run_dir, TEST_METRICS_FILE))
+        test = storage.read_json(fs, storage.join(run_dir, TEST_METRICS_FILE))
         best, epoch = test["test_checkpoint"], test["test_epoch"]  # in the run resumed from, if it was better
     else:
         test, best, epoch = None, result.metrics["best_checkpoint"], result.metrics["best_epoch"]
@@ -246,12 +247,12 @@ def summarize(cfg: Config, result: Any, run_name: str, storage_path: str) -> dic
         "run_dir": run_dir,
         "best_checkpoint": best,
         "last_checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "best_metrics": layout.read_json(fs, layout.join(best, STATE_FILE))["history"][epoch - 1],
+        "best_metrics": storage.read_json(fs, storage.join(best, STATE_FILE))["history"][epoch - 1],
         "test_metrics": test,
         "metric": cfg.run.metric,
         "config": cfg.model_dump(mode="json"),
     }
-    layout.write_json(fs, layout.join(run_dir, RESULT_FILE), summary)
+    storage.write_json(fs, storage.join(run_dir, RESULT_FILE), summary)
     return summary
 
 
@@ -302,12 +303,12 @@ def weak_classes_line(cfg: Config, summary: dict[str, Any]) -> str | None:
 
 def storage_full_line(err: Exception) -> str | None:
     """The one-line reason of a run stopped by a full storage (the workers'
-    :class:`~sentiment.layout.StorageFullError`), or None for any other failure."""
+    :class:`~sentiment.storage.StorageFullError`), or None for any other failure."""
     failures = getattr(err, "worker_failures", None) or {}
     for failure in failures.values():
         text = str(failure)
         if isinstance(failure, StorageFullError) or "StorageFullError" in text:
-            return next((line.strip().removeprefix("sentiment.layout.StorageFullError: ")
+            return next((line.strip().removeprefix("sentiment.storage.StorageFullError: ")
                          for line in reversed(text.splitlines()) if "storage full:" in line), text.strip())
     return None
 
@@ -337,9 +338,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if weak := weak_classes_line(cfg, summary):
         print(weak)
     root = layout.storage_root(cfg)
-    best_model = layout.location_of(root, layout.join(summary["best_checkpoint"], MODEL_DIR))
+    best_model = storage.location_of(root, storage.join(summary["best_checkpoint"], MODEL_DIR))
     print(f"checkpoint: {best_model}")
-    print(f"run folder: {layout.location_of(root, summary['run_dir'])}")
+    print(f"run folder: {storage.location_of(root, summary['run_dir'])}")
     if cfg.train.export:
         export_checkpoint(ExportConfig(checkpoint=best_model, int8="onnx-int8" in cfg.train.export))
     return summary

@@ -27,7 +27,7 @@ from transformers import AutoModelForSequenceClassification, get_scheduler
 
 from ray_jobs.deepspeed_config import build_deepspeed_config
 from ray_jobs.tracking import Tracker, start_tracking
-from sentiment import layout
+from sentiment import layout, storage
 from sentiment.batching import eval_batches, iterate, make_collator, train_batches
 from sentiment.config import Config, config_from_dict
 from sentiment.data import EncodedSplit, SpecialTokens, chunked_inputs, loss_class_weights, mean_by_owner, model_inputs
@@ -217,7 +217,7 @@ def save_checkpoint(engine: Any, tokenizer: Any, cfg: Config, state: TrainState,
         if rank == 0:
             save_model_dir(engine.module, tokenizer, cfg, metrics, folder / MODEL_DIR)
     if rank == 0:
-        layout.write_local_json(folder / STATE_FILE, asdict(state))
+        storage.write_local_json(folder / STATE_FILE, asdict(state))
 
 
 def report_epoch(engine: Any, tokenizer: Any, cfg: Config, state: TrainState, metrics: dict[str, Any],
@@ -230,9 +230,9 @@ def report_epoch(engine: Any, tokenizer: Any, cfg: Config, state: TrainState, me
     """
     with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
         save_checkpoint(engine, tokenizer, cfg, state, metrics, rank, Path(tmp))
-        parts = gather_from_ranks(layout.file_sizes(pafs.LocalFileSystem(), tmp), world)  # Ray merges the ranks' folders
+        parts = gather_from_ranks(storage.file_sizes(pafs.LocalFileSystem(), tmp), world)  # Ray merges the ranks' folders
         needed = sum({name: size for part in parts for name, size in part.items()}.values())
-        layout.check_free_space(layout.storage_root(cfg), needed, f"the epoch {state.epoch} checkpoint")
+        storage.check_free_space(layout.storage_root(cfg), needed, f"the epoch {state.epoch} checkpoint")
         best = {"best_epoch": state.best_epoch, "best_value": state.best_metric, "best_checkpoint": state.best_checkpoint}
         ray.train.report(scalars | best, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=epoch_dir_name(state.epoch))
@@ -249,7 +249,7 @@ def restore(engine: Any, cfg: Config, rank: int) -> TrainState:
     """
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and cfg.run.resume_from:
-        fs, path = layout.filesystem(cfg.run.resume_from)
+        fs, path = storage.filesystem(cfg.run.resume_from)
         checkpoint = ray.train.Checkpoint(path, filesystem=fs)
     if checkpoint is None:
         return TrainState()
@@ -276,8 +276,8 @@ def check_room_to_go_on(cfg: Config, state: TrainState) -> None:
     """
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        needed = sum(layout.file_sizes(checkpoint.filesystem, checkpoint.path).values())
-        layout.check_free_space(layout.storage_root(cfg), needed,
+        needed = sum(storage.file_sizes(checkpoint.filesystem, checkpoint.path).values())
+        storage.check_free_space(layout.storage_root(cfg), needed,
                                 f"the epoch {state.epoch + 1} checkpoint (as large as epoch {state.epoch}'s)")
 
 
@@ -363,12 +363,12 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
 def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ctx: WorkerContext, tracker: Tracker) -> dict[str, Any]:
     """Load the best epoch's plain HF model (no DeepSpeed) and evaluate it on the test split."""
     fs = ray.train.get_context().get_storage().storage_filesystem
-    model_dir = layout.join(state.best_checkpoint, MODEL_DIR)
+    model_dir = storage.join(state.best_checkpoint, MODEL_DIR)
     with tempfile.TemporaryDirectory(prefix="best-model-") as tmp:
         local = model_dir
         if not isinstance(fs, pafs.LocalFileSystem):  # a remote run: copied for this test, then removed
             local = tmp
-            layout.download(fs, model_dir, tmp)
+            storage.download(fs, model_dir, tmp)
         dtype = inference_dtype(cfg.train.precision, ctx.device)  # scored as Predictor will predict on this device
         model = AutoModelForSequenceClassification.from_pretrained(local, use_safetensors=True, dtype=dtype).to(ctx.device)
         metrics = evaluate(model, splits["test"], cfg, ctx.collate, ctx.device, prefix="test_")
@@ -461,7 +461,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = evaluate(engine.module, splits["validation"], cfg, ctx.collate, device, prefix="val_")
         state.epoch += 1
         value = metrics[metric_key]
-        state.update(value, cfg.run.mode, layout.join(ctx.run_dir, epoch_dir_name(state.epoch)))
+        state.update(value, cfg.run.mode, storage.join(ctx.run_dir, epoch_dir_name(state.epoch)))
         stop = patience is not None and state.bad_epochs >= patience
         scalars = {**scalar_metrics(metrics), "train_loss": train_loss,
                    "train_accuracy": train_accuracy, "epoch": state.epoch,

@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from sentiment.layout import EXPORT_FILE, ONNX_FILES, write_local_json
+from sentiment.layout import EXPORT_FILE, ONNX_FILES
 from sentiment.metrics import softmax
+from sentiment.storage import write_local_json
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

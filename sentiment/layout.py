@@ -1,7 +1,7 @@
-"""The run layout: the names of run files, reading and writing them, and resolving a checkpoint.
+"""The run layout: the names of run files, writing a model folder, and resolving a checkpoint.
 
-Everything lives on a pyarrow filesystem, so a local path and a URI (``s3://``, ``gs://``,
-``file://``) are handled by the same code. The layout::
+The only module that spells a run file's name or parses a run folder; how files are read and
+written (local paths and URIs alike, atomically) is :mod:`sentiment.storage`'s. The layout::
 
     <storage>/best.json                   the latest sweep's best ({"checkpoint": <epoch checkpoint>, ...})
     <storage>/<sweep>/best.json           that sweep's best, beside results.csv / results.md
@@ -34,20 +34,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import struct
-import tempfile
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
 from sentiment.config import Config, ConfigError, RunConfig, config_from_dict, refuse_credentials
+from sentiment.storage import (
+    READ_CHUNK,
+    atomic_dir,
+    exists,
+    file_sha256,
+    filesystem,
+    is_file,
+    is_uri,
+    join,
+    location_of,
+    parent,
+    read_json,
+    write_json,
+    write_local_json,
+)
 
 MODEL_DIR = "model"
 DEEPSPEED_DIR = "deepspeed"
@@ -66,7 +75,6 @@ ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model_quantized.onnx"}  # opti
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 REQUIRED_MODEL_FILES = (HF_CONFIG_FILE, WEIGHTS_FILE, CONFIG_FILE)
 EPOCH_CHECKPOINT_PARTS = (STATE_FILE, DEEPSPEED_DIR, MODEL_DIR)
-_CHUNK = 1 << 20
 
 
 class CheckpointError(ValueError):
@@ -78,202 +86,10 @@ def epoch_dir_name(epoch: int) -> str:
     return f"epoch_{epoch:03d}"
 
 
-# --- locations --------------------------------------------------------------------------------
-
-
-def is_uri(location: str | os.PathLike[str]) -> bool:
-    """Whether ``location`` is a URI (``scheme://...``) rather than a local path."""
-    return "://" in str(location)
-
-
-def filesystem(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and the path on it for a local path (made absolute) or a URI.
-
-    Raises:
-        ConfigError: a URI whose filesystem is not installed or cannot be reached.
-    """
-    location = str(location)
-    if not is_uri(location):
-        return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
-    try:
-        return pafs.FileSystem.from_uri(location)
-    except Exception as err:
-        raise ConfigError(f"storage location {location!r} cannot be opened: {err}") from None
-
-
-def join(*parts: str) -> str:
-    """Join storage path parts with ``/`` (storage paths are not OS paths)."""
-    return "/".join(p.rstrip("/") for p in parts)
-
-
-def parent(path: str) -> str:
-    """The folder holding ``path`` on its filesystem."""
-    return path.rstrip("/").rsplit("/", 1)[0]
-
-
-def location_of(base: str, path: str) -> str:
-    """``path`` (on ``base``'s filesystem) as a location: a local path, or a URI with ``base``'s
-    scheme and query (``?endpoint_override=...`` and the like stay)."""
-    if not is_uri(base):
-        return path
-    parts = urlsplit(base)
-    netloc, rest = (parts.netloc, path) if path.startswith("/") else (path.split("/", 1) + [""])[:2]
-    return urlunsplit((parts.scheme, netloc, "/" + rest.lstrip("/"), parts.query, ""))
-
-
-def child(location: str, *names: str) -> str:
-    """``names`` under the folder ``location`` (a local path, or a URI whose query stays at the end)."""
-    if not is_uri(location):
-        return join(location, *names)
-    parts = urlsplit(location)
-    return urlunsplit(parts._replace(path=join(parts.path, *names)))
-
-
 def storage_root(cfg: Config) -> str:
     """The absolute local path or URI where ``cfg``'s runs are stored."""
     storage = cfg.run.storage_path
     return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
-
-
-class StorageFullError(OSError):
-    """The run's storage has too little free space for the next checkpoint; nothing of it was written."""
-
-
-def free_bytes(location: str) -> int | None:
-    """Free space on the local filesystem holding ``location`` (its nearest existing folder), or
-    None for remote storage (object stores report no free space)."""
-    fs, path = filesystem(location)
-    if not isinstance(fs, pafs.LocalFileSystem):
-        return None
-    folder = Path(path)
-    while not folder.exists():
-        folder = folder.parent
-    return shutil.disk_usage(folder).free
-
-
-def file_sizes(fs: pafs.FileSystem, path: str) -> dict[str, int]:
-    """Size of every file under the folder ``path`` of ``fs``, by its path relative to ``path``."""
-    files = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    return {f.path[len(path):].lstrip("/"): f.size for f in files if f.type == pafs.FileType.File}
-
-
-def check_free_space(location: str, needed: int, what: str) -> None:
-    """Refuse to start writing ``what`` (``needed`` bytes) where the local filesystem has less free.
-
-    Raises:
-        StorageFullError: one line naming the storage path, the free space and the space needed.
-    """
-    free = free_bytes(location)
-    if free is not None and free < needed:
-        raise StorageFullError(
-            f"storage full: {location} has {free / 2**20:.1f} MiB free, {what} needs {needed / 2**20:.1f} MiB; "
-            "free space there and rerun with the same run.name: it resumes from the last complete checkpoint"
-        )
-
-
-def exists(fs: pafs.FileSystem, path: str) -> bool:
-    """Whether anything is at ``path``."""
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def is_file(fs: pafs.FileSystem, path: str) -> bool:
-    """Whether a file (not a folder) is at ``path``."""
-    return fs.get_file_info(path).type == pafs.FileType.File
-
-
-def read_json(fs: pafs.FileSystem, path: str) -> Any:
-    """Read JSON from ``path``."""
-    with fs.open_input_stream(path) as src:
-        return json.loads(src.read().decode())
-
-
-def write_file(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` under a temporary name first, then move it into place."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, path)
-
-
-def write_json(fs: pafs.FileSystem, path: str, data: Any) -> None:
-    """Write JSON to ``path`` atomically (:func:`write_file`)."""
-    write_file(fs, path, json.dumps(data, indent=2, sort_keys=True).encode())
-
-
-def write_local_json(path: str | os.PathLike[str], data: Any) -> None:
-    """:func:`write_json` for a local path."""
-    write_json(pafs.LocalFileSystem(), str(Path(path).resolve()), data)
-
-
-@contextmanager
-def atomic_dir(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it is renamed to ``dest`` in one step.
-
-    A crash inside the block leaves only a ``.tmp-`` folder, never a half-written ``dest``.
-    An existing ``dest`` is replaced only after the new one is complete.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if dest.exists():
-            old = dest.with_name(f".old-{dest.name}-{uuid.uuid4().hex[:8]}")
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-@contextmanager
-def publish_dir(location: str) -> Iterator[Path]:
-    """Yield an empty local folder that becomes ``location`` only when the block completes:
-    renamed into place for a local path, uploaded for a URI."""
-    if not is_uri(location):
-        with atomic_dir(location) as tmp:
-            yield tmp
-        return
-    fs, path = filesystem(location)
-    with tempfile.TemporaryDirectory(prefix="publish-") as local:
-        yield Path(local)
-        pafs.copy_files(local, path, destination_filesystem=fs)
-
-
-def download(fs: pafs.FileSystem, path: str, dest: str | os.PathLike[str]) -> str | None:
-    """Copy the folder ``path`` to the local folder ``dest``; returns the weights' sha256 if the
-    folder holds a ``model.safetensors`` (hashed as it streams), else None.
-
-    Raises:
-        CheckpointError: the listing holds a key that would land outside ``dest`` (absolute, outside
-            ``path``, or with an empty, ``.`` or ``..`` part); every key is checked before anything is written.
-    """
-    files = [info for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if info.type == pafs.FileType.File]
-    targets = [(info.path, Path(dest) / _relative_key(path, info.path)) for info in files]
-    digest = None
-    for key, target in targets:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        hasher = hashlib.sha256() if target.name == WEIGHTS_FILE and target.parent == Path(dest) else None
-        with fs.open_input_stream(key) as src, target.open("wb") as out:
-            while chunk := src.read(_CHUNK):
-                out.write(chunk)
-                if hasher:
-                    hasher.update(chunk)
-        digest = hasher.hexdigest() if hasher else digest
-    return digest
-
-
-def _relative_key(folder: str, key: str) -> str:
-    """``key``'s path under the listed ``folder``, refused unless it stays inside it."""
-    root = folder.rstrip("/") + "/"
-    relative = key[len(root):] if key.startswith(root) else ""
-    if not relative or "\0" in relative or any(part in ("", ".", "..") for part in relative.split("/")):
-        raise CheckpointError(f"{folder}: object key {key!r} would be copied outside the download folder; nothing was copied")
-    return relative
 
 
 def save_model_dir(model: Any, tokenizer: Any, cfg: Config, metrics: dict[str, Any], dest: str | os.PathLike[str]) -> Path:
@@ -475,23 +291,14 @@ def _read_exports(fs: pafs.FileSystem, path: str, shown: str) -> dict[str, dict[
     return {name: e for name, e in exports.items() if is_file(fs, join(path, ONNX_DIR, e["file"]))}
 
 
-def file_sha256(fs: pafs.FileSystem, path: str) -> str:
-    """Hex sha256 of the file at ``path``."""
-    digest = hashlib.sha256()
-    with fs.open_input_stream(path) as src:
-        while chunk := src.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_weights(fs: pafs.FileSystem, path: str, shown: str) -> tuple[str, int]:
     """sha256 and size of a safetensors file, read once; its header must describe its size."""
     digest, size, head = hashlib.sha256(), 0, b""
     with fs.open_input_stream(path) as src:
-        while chunk := src.read(_CHUNK):
+        while chunk := src.read(READ_CHUNK):
             digest.update(chunk)
             size += len(chunk)
-            if len(head) < _CHUNK:
+            if len(head) < READ_CHUNK:
                 head += chunk
     problem = _safetensors_problem(head, size)
     if problem:

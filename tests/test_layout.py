@@ -5,55 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import fsspec
-import pyarrow.fs as pafs
 import pytest
 
-from sentiment import layout
+from sentiment import layout, storage
 from sentiment.config import load_config
-from sentiment.layout import CheckpointError, atomic_dir, resolve, save_model_dir
+from sentiment.layout import CheckpointError, resolve, save_model_dir
 from sentiment.model import build_model, load_tokenizer
-
-
-def test_atomic_dir_leaves_nothing_on_a_crash(tmp_path):
-    dest = tmp_path / "ckpt"
-    with pytest.raises(RuntimeError):
-        with atomic_dir(dest) as tmp:
-            (tmp / "half.bin").write_bytes(b"x" * 10)
-            raise RuntimeError("killed mid-write")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_atomic_dir_replaces_only_when_complete(tmp_path):
-    dest = tmp_path / "ckpt"
-    with atomic_dir(dest) as tmp:
-        (tmp / "v").write_text("1")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(dest) as tmp:
-            (tmp / "v").write_text("2")
-            raise RuntimeError
-    assert (dest / "v").read_text() == "1"
-    with atomic_dir(dest) as tmp:
-        (tmp / "v").write_text("3")
-    assert (dest / "v").read_text() == "3" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
-
-
-def test_locations_keep_scheme_and_query():
-    base = "s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http"
-    assert layout.location_of(base, "bucket/runs/r1/epoch_001") == \
-        "s3://bucket/runs/r1/epoch_001?endpoint_override=127.0.0.1:9000&scheme=http"
-    assert layout.child(base, "r1", "best.json") == "s3://bucket/runs/r1/best.json?endpoint_override=127.0.0.1:9000&scheme=http"
-    assert layout.location_of("file:///data/runs", "/data/runs/r1") == "file:///data/runs/r1"
-    assert layout.location_of("/data/runs", "/data/runs/r1") == "/data/runs/r1"
-    assert layout.is_uri("gs://b/x") and not layout.is_uri("runs/x")
-
-
-def test_write_json_is_atomic_on_a_filesystem(tmp_path):
-    fs, path = layout.filesystem(tmp_path)
-    layout.write_json(fs, layout.join(path, "a.json"), {"x": 1})
-    layout.write_json(fs, layout.join(path, "a.json"), {"x": 2})
-    assert layout.read_json(fs, layout.join(path, "a.json")) == {"x": 2}
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
 @pytest.fixture()
@@ -106,7 +63,7 @@ def test_test_metrics_go_to_the_run_and_the_tested_folder_whose_card_gets_its_mo
     logits = predictor.logits(predictor.encode(list(reviews["text"])))
     metrics = compute_metrics(logits, reviews["label"].to_numpy(), ["neg", "pos"], prefix="test_")
     metrics |= {"test_epoch": 1, "test_checkpoint": str(model_dir / "epoch_001")}  # as the training run records them
-    fs, run_dir = layout.filesystem(model_dir)
+    fs, run_dir = storage.filesystem(model_dir)
     layout.write_test_metrics(fs, run_dir, metrics)
     recorded = json.loads((model_dir / "test_metrics.json").read_text())
     assert json.loads((folder / "test_metrics.json").read_text()) == recorded == json.loads(json.dumps(metrics))
@@ -171,39 +128,6 @@ def test_best_pointer_and_the_word_best(model_dir, tmp_path):
     (tmp_path / "best.json").write_text(json.dumps({"checkpoint": str(tmp_path / "gone")}))
     with pytest.raises(CheckpointError, match="gone' does not exist"):
         resolve("best", storage_path=str(tmp_path))
-
-
-class _ListsAStrayKey(pafs.FSSpecHandler):
-    """A local folder whose listing also names one more key (as a hostile object store's could)."""
-
-    def __init__(self, stray: str) -> None:
-        super().__init__(fsspec.filesystem("file"))
-        self.stray = stray
-
-    def get_file_info_selector(self, selector):
-        return [*super().get_file_info_selector(selector), pafs.FileInfo(self.stray, pafs.FileType.File, size=5)]
-
-
-@pytest.mark.parametrize("stray", [
-    "{folder}/../../evil.txt", "{folder}/zz/../../../evil.txt", "{folder}/{tmp}/evil.txt",
-    "{tmp}/evil.txt", "{folder}/./evil.txt", "{folder}-sibling/evil.txt",
-])
-def test_download_refuses_a_key_outside_the_folder_and_writes_nothing(model_dir, tmp_path, stray):
-    (tmp_path / "evil.txt").write_text("owned")  # what the stray key reads, wherever it points
-    folder = str(model_dir / "epoch_001" / "model")
-    key = stray.format(folder=folder, tmp=str(tmp_path))
-    dest = tmp_path / "out" / "copy" / "model"
-    before = sorted(tmp_path.rglob("*"))
-    with pytest.raises(CheckpointError, match="object key .*evil.txt.* outside the download folder"):
-        layout.download(pafs.PyFileSystem(_ListsAStrayKey(key)), folder, dest)
-    assert sorted(tmp_path.rglob("*")) == before  # not the good files either, nor evil.txt anywhere
-
-
-def test_download_copies_a_well_formed_listing(model_dir, tmp_path):
-    folder = model_dir / "epoch_001" / "model"
-    sha = layout.download(pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem("file"))), str(folder), tmp_path / "copy")
-    assert sha == resolve(folder).sha256
-    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == sorted(p.name for p in folder.iterdir())
 
 
 def test_resolve_refuses_credentials_in_the_reference_and_storage_path(model_dir):

@@ -27,7 +27,7 @@ from ray.tune.search import BasicVariantGenerator
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import start_tracking
 from ray_jobs.train import check_storage, launch, tokenized_splits, wandb_dir
-from sentiment import layout
+from sentiment import layout, storage
 from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config
 from sentiment.data import EncodedSplit, check_folds, cross_validation_fold
 from sentiment.model import check_against_model
@@ -70,7 +70,7 @@ def run_fold(params: dict[str, Any], base: dict[str, Any], folds: list[Any], cv_
 
 def build_tuner(cfg: Config, folds: list[Any], cv_name: str, storage_path: str, resume: bool) -> tune.Tuner:
     """A ``Tuner`` with one trial per fold, as many at once as the cluster holds, or one restored."""
-    cv_dir = layout.join(storage_path, cv_name)
+    cv_dir = storage.join(storage_path, cv_name)
     trainable = tune.with_resources(
         tune.with_parameters(run_fold, base=cfg.model_dump(mode="json"), folds=folds, cv_name=cv_name, cv_dir=cv_dir),
         {"cpu": cfg.sweep.driver_cpus},
@@ -147,7 +147,7 @@ def cross_validate(cfg: Config, name: str, folds: list[dict[str, EncodedSplit]],
         ConfigError: a cluster too small for one fold, or nothing to resume.
     """
     storage_path = layout.storage_root(cfg)
-    cv_dir = layout.join(layout.filesystem(storage_path)[1], name)
+    cv_dir = storage.join(storage.filesystem(storage_path)[1], name)
     concurrency(cfg, ray.cluster_resources())
     grid = build_tuner(cfg, [ray.put(fold) for fold in folds], name, storage_path, resume).fit()
     table = cv_table(cfg, grid)
@@ -157,7 +157,7 @@ def cross_validate(cfg: Config, name: str, folds: list[dict[str, EncodedSplit]],
     print(f"\ncross-validation {name}: {cfg.data.cv_folds} folds")
     print(table.to_markdown(index=False))
     print(f"\n{line}")
-    print(f"results: {layout.location_of(storage_path, layout.join(cv_dir, CV_MD))}")
+    print(f"results: {storage.location_of(storage_path, storage.join(cv_dir, CV_MD))}")
     return table
 
 

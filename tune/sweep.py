@@ -36,7 +36,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import shared_service, start_tracking
 from ray_jobs.train import launch, prepare_data, wandb_dir
-from sentiment import layout
+from sentiment import layout, storage
 from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config
 from sentiment.layout import BEST_FILE
 from sentiment.node_cache import open_local
@@ -146,7 +146,7 @@ def build_tuner(
     cfg: Config, data_ref: Any, sweep_name: str, storage_path: str, resume: bool, worker_env: dict[str, str]
 ) -> tune.Tuner:
     """A ``Tuner`` over :func:`run_trial`, or one restored from the sweep folder."""
-    sweep_dir = layout.join(storage_path, sweep_name)
+    sweep_dir = storage.join(storage_path, sweep_name)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=cfg.model_dump(mode="json"), data=data_ref,
                              sweep_name=sweep_name, sweep_dir=sweep_dir, worker_env=worker_env),
@@ -228,9 +228,9 @@ def record_best(table: pd.DataFrame, cfg: Config, sweep_name: str, sweep_dir: st
         "metric": cfg.run.metric, "value": float(top[cfg.run.metric]), "epoch": int(top["best_epoch"]),
         "params": {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()},
     }
-    fs, root = layout.filesystem(storage_path)
+    fs, root = storage.filesystem(storage_path)
     for folder in (sweep_dir, root):
-        layout.write_json(fs, layout.join(folder, BEST_FILE), best)
+        storage.write_json(fs, storage.join(folder, BEST_FILE), best)
     return best
 
 
@@ -239,11 +239,11 @@ def write_results(
     md_footer: str = "",
 ) -> None:
     """The results table as CSV and Markdown (``names``) in the sweep folder (local or on a URI's filesystem)."""
-    fs, _ = layout.filesystem(storage_path)
+    fs, _ = storage.filesystem(storage_path)
     fs.create_dir(sweep_dir, recursive=True)
     csv_name, md_name = names
     for name, text in ((csv_name, table.to_csv(index=False)), (md_name, table.to_markdown(index=False) + "\n" + md_footer)):
-        with fs.open_output_stream(layout.join(sweep_dir, name)) as out:
+        with fs.open_output_stream(storage.join(sweep_dir, name)) as out:
             out.write(text.encode())
 
 
@@ -257,7 +257,7 @@ def track_sweep(cfg: Config, sweep_name: str, storage_path: str, table: pd.DataF
 
     tracker.log({"results": wandb.Table(dataframe=table.astype(str))})
     tracker.summary({f"best/{k}": v for k, v in best.items() if k != "params"} | {f"best/{k}": v for k, v in best["params"].items()})
-    model = layout.resolve(layout.location_of(storage_path, best["checkpoint"]))
+    model = layout.resolve(storage.location_of(storage_path, best["checkpoint"]))
     with open_local(model) as local:
         tracker.log_model(str(local.path), name=f"model-{sweep_name}", aliases=["best"], metadata=best)
     tracker.finish()
@@ -273,7 +273,7 @@ def sweep(cfg: Config, resume: bool = False) -> dict[str, Any]:
     validate_space(cfg)
     sweep_name = cfg.sweep.name or f"sweep-{dt.datetime.now():%Y%m%d-%H%M%S}"
     storage_path = layout.storage_root(cfg)
-    sweep_dir = layout.join(layout.filesystem(storage_path)[1], sweep_name)
+    sweep_dir = storage.join(storage.filesystem(storage_path)[1], sweep_name)
     concurrency(cfg, ray.cluster_resources())
     data_ref = ray.put(prepare_data(cfg))
     with shared_service(cfg) as wandb_env:  # trials that ASHA stops keep their W&B records
@@ -285,8 +285,8 @@ def sweep(cfg: Config, resume: bool = False) -> dict[str, Any]:
     print(f"\nsweep {sweep_name}: {len(table)} trials, ranked by {cfg.run.metric} ({cfg.run.mode})")
     print(table.drop(columns=["checkpoint"]).to_markdown(index=False))
     print(f"\nbest: trial {best['trial_id']} {cfg.run.metric}={best['value']:.4f} at epoch {best['epoch']}")
-    print(f"best checkpoint: {layout.location_of(storage_path, best['checkpoint'])}  (serve it with checkpoint=best)")
-    print(f"results: {layout.location_of(storage_path, layout.join(sweep_dir, RESULTS_MD))}")
+    print(f"best checkpoint: {storage.location_of(storage_path, best['checkpoint'])}  (serve it with checkpoint=best)")
+    print(f"results: {storage.location_of(storage_path, storage.join(sweep_dir, RESULTS_MD))}")
     return best
 
 
