@@ -48,13 +48,19 @@ from sentiment.backends import BACKENDS, choose_backend
 from sentiment.config import Config, ConfigError
 from sentiment.data import DataError, load_splits
 from sentiment.evaluation import confident_mistakes, evaluate_predictions, fit_temperature, headline
-from sentiment.layout import CALIBRATION_FILE, RESULT_FILE, STATE_FILE, CheckpointError, ResolvedModel
+from sentiment.layout import (
+    CALIBRATION_FILE,
+    EVAL_METRICS_FILE,
+    EVAL_PREDICTIONS_FILE,
+    CheckpointError,
+    ResolvedModel,
+    eval_dir_name,
+    run_and_epoch,
+    run_history,
+)
 from sentiment.metrics import softmax
 from sentiment.predict import Predictor
 from sentiment.report import SCENARIOS, TITLES, Example, write_report
-
-PREDICTIONS_FILE = "predictions.parquet"
-METRICS_FILE = "metrics.json"
 
 
 class EvaluateConfig(BaseModel):
@@ -116,28 +122,9 @@ def parse_args(argv: list[str] | None) -> EvaluateConfig:
     return EvaluateConfig(**vars(args))
 
 
-def training_history(model: ResolvedModel) -> list[dict[str, float]]:
-    """Per-epoch metrics of the run that wrote the checkpoint: from its last epoch when the run
-    folder names one (``result.json``), else from the checkpoint's own epoch; empty if neither."""
-    if model.epoch_dir is None:
-        return []
-    fs, path = storage.filesystem(model.epoch_dir)
-    run_dir = storage.parent(path)
-    candidates = [path]
-    if storage.is_file(fs, storage.join(run_dir, RESULT_FILE)):
-        last = storage.read_json(fs, storage.join(run_dir, RESULT_FILE)).get("last_checkpoint")
-        if last:
-            candidates.insert(0, last)
-    for candidate in candidates:
-        state = storage.join(candidate, STATE_FILE)
-        if storage.is_file(fs, state):
-            return storage.read_json(fs, state).get("history", [])
-    return []
-
-
 def default_output_dir(model: ResolvedModel, split: str) -> str:
     """``<epoch checkpoint>/eval_<split>``, beside the model folder (local path or URI)."""
-    return storage.child(model.epoch_dir or model.location, f"eval_{split}")
+    return storage.child(model.epoch_dir or model.location, eval_dir_name(split))
 
 
 def check_output_dir(out: str, overwrite: bool) -> None:
@@ -245,9 +232,7 @@ def word_scores(predictor: Predictor, texts: pd.Series, samples: int, steps: int
 
 def checkpoint_link(model: ResolvedModel) -> dict[str, str]:
     """Where the evaluated weights are: URI, sha256, and the training run's W&B artifact name."""
-    epoch_dir = (model.epoch_dir or model.location).split("?")[0].rstrip("/")
-    run_name = epoch_dir.split("/")[-2] if "/" in epoch_dir else epoch_dir
-    epoch = epoch_dir.rsplit("_", 1)[-1].lstrip("0") or "0"
+    run_name, epoch = run_and_epoch(model.epoch_dir or model.location)
     return {"checkpoint_uri": model.location if model.is_remote else Path(model.location).as_uri(),
             "checkpoint_artifact": f"model-{run_name}:epoch-{epoch}", "checkpoint_sha256": model.sha256, "run": run_name}
 
@@ -328,11 +313,11 @@ def write_evaluation(
         "attribution_reviews": min(args.attribution_samples, len(split)),
     }
     with storage.publish_dir(out) as folder:
-        plots = write_report(folder, metrics, names, training_history(model), {
+        plots = write_report(folder, metrics, names, run_history(model.epoch_dir) if model.epoch_dir else [], {
             "confidence": proba.max(1), "correct": proba.argmax(1) == labels,
         }, scenario_examples(predictor), mistakes, words, meta)
-        storage.write_local_json(folder / METRICS_FILE, metrics | {"meta": meta})
-        table.to_parquet(folder / PREDICTIONS_FILE, index=False)
+        storage.write_local_json(folder / EVAL_METRICS_FILE, metrics | {"meta": meta})
+        table.to_parquet(folder / EVAL_PREDICTIONS_FILE, index=False)
         tracker = start_tracking(cfg, f"eval-{link['run']}-{args.split}-{dt.datetime.now():%Y%m%d-%H%M%S}",
                                  str(folder / "wandb"), job_type="eval")
         try:

@@ -43,11 +43,11 @@ from ray_jobs.train_loop import (
 from sentiment import layout, storage
 from sentiment.batching import iterate, make_collator, train_batches
 from sentiment.config import Config, ConfigError, load_config
+from sentiment.layout import LR_CURVE_FILE
 from sentiment.lr_range import LossTracker, LrRange, Suggestion, plot, suggest
 from sentiment.model import check_against_model, eval_frozen_bottom
 
 OUT_DIR = "lr_find"
-CURVE_FILE = "lr_find_curve.json"  # what rank 0 recorded, in the run folder
 
 
 def _micro_batches(split: Any, cfg: Config, rank: int, world: int, collate: Any) -> Any:
@@ -67,7 +67,7 @@ def lr_find_loop_per_worker(config: dict[str, Any]) -> None:
 
     Args:
         config: the training loop's config plus ``"lr_range"`` (an :class:`LrRange` as a dict).
-            Rank 0 writes the curve to ``CURVE_FILE`` in the run folder.
+            Rank 0 writes the curve to ``LR_CURVE_FILE`` in the run folder.
     """
     use_the_prebuilt_deepspeed_op()
     import deepspeed
@@ -115,7 +115,7 @@ def lr_find_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         fs, run_dir = tctx.get_storage().storage_filesystem, tctx.get_storage().experiment_fs_path
         curve = {"lrs": lrs, "losses": losses, "smoothed": tracker.smoothed, "stop": stop}
-        storage.write_json(fs, storage.join(run_dir, CURVE_FILE), curve)
+        storage.write_json(fs, storage.join(run_dir, LR_CURVE_FILE), curve)
 
 
 def write_outputs(curve: pd.DataFrame, suggestion: Suggestion, rng: LrRange, stop: str, folder: Path) -> dict[str, Any]:
@@ -157,7 +157,7 @@ def find_lr(cfg: Config, rng: LrRange, run_name: str, data: Any = None) -> dict[
         cfg, ray.put(data), run_name, storage_path, loop=lr_find_loop_per_worker, loop_config={"lr_range": asdict(rng)},
     ).fit()
     fs, root = storage.filesystem(storage_path)
-    m = storage.read_json(fs, storage.join(root, run_name, CURVE_FILE))
+    m = storage.read_json(fs, storage.join(root, run_name, LR_CURVE_FILE))
     curve = pd.DataFrame({"step": range(1, len(m["lrs"]) + 1), "lr": m["lrs"], "loss": m["losses"], "smoothed_loss": m["smoothed"]})
     suggestion = suggest(m["lrs"], m["losses"])
     location = storage.child(storage_path, run_name, OUT_DIR)

@@ -47,7 +47,7 @@ from sentiment import layout, storage
 from sentiment.batching import eval_batches, train_batches
 from sentiment.config import Config, ConfigError, config_from_dict, load_config
 from sentiment.data import DataError
-from sentiment.layout import MODEL_DIR, STATE_FILE, epoch_dir_name
+from sentiment.layout import MODEL_DIR, PRETRAIN_SUMMARY_FILE, STATE_FILE, epoch_dir_name
 from sentiment.model import check_against_model, load_tokenizer, resolve_model_path
 from sentiment.pretraining import MaskedPositionsMLM, MaskingCollator, Windows, pretraining_texts, to_windows
 
@@ -213,7 +213,7 @@ def launch(cfg: Config, windows: dict[str, Windows] | None = None) -> dict[str, 
     summary = {"run_dir": run_dir, "best_checkpoint": best, "model": storage.join(best, MODEL_DIR),
                "best_val_loss": result.metrics["best_value"],
                "history": storage.read_json(fs, storage.join(result.checkpoint.path, STATE_FILE))["history"]}
-    storage.write_json(fs, storage.join(run_dir, "pretrain.json"), summary)
+    storage.write_json(fs, storage.join(run_dir, PRETRAIN_SUMMARY_FILE), summary)
     return summary
 
 

@@ -7,6 +7,9 @@ written (local paths and URIs alike, atomically) is :mod:`sentiment.storage`'s. 
     <storage>/<sweep>/best.json           that sweep's best, beside results.csv / results.md
     <storage>/<run>/result.json           names the run's best and last epoch checkpoints
     <storage>/<run>/test_metrics.json     the best epoch's test metrics
+    <storage>/<run>/pretrain.json         a pretraining run's summary (``ray_jobs.pretrain``)
+    <storage>/<run>/lr_find_curve.json    an LR range test's curve (``ray_jobs.lr_find``)
+    <storage>/<cv>/cv.csv, cv.md          a cross-validation's folds (``tune.cv``)
     <storage>/<run>/epoch_001/            an epoch checkpoint:
         model/                            a model folder (plain Hugging Face, loads without Ray or DeepSpeed):
             config.json                   architecture and id2label/label2id
@@ -21,6 +24,8 @@ written (local paths and URIs alike, atomically) is :mod:`sentiment.storage`'s. 
             onnx/                         optional, from ``ray_jobs.export``: model.onnx, model_quantized.onnx
                                           (optimum's names) and export.json (each verified variant: file,
                                           sha256, its check's figures; the graph's input names)
+        eval_<split>/                     optional, from ``ray_jobs.evaluate``: metrics.json, predictions.parquet,
+                                          report.html and its plots
         deepspeed/                        engine, optimizer and scheduler state per rank (resuming)
         train_state.json                  epoch, step, best so far, history
 
@@ -73,6 +78,12 @@ ONNX_DIR = "onnx"
 EXPORT_FILE = "export.json"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model_quantized.onnx"}  # optimum's and transformers.js's names
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+PRETRAIN_SUMMARY_FILE = "pretrain.json"
+LR_CURVE_FILE = "lr_find_curve.json"
+SWEEP_RESULTS_FILES = ("results.csv", "results.md")
+CV_RESULTS_FILES = ("cv.csv", "cv.md")
+EVAL_METRICS_FILE = "metrics.json"
+EVAL_PREDICTIONS_FILE = "predictions.parquet"
 REQUIRED_MODEL_FILES = (HF_CONFIG_FILE, WEIGHTS_FILE, CONFIG_FILE)
 EPOCH_CHECKPOINT_PARTS = (STATE_FILE, DEEPSPEED_DIR, MODEL_DIR)
 
@@ -84,6 +95,38 @@ class CheckpointError(ValueError):
 def epoch_dir_name(epoch: int) -> str:
     """The checkpoint folder name of a 1-based epoch: ``epoch_001``."""
     return f"epoch_{epoch:03d}"
+
+
+def eval_dir_name(split: str) -> str:
+    """The folder an evaluation of ``split`` writes beside the model folder: ``eval_test``."""
+    return f"eval_{split}"
+
+
+def run_and_epoch(epoch_dir: str) -> tuple[str, int]:
+    """The run name and 1-based epoch of an epoch checkpoint's location (a path or URI); epoch 0
+    when the folder is not an ``epoch_NNN`` one (a standalone model folder)."""
+    path = epoch_dir.split("?")[0].rstrip("/")
+    name = path.rsplit("/", 1)[-1]
+    run = path.split("/")[-2] if "/" in path else path
+    digits = name.removeprefix("epoch_")
+    return run, int(digits) if name.startswith("epoch_") and digits.isdigit() else 0
+
+
+def run_history(epoch_dir: str) -> list[dict[str, float]]:
+    """Per-epoch metrics of the run that wrote the epoch checkpoint ``epoch_dir``: from the run's
+    last epoch when its ``result.json`` names one, else from the checkpoint's own; empty if neither."""
+    fs, path = filesystem(epoch_dir)
+    run_dir = parent(path)
+    candidates = [path]
+    if is_file(fs, join(run_dir, RESULT_FILE)):
+        last = read_json(fs, join(run_dir, RESULT_FILE)).get("last_checkpoint")
+        if last:
+            candidates.insert(0, last)
+    for candidate in candidates:
+        state = join(candidate, STATE_FILE)
+        if is_file(fs, state):
+            return read_json(fs, state).get("history", [])
+    return []
 
 
 def storage_root(cfg: Config) -> str:

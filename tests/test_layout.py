@@ -177,3 +177,21 @@ def test_a_temperature_saved_after_resolving_is_what_the_returned_model_expects(
     model = save_temperature(resolve(folder), 1.7, 10)
     saved = hashlib.sha256((folder / "calibration.json").read_bytes()).hexdigest()
     assert model.expected_files("torch")["calibration.json"] == saved == resolve(folder).calibration_sha256
+
+
+def test_run_and_epoch_parse_an_epoch_checkpoint_path_or_uri():
+    assert layout.run_and_epoch("/runs/r1/epoch_012") == ("r1", 12)
+    assert layout.run_and_epoch("s3://bucket/runs/r2/epoch_003/?endpoint_override=127.0.0.1:9000") == ("r2", 3)
+    assert layout.run_and_epoch("/models/mine/model") == ("mine", 0)  # a standalone model folder: no epoch
+    assert layout.run_and_epoch("/runs/r1/epoch_x") == ("r1", 0)
+
+
+def test_run_history_prefers_the_runs_last_epoch(tmp_path):
+    run = tmp_path / "r1"
+    for epoch, history in ((1, [{"loss": 1.0}]), (2, [{"loss": 1.0}, {"loss": 0.5}])):
+        (run / layout.epoch_dir_name(epoch)).mkdir(parents=True)
+        (run / layout.epoch_dir_name(epoch) / layout.STATE_FILE).write_text(json.dumps({"history": history}))
+    assert layout.run_history(str(run / "epoch_001")) == [{"loss": 1.0}]  # no result.json: the checkpoint's own
+    (run / layout.RESULT_FILE).write_text(json.dumps({"last_checkpoint": str(run / "epoch_002")}))
+    assert layout.run_history(str(run / "epoch_001")) == [{"loss": 1.0}, {"loss": 0.5}]
+    assert layout.run_history(str(tmp_path / "elsewhere")) == []

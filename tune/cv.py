@@ -30,11 +30,10 @@ from ray_jobs.train import check_storage, launch, tokenized_splits, wandb_dir
 from sentiment import layout, storage
 from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config
 from sentiment.data import EncodedSplit, check_folds, cross_validation_fold
+from sentiment.layout import CV_RESULTS_FILES
 from sentiment.model import check_against_model
 from tune.sweep import concurrency, write_results
 
-CV_CSV = "cv.csv"
-CV_MD = "cv.md"
 METRICS = ("val_accuracy", "val_f1", "val_precision", "val_recall", "val_loss")
 
 
@@ -152,12 +151,12 @@ def cross_validate(cfg: Config, name: str, folds: list[dict[str, EncodedSplit]],
     grid = build_tuner(cfg, [ray.put(fold) for fold in folds], name, storage_path, resume).fit()
     table = cv_table(cfg, grid)
     line = summary_line(cfg, table)
-    write_results(table, cv_dir, storage_path, names=(CV_CSV, CV_MD), md_footer=f"\n{line}\n")
+    write_results(table, cv_dir, storage_path, names=CV_RESULTS_FILES, md_footer=f"\n{line}\n")
     track_cv(cfg, name, storage_path, table)
     print(f"\ncross-validation {name}: {cfg.data.cv_folds} folds")
     print(table.to_markdown(index=False))
     print(f"\n{line}")
-    print(f"results: {storage.location_of(storage_path, storage.join(cv_dir, CV_MD))}")
+    print(f"results: {storage.location_of(storage_path, storage.join(cv_dir, CV_RESULTS_FILES[1]))}")
     return table
 
 

@@ -38,11 +38,8 @@ from ray_jobs.tracking import shared_service, start_tracking
 from ray_jobs.train import launch, prepare_data, wandb_dir
 from sentiment import layout, storage
 from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config
-from sentiment.layout import BEST_FILE
+from sentiment.layout import BEST_FILE, SWEEP_RESULTS_FILES
 from sentiment.node_cache import open_local
-
-RESULTS_CSV = "results.csv"
-RESULTS_MD = "results.md"
 
 
 def unflatten(params: dict[str, Any]) -> dict[str, Any]:
@@ -235,7 +232,7 @@ def record_best(table: pd.DataFrame, cfg: Config, sweep_name: str, sweep_dir: st
 
 
 def write_results(
-    table: pd.DataFrame, sweep_dir: str, storage_path: str, names: tuple[str, str] = (RESULTS_CSV, RESULTS_MD),
+    table: pd.DataFrame, sweep_dir: str, storage_path: str, names: tuple[str, str] = SWEEP_RESULTS_FILES,
     md_footer: str = "",
 ) -> None:
     """The results table as CSV and Markdown (``names``) in the sweep folder (local or on a URI's filesystem)."""
@@ -286,7 +283,7 @@ def sweep(cfg: Config, resume: bool = False) -> dict[str, Any]:
     print(table.drop(columns=["checkpoint"]).to_markdown(index=False))
     print(f"\nbest: trial {best['trial_id']} {cfg.run.metric}={best['value']:.4f} at epoch {best['epoch']}")
     print(f"best checkpoint: {storage.location_of(storage_path, best['checkpoint'])}  (serve it with checkpoint=best)")
-    print(f"results: {storage.location_of(storage_path, storage.join(sweep_dir, RESULTS_MD))}")
+    print(f"results: {storage.location_of(storage_path, storage.join(sweep_dir, SWEEP_RESULTS_FILES[1]))}")
     return best
 
 
