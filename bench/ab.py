@@ -17,6 +17,10 @@ the end-of-run test. The last line is the difference in points with its interval
 
 from __future__ import annotations
 
+import ray_jobs  # noqa: F401  (before Ray: a Ray started here stays on 127.0.0.1)
+
+# isort: split
+
 import argparse
 import datetime as dt
 import time
@@ -25,8 +29,7 @@ import numpy as np
 import ray
 import torch
 
-from bench.long_reviews import paired_difference
-from bench.time_to_accuracy import commit, device_name
+from bench.common import commit, device_name, paired_difference
 from ray_jobs.local_ray import init_ray
 from ray_jobs.train import check_teacher, launch, prepare_data
 from sentiment.config import Config, load_config

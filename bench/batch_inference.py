@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from bench.serve_throughput import load_reviews, packaged_checkpoint
+from bench.common import load_reviews, packaged_checkpoint
 from ray_jobs.batch_inference import quiet_ray_data, score_texts
 from ray_jobs.local_ray import init_ray
 from sentiment.layout import resolve

@@ -46,11 +46,24 @@ import ray
 import torch
 from ray import serve
 
-from bench.inference_backends import at_length, labelled_reviews, measure
-from bench.serve_throughput import deploy, http_load, in_process, load_reviews
-from bench.smoke import tiny_bert
-from bench.time_to_accuracy import ROOT, SMOKE, commit, device_name, run_job
-from bench.train_throughput import bench_config, plain_loop, project_path
+from bench.common import (
+    ROOT,
+    SMOKE,
+    at_length,
+    bench_config,
+    commit,
+    deploy,
+    device_name,
+    http_load,
+    in_process,
+    labelled_reviews,
+    load_reviews,
+    measure,
+    plain_loop,
+    project_path,
+    run_job,
+    tiny_bert,
+)
 from ray_jobs.local_ray import init_ray
 from ray_jobs.train import prepare_data
 from sentiment.config import Config, load_config

@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
+from bench.common import at_length, commit, labelled_reviews, measure, synthetic_imdb, tiny_bert
 from sentiment.layout import resolve
 from sentiment.precision import cpu_has_fast_bf16
 from sentiment.predict import Predictor
@@ -50,37 +48,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def labelled_reviews(n: int) -> tuple[list[str], np.ndarray]:
-    """``n`` IMDB test reviews, half of each label (seeded), with their labels."""
-    folder = os.environ.get(DATA_DIR_ENV)
-    if not folder or not (Path(folder) / "test.parquet").is_file():
-        raise SystemExit(f"set {DATA_DIR_ENV} to a folder with IMDB test.parquet")
-    df = pd.read_parquet(Path(folder) / "test.parquet", columns=["text", "label"])
-    df = df.groupby("label").sample(n // 2, random_state=0).sample(frac=1, random_state=0)
-    return df["text"].tolist(), df["label"].to_numpy()
 
 
-def at_length(predictor: Predictor, length: int) -> Predictor:
-    """The predictor with its token budget set to ``length``."""
-    data = predictor.cfg.data.model_copy(update={"max_seq_length": length})
-    predictor.cfg = predictor.cfg.model_copy(update={"data": data})
-    return predictor
 
 
-def measure(predictor: Predictor, texts: list[str], labels: np.ndarray, batch_size: int) -> dict[str, float]:
-    """Reviews/s (tokenized beforehand, as every backend shares the tokenizer) and accuracy."""
-    ids = predictor.encode(texts, long_reviews="truncate").windows  # one window per review, whatever the checkpoint scores
-    predictor.logits_for_ids(ids[:batch_size], batch_size)  # warm-up
-    start = time.perf_counter()
-    logits = predictor.logits_for_ids(ids, batch_size)
-    seconds = time.perf_counter() - start
-    return {"reviews_per_s": len(texts) / seconds, "accuracy": float((logits.argmax(1) == labels).mean()),
-            "mean_tokens": float(np.mean([len(x) for x in ids]))}
 
 
 def smoke_checkpoint(folder: Path) -> Path:
     """A tiny BERT exported with both variants (its checks on 40 synthetic reviews)."""
-    from bench.smoke import synthetic_imdb, tiny_bert
     from ray_jobs import export
     from sentiment.config import load_config
     from sentiment.layout import save_model_dir
@@ -102,11 +77,6 @@ def load(model: Any, backend: str) -> Predictor:
     return Predictor.load(model, backend="torch", dtype=torch.bfloat16 if backend == "torch-bf16" else torch.float32)
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.time_to_accuracy import commit, device_name
+from bench.common import commit, device_name, paired_difference
 from sentiment.data import mean_by_owner
 from sentiment.metrics import softmax
 from sentiment.predict import Predictor
@@ -75,11 +75,6 @@ def timed_window_logits(predictor: Predictor, windows: list[list[int]], batch_si
     return logits, time.perf_counter() - start
 
 
-def paired_difference(correct: np.ndarray, baseline: np.ndarray) -> tuple[float, float, float]:
-    """Accuracy difference in points with a normal 95% interval, paired over the same reviews."""
-    d = correct.astype(float) - baseline.astype(float)
-    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
-    return 100 * d.mean(), 100 * (d.mean() - half), 100 * (d.mean() + half)
 
 
 def aggregate(rule: str, window_logits: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:

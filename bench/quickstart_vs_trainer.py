@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         smoke: list[str] = []
         if args.smoke:
-            from bench.smoke import synthetic_imdb, tiny_bert
+            from bench.common import synthetic_imdb, tiny_bert
 
             smoke = [f"model.name_or_path={tiny_bert(Path(tmp) / 'tiny')}", f"data.path={synthetic_imdb(Path(tmp) / 'data')}", *SMOKE]
         cfg = load_config(args.config, [*smoke, *args.overrides, "tracking.mode=disabled",

@@ -42,33 +42,30 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
-import numpy as np
 import pandas as pd
 import psutil
 import ray
 from ray import serve
 
-from ray_jobs.local_ray import free_loopback_port, init_ray
-from sentiment.config import DATA_DIR_ENV, PACKAGED_MODEL, load_config
-from sentiment.data import clean_text
-from sentiment.layout import save_model_dir
-from sentiment.model import build_model, load_tokenizer
+from bench.common import (
+    API_BODIES,
+    API_PATHS,
+    BATCH,
+    deploy,
+    figures,
+    http_load,
+    in_process,
+    load_reviews,
+    packaged_checkpoint,
+    request_bodies,
+    start_loopback_serve,
+    timed_requests,
+)
+from ray_jobs.local_ray import free_loopback_port
 from sentiment.predict import Predictor
-from serve.app import build_app
-from serve.schemas import ServeArgs
-
-BATCH = 32
-
-# Each API's path under the endpoint and its request body for a list of texts.
-API_PATHS = {"v1": "/v1/predict", "tei": "/predict", "v2": f"/v2/models/{ServeArgs.model_fields['model_name'].default}/infer"}
-API_BODIES: dict[str, Callable[[list[str]], dict[str, Any]]] = {
-    "v1": lambda texts: {"text": texts[0]} if len(texts) == 1 else {"texts": texts},
-    "tei": lambda texts: {"inputs": texts[0] if len(texts) == 1 else texts},
-    "v2": lambda texts: {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]},
-}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,91 +91,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def load_reviews(n: int) -> list[str]:
-    """``n`` IMDB test reviews (seeded sample) from $IMDB_DATA_DIR."""
-    folder = os.environ.get(DATA_DIR_ENV)
-    if not folder or not (Path(folder) / "test.parquet").is_file():
-        sys.exit(f"set {DATA_DIR_ENV} to a folder with IMDB test.parquet")
-    texts = pd.read_parquet(Path(folder) / "test.parquet", columns=["text"])["text"]
-    return [clean_text(t) for t in texts.sample(n, random_state=0, replace=n > len(texts))]
 
 
-def packaged_checkpoint(max_seq_length: int, folder: Path) -> Path:
-    """The packaged MiniLM with a fresh head, saved as a servable model folder (speed needs no training)."""
-    cfg = load_config(None, [f"model.name_or_path={PACKAGED_MODEL}", f"data.max_seq_length={max_seq_length}"])
-    return save_model_dir(build_model(cfg.model), load_tokenizer(PACKAGED_MODEL), cfg, {}, folder)
 
 
-def in_process(predictor: Predictor, reviews: list[str]) -> float:
-    """Reviews per second of ``Predictor.predict_details`` on ``reviews``."""
-    start = time.perf_counter()
-    predictor.predict_details(reviews, batch_size=BATCH)
-    return len(reviews) / (time.perf_counter() - start)
 
 
-async def timed_requests(
-    session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]], concurrency: int
-) -> tuple[list[float], float]:
-    """Post every body once, ``concurrency`` at a time; per-request seconds and the wall time."""
-    todo = iter(bodies)
-    latencies: list[float] = []
-
-    async def worker() -> None:
-        for body in todo:
-            start = time.perf_counter()
-            async with session.post(url, json=body) as r:
-                r.raise_for_status()
-                await r.read()
-            latencies.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, time.perf_counter() - start
 
 
-def request_bodies(reviews: list[str], texts_per_request: int, api: str = "v1") -> list[dict[str, Any]]:
-    """``api``'s request bodies of ``texts_per_request`` reviews each (``{"text": ...}`` for one on /v1)."""
-    return [API_BODIES[api](reviews[i:i + texts_per_request]) for i in range(0, len(reviews), texts_per_request)]
 
 
-def figures(latencies: list[float], wall: float, reviews: int) -> dict[str, float]:
-    """Reviews/s and p50/p99 latency (ms) per request."""
-    ms = np.array(latencies) * 1000
-    return {"reviews_per_s": reviews / wall, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
-async def http_load(url: str, reviews: list[str], concurrency: int, texts_per_request: int = 1) -> dict[str, float]:
-    """Reviews/s and p50/p99 latency (ms) per request at ``concurrency``, after a warm-up; single-review
-    requests unless ``texts_per_request`` > 1."""
-    warm = request_bodies(reviews[:max(BATCH, texts_per_request)], texts_per_request)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        await timed_requests(session, url, warm, concurrency)
-        latencies, wall = await timed_requests(session, url, request_bodies(reviews, texts_per_request), concurrency)
-    return figures(latencies, wall, len(reviews))
 
 
-def start_loopback_serve() -> int:
-    """A local Ray and Serve with HTTP on 127.0.0.1; returns the port."""
-    init_ray()
-    port = free_loopback_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    return port
 
 
-def deploy(checkpoint: Path, backend: str = "auto", port: int | None = None, batch_wait_s: float | None = None,
-           num_gpus: float = 0, long_reviews: str | None = None) -> str:
-    """One fixed replica holding every core (and ``num_gpus``), on a loopback Serve (started unless
-    ``port`` is given); returns the predict URL. ``long_reviews`` overrides the checkpoint's. Load
-    shedding waits up to a minute here: this bench measures capacity (a closed loop of whole reviews
-    at concurrency 32 is more than the default 1 s of queued work on 2 cores); bench/abuse.py
-    measures the shedding."""
-    port = port or start_loopback_serve()
-    cores = float(os.cpu_count() or 1)
-    app = build_app({"checkpoint": str(checkpoint), "num_cpus": cores, "num_gpus": num_gpus, "min_replicas": 1, "max_replicas": 1,
-                     "wandb_mode": "disabled", "backend": backend, "long_reviews": long_reviews, "max_queue_wait_s": 60.0,
-                     **({"batch_wait_timeout_s": batch_wait_s} if batch_wait_s is not None else {})})
-    serve.run(app, name="bench", route_prefix="/", logging_config={"enable_access_log": False})
-    return f"http://127.0.0.1:{port}/v1/predict"
 
 
 def start_plain_server(checkpoint: Path) -> tuple[subprocess.Popen, str]:
