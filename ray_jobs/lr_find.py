@@ -5,10 +5,11 @@
 
 A short run of the real training setup (same model, frozen layers, optimizer, DeepSpeed config,
 workers and batches) with the rate growing exponentially each optimizer step, stopped when the
-smoothed loss diverges (``sentiment.lr_range``). It writes ``lr_find.csv``, ``lr_find.png`` and
-``lr_find.json`` (the suggestion and its rule) under ``<storage>/<run>/lr_find/``, logs the curve
-and the plot to W&B, and prints the suggested rate with the command to train at it with
-``train.schedule=one_cycle``. Nothing is checkpointed: the weights it leaves behind are spent.
+smoothed loss diverges (``sentiment.lr_range``). The loss is the one the config trains with
+(with ``train.teacher``, the distillation loss against the teacher's logits). It writes
+``lr_find.csv``, ``lr_find.png`` and ``lr_find.json`` (the suggestion and its rule) under
+``<storage>/<run>/lr_find/``, logs the curve and the plot to W&B, and prints the suggested rate
+with the command to train at it with ``train.schedule=one_cycle``. Nothing is checkpointed: the weights it leaves behind are spent.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ray_jobs.train_loop import (
     build_train_model,
     class_weight_tensor,
     log_rank0,
+    training_loss,
     use_the_prebuilt_deepspeed_op,
     worker_setup,
 )
@@ -89,11 +91,12 @@ def lr_find_loop_per_worker(config: dict[str, Any]) -> None:
     engine.train()
     eval_frozen_bottom(engine.module, cfg.train.freeze_embeddings, cfg.train.freeze_layers)
     log_rank0(rank, f"lr range test: {rng.min_lr:.1e} -> {rng.max_lr:.1e} over {rng.steps} steps on {world} worker(s)")
-    for _, batch in _micro_batches(split, cfg, rank, world, collate):
+    teacher = None if split.teacher_logits is None else torch.from_numpy(split.teacher_logits)
+    for idx, batch in _micro_batches(split, cfg, rank, world, collate):
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")
         lr = engine.get_lr()[0]
-        loss = torch.nn.functional.cross_entropy(engine(**batch).logits.float(), labels, weight=weights)
+        loss = training_loss(engine(**batch).logits, labels, None if teacher is None else teacher[idx].to(device), cfg, weights)
         engine.backward(loss)
         engine.step()
         step_loss += loss.detach()

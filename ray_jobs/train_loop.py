@@ -158,6 +158,15 @@ def class_weight_tensor(cfg: Config, labels: np.ndarray, device: torch.device) -
     return None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
 
 
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None, cfg: Config,
+                  class_weights: torch.Tensor | None) -> torch.Tensor:
+    """The loss a micro-batch trains with: cross-entropy (class-weighted when ``class_weights``), or
+    with ``train.teacher`` the distillation loss against the teacher's logits for these rows."""
+    if teacher_logits is None:
+        return torch.nn.functional.cross_entropy(logits.float(), labels, weight=class_weights)
+    return distillation_loss(logits, labels, teacher_logits, cfg.train.distill_alpha, cfg.train.distill_temperature, class_weights)
+
+
 def _autocast(cfg: Config, device: torch.device) -> torch.autocast:
     dtype = autocast_dtype(cfg.train.precision)
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
@@ -328,11 +337,7 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         labels = batch.pop("labels")
         logits = engine(**batch).logits
-        if teacher is None:
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=ctx.class_weights)
-        else:
-            loss = distillation_loss(logits, labels, teacher[idx].to(device), cfg.train.distill_alpha,
-                                     cfg.train.distill_temperature, ctx.class_weights)
+        loss = training_loss(logits, labels, None if teacher is None else teacher[idx].to(device), cfg, ctx.class_weights)
         engine.backward(loss)
         engine.step()
         window_loss += loss.detach()

@@ -30,13 +30,19 @@ def test_min_at_or_above_max_is_one_error_line_before_anything_runs(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def found(local_ray, tiny_model_dir, small_imdb, tmp_path_factory):
-    storage = tmp_path_factory.mktemp("lr-find")
-    cfg = load_config(None, [
+def overrides(tiny_model_dir, small_imdb):
+    """The range tests' shared setup: the tiny BERT on 256 reviews, 2 workers."""
+    return [
         f"model.name_or_path={tiny_model_dir}", f"data.path={small_imdb}", "data.max_seq_length=64",
         "data.max_train_samples=256", "train.batch_size=8", "train.log_every_steps=10", "scaling.num_workers=2",
-        "scaling.cpus_per_worker=1", "tracking.mode=offline", f"run.storage_path={storage}",
-    ])
+        "scaling.cpus_per_worker=1",
+    ]
+
+
+@pytest.fixture(scope="module")
+def found(local_ray, overrides, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("lr-find")
+    cfg = load_config(None, [*overrides, "tracking.mode=offline", f"run.storage_path={storage}"])
     # 1e-5 barely moves a tiny BERT; Adam steps of 100-1000 wreck it: the loss must diverge before
     # the last step, on synthetic and on real reviews (10 was not enough on real ones)
     return storage, find_lr(cfg, LrRange(min_lr=1e-5, max_lr=1e3, steps=60), "lrf")
@@ -75,3 +81,21 @@ def test_the_curve_and_the_plot_go_to_wandb(found):
             keys |= {item.key or "/".join(item.nested_key) for item in rec.history.item}
     assert {"lr_find/lr", "lr_find/loss", "lr_find/smoothed_loss"} <= keys
     assert "lr_find/plot/_type" in keys  # an image: W&B nests its fields under the key
+
+
+@pytest.mark.ray
+def test_with_a_teacher_it_measures_the_distillation_loss_the_config_trains_with(found, overrides, smoke_run):
+    """Same model, data, seed and first rate as ``found``: only the loss differs. With
+    ``distill_alpha=1`` the labels drop out and the loss is T^2 KL(teacher || student)."""
+    from ray_jobs.train import prepare_data
+
+    storage, _ = found
+    cfg = load_config(None, [*overrides, f"run.storage_path={storage}", f"train.teacher={smoke_run[1]['run_dir']}",
+                             "train.distill_alpha=1", "tracking.mode=disabled"])
+    data = {"train": prepare_data(cfg)["train"]}
+    assert data["train"].teacher_logits is not None
+    find_lr(cfg, LrRange(min_lr=1e-5, max_lr=1e-4, steps=3), "lrf-distil", data)
+    distilled = pd.read_csv(storage / "lrf-distil" / "lr_find" / "lr_find.csv")
+    cross_entropy = pd.read_csv(storage / "lrf" / "lr_find" / "lr_find.csv")
+    assert len(distilled) == 3 and distilled["lr"].iloc[0] == pytest.approx(cross_entropy["lr"].iloc[0])
+    assert abs(distilled["loss"].iloc[0] - cross_entropy["loss"].iloc[0]) > 1e-3
