@@ -30,8 +30,8 @@ import ray
 import torch
 
 from bench.common import commit, device_name, paired_difference
+from ray_jobs.launcher import check_teacher, launch, prepare_data
 from ray_jobs.local_ray import init_ray
-from ray_jobs.train import check_teacher, launch, prepare_data
 from sentiment.config import Config, load_config
 from sentiment.data import load_splits
 from sentiment.model import check_against_model

@@ -25,8 +25,8 @@ import pandas as pd
 import torch
 from ray import serve
 
+from ray_jobs.launcher import launch, prepare_data
 from ray_jobs.local_ray import free_loopback_port, init_ray
-from ray_jobs.train import launch, prepare_data
 from ray_jobs.train_loop import build_optimizer, build_scheduler
 from sentiment.batching import iterate, make_collator, train_batches
 from sentiment.config import DATA_DIR_ENV, PACKAGED_MODEL, Config, load_config

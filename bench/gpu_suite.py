@@ -11,7 +11,7 @@ on one H100/H200), tested beforehand on CPU with ``--smoke``. Reviews come from
    no hub), 512 tokens, micro-batch 32, bf16, with every batch padded to 512 (``fixed``) and at
    real review lengths (``real``, padded to a multiple of 8): a plain eager PyTorch loop, the
    same loop under ``torch.compile`` (timed after a warm-up that compiles), and the project's job
-   (``ray_jobs.train.launch``, one GPU worker) with DeepSpeed ZeRO-0 and ZeRO-2, whose samples/s
+   (``ray_jobs.launcher.launch``, one GPU worker) with DeepSpeed ZeRO-0 and ZeRO-2, whose samples/s
    come from its own epoch report (first steps included, as in the eager loop). MFU: training
    FLOPs per token ``6 N + 12 L T d`` (N weights outside the embeddings, L layers, d width, T the
    padded length) over a bf16 matmul peak measured in this run.
@@ -64,8 +64,8 @@ from bench.common import (
     run_job,
     tiny_bert,
 )
+from ray_jobs.launcher import prepare_data
 from ray_jobs.local_ray import init_ray
-from ray_jobs.train import prepare_data
 from sentiment.config import Config, load_config
 from sentiment.model import load_tokenizer
 from sentiment.predict import Predictor

@@ -8,7 +8,7 @@ Both sides get the same model (the config's, seeded alike), the same training an
 ``Trainer`` otherwise keeps its defaults, as a first-time user would: head truncation, no warmup,
 AdamW, linear decay, all cores to one process, fp32 (``--trainer-bf16`` gives it bf16 autocast
 where the CPU runs bf16 natively, as the quickstart's ``precision: auto`` does: the strict peer).
-The project runs its real path: a local Ray, ``ray_jobs.train.launch`` (Ray Train + DeepSpeed,
+The project runs its real path: a local Ray, ``ray_jobs.launcher.launch`` (Ray Train + DeepSpeed,
 the config's workers), which tests the best epoch on the test split at the end (whole reviews in
 windows of the max length when the config says ``data.long_reviews: chunks``, as the
 quickstart's does; ``Trainer`` truncates, its default). Timed on both sides: training plus
@@ -82,8 +82,8 @@ def trainer_side(cfg: Config, splits: Any, workdir: Path, bf16: bool) -> dict[st
 
 def project_side(cfg: Config) -> dict[str, float]:
     """The quickstart's own path: start Ray, Ray Train + DeepSpeed, test the best epoch."""
+    from ray_jobs.launcher import launch, prepare_data
     from ray_jobs.local_ray import init_ray
-    from ray_jobs.train import launch, prepare_data
 
     data = prepare_data(cfg)
     start = time.perf_counter()

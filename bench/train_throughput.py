@@ -23,8 +23,8 @@ import ray
 import torch
 
 from bench.common import bench_config, plain_loop, project_path
+from ray_jobs.launcher import prepare_data
 from ray_jobs.local_ray import init_ray
-from ray_jobs.train import prepare_data
 
 
 def main(argv: list[str] | None = None) -> None:

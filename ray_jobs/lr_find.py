@@ -30,9 +30,9 @@ import torch
 import torch.distributed as dist
 
 from ray_jobs.deepspeed_config import build_deepspeed_config
+from ray_jobs.launcher import build_trainer, check_resources, check_storage, prepare_data, wandb_dir
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import start_tracking
-from ray_jobs.train import build_trainer, check_resources, check_storage, prepare_data, wandb_dir
 from ray_jobs.train_loop import (
     build_optimizer,
     build_train_model,

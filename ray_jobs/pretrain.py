@@ -27,9 +27,9 @@ import torch.distributed as dist
 from transformers import AutoModelForMaskedLM
 
 from ray_jobs.deepspeed_config import build_deepspeed_config
+from ray_jobs.launcher import build_trainer, check_resources, check_storage
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import Tracker, start_tracking
-from ray_jobs.train import build_trainer, check_resources, check_storage
 from ray_jobs.train_loop import (
     TrainState,
     build_optimizer,

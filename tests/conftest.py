@@ -91,8 +91,8 @@ def smoke_run(tiny_model_dir, small_imdb, tmp_path_factory):
     """
     import ray
 
+    from ray_jobs.launcher import launch, prepare_data
     from ray_jobs.local_ray import init_ray
-    from ray_jobs.train import launch, prepare_data
     from tests.test_train_ray import smoke_config
 
     own_ray = not ray.is_initialized()

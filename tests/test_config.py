@@ -95,7 +95,7 @@ def test_every_config_file_loads_and_starts_with_its_command(path):
 
 
 def test_unknown_storage_filesystem_fails_before_training():
-    from ray_jobs.train import check_storage
+    from ray_jobs.launcher import check_storage
 
     with pytest.raises(ConfigError, match="run.storage_path='nosuchfs://bucket/runs' cannot be used"):
         check_storage(load_config(None, ["run.storage_path=nosuchfs://bucket/runs"]))

@@ -20,7 +20,7 @@ import ray
 import torch
 from ray.util.state import list_actors
 
-from ray_jobs.train import launch, prepare_data
+from ray_jobs.launcher import launch, prepare_data
 from sentiment.layout import CheckpointError, resolve
 from tests.test_train_ray import smoke_config
 

@@ -87,7 +87,7 @@ def test_the_curve_and_the_plot_go_to_wandb(found):
 def test_with_a_teacher_it_measures_the_distillation_loss_the_config_trains_with(found, overrides, smoke_run):
     """Same model, data, seed and first rate as ``found``: only the loss differs. With
     ``distill_alpha=1`` the labels drop out and the loss is T^2 KL(teacher || student)."""
-    from ray_jobs.train import prepare_data
+    from ray_jobs.launcher import prepare_data
 
     storage, _ = found
     cfg = load_config(None, [*overrides, f"run.storage_path={storage}", f"train.teacher={smoke_run[1]['run_dir']}",

@@ -18,8 +18,8 @@ import ray
 import yaml
 from ray.cluster_utils import Cluster
 
+from ray_jobs.launcher import launch, prepare_data
 from ray_jobs.local_ray import keep_ray_local
-from ray_jobs.train import launch, prepare_data
 from sentiment.predict import Predictor
 from tests.test_faults import _registered
 from tests.test_train_ray import smoke_config

@@ -119,8 +119,8 @@ def uninterrupted(local_ray, unlabelled, tiny_model_dir, tmp_path_factory):
 def test_pretraining_checkpoints_every_epoch_and_its_model_is_fine_tuned_from(uninterrupted, small_imdb, tmp_path):
     from transformers import AutoModelForMaskedLM
 
-    from ray_jobs.train import launch as train
-    from ray_jobs.train import prepare_data
+    from ray_jobs.launcher import launch as train
+    from ray_jobs.launcher import prepare_data
     from tests.test_train_ray import smoke_config
 
     summary, _ = uninterrupted

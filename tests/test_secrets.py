@@ -10,7 +10,7 @@ import pytest
 import ray
 
 from ray_jobs import evaluate
-from ray_jobs.train import launch, prepare_data
+from ray_jobs.launcher import launch, prepare_data
 from tests.test_train_ray import smoke_config
 
 pytestmark = pytest.mark.ray

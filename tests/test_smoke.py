@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import requests
 
+from ray_jobs.launcher import launch, prepare_data
 from ray_jobs.local_ray import init_ray
-from ray_jobs.train import launch, prepare_data
 from sentiment.config import PACKAGED_MODEL
 from sentiment.data import load_splits
 from sentiment.layout import resolve

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ray_jobs.launcher import check_storage, launch, prepare_data
 from ray_jobs.local_ray import free_loopback_port
-from ray_jobs.train import check_storage, launch, prepare_data
 from sentiment.config import ConfigError, load_config
 from tests.test_train_ray import smoke_config
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ray_jobs.train import check_resources, check_resume_from, launch, prepare_data
+from ray_jobs.launcher import check_resources, check_resume_from, launch, prepare_data
 from sentiment.config import ConfigError, load_config
 from sentiment.precision import auto_precision
 from sentiment.predict import Predictor
@@ -193,7 +193,7 @@ def test_a_shallower_student_distils_from_the_smoke_run_with_teacher_logits_from
 
 
 def test_a_teacher_with_other_labels_is_refused_before_training(trained, tiny_model_dir, small_imdb, tmp_path):
-    from ray_jobs.train import check_teacher
+    from ray_jobs.launcher import check_teacher
 
     teacher = trained[1]["run_dir"]
     other = smoke_config(tiny_model_dir, small_imdb, tmp_path, "x", f"train.teacher={teacher}",

@@ -24,9 +24,9 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search import BasicVariantGenerator
 
+from ray_jobs.launcher import check_storage, launch, tokenized_splits, wandb_dir
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import start_tracking
-from ray_jobs.train import check_storage, launch, tokenized_splits, wandb_dir
 from sentiment import layout, storage
 from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config
 from sentiment.data import EncodedSplit, check_folds, cross_validation_fold

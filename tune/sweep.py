@@ -33,9 +33,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from ray_jobs.launcher import launch, prepare_data, wandb_dir
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import shared_service, start_tracking
-from ray_jobs.train import launch, prepare_data, wandb_dir
 from sentiment import layout, storage
 from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config
 from sentiment.layout import BEST_FILE, SWEEP_RESULTS_FILES
