@@ -27,7 +27,7 @@ from ray import serve
 
 from ray_jobs.launcher import launch, prepare_data
 from ray_jobs.local_ray import free_loopback_port, init_ray
-from ray_jobs.train_loop import build_optimizer, build_scheduler
+from ray_jobs.worker import build_optimizer, build_scheduler
 from sentiment.batching import iterate, make_collator, train_batches
 from sentiment.config import DATA_DIR_ENV, PACKAGED_MODEL, Config, load_config
 from sentiment.data import SpecialTokens, clean_text, model_inputs

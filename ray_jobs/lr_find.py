@@ -29,15 +29,15 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from ray_jobs.deepspeed_config import build_deepspeed_config
 from ray_jobs.launcher import build_trainer, check_resources, check_storage, prepare_data, wandb_dir
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import start_tracking
-from ray_jobs.train_loop import (
+from ray_jobs.worker import (
     build_optimizer,
     build_train_model,
     class_weight_tensor,
     log_rank0,
+    start_engine,
     training_loss,
     use_the_prebuilt_deepspeed_op,
     worker_setup,
@@ -72,7 +72,6 @@ def lr_find_loop_per_worker(config: dict[str, Any]) -> None:
             Rank 0 writes the curve to ``LR_CURVE_FILE`` in the run folder.
     """
     use_the_prebuilt_deepspeed_op()
-    import deepspeed
 
     rng = LrRange(**config["lr_range"])
     cfg, rank, world, device, tokenizer, splits = worker_setup(config)
@@ -81,10 +80,7 @@ def lr_find_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_train_model(cfg, device)
     start = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": rng.min_lr})})
     optimizer = build_optimizer(model, start, device)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, rng.factor),
-        config=build_deepspeed_config(cfg, world),
-    )
+    engine = start_engine(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, rng.factor), cfg, world)
     collate, weights = make_collator(tokenizer, cfg.data.pad_to_multiple_of), class_weight_tensor(cfg, split.labels, device)
     tracker, lrs, losses, stop = LossTracker(rng), [], [], "reached --max-lr"
     step_loss, micro = torch.zeros((), device=device), 0

@@ -26,11 +26,10 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForMaskedLM
 
-from ray_jobs.deepspeed_config import build_deepspeed_config
 from ray_jobs.launcher import build_trainer, check_resources, check_storage
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import Tracker, start_tracking
-from ray_jobs.train_loop import (
+from ray_jobs.worker import (
     TrainState,
     build_optimizer,
     build_scheduler,
@@ -40,6 +39,7 @@ from ray_jobs.train_loop import (
     progress_line,
     report_epoch,
     restore,
+    start_engine,
     use_the_prebuilt_deepspeed_op,
     worker_device,
 )
@@ -145,7 +145,6 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
             "wandb_dir": str}``.
     """
     use_the_prebuilt_deepspeed_op()
-    import deepspeed
 
     cfg = config_from_dict(config["cfg"], "train_loop_config")
     tctx = ray.train.get_context()
@@ -163,11 +162,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
                          f"x {world} workers; lower train.batch_size")
     total_steps = steps_per_epoch * cfg.train.epochs
     optimizer = build_optimizer(model.mlm, cfg, device)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=build_deepspeed_config(cfg, world),
-                                           lr_scheduler=build_scheduler(optimizer, cfg, total_steps))
-    from ray_jobs.safe_load import use_weights_only_loads  # after deepspeed: it subclasses its engine
-
-    use_weights_only_loads(engine)
+    engine = start_engine(model, optimizer, build_scheduler(optimizer, cfg, total_steps), cfg, world)
     state = restore(engine, cfg, rank)
     check_room_to_go_on(cfg, state)
     state.worker_nodes = gather_from_ranks(ray.get_runtime_context().get_node_id(), world)

@@ -1,5 +1,5 @@
-"""ray_jobs.train_loop's pure parts: the best-epoch rule, optimizer groups, schedules, class weights.
-(The loop itself runs on a real Ray in tests/test_train_ray.py and tests/test_faults.py.)"""
+"""ray_jobs.worker's pure parts: the best-epoch rule, optimizer groups, schedules, class weights, the loss.
+(The recipes on it run on a real Ray in tests/test_train_ray.py, tests/test_faults.py, tests/test_pretrain.py and tests/test_lr_find.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ray_jobs.train_loop import TrainState, build_optimizer, build_scheduler, class_weight_tensor
+from ray_jobs.worker import TrainState, build_optimizer, build_scheduler, class_weight_tensor
 from sentiment.config import load_config
 from sentiment.model import build_model
 
@@ -98,10 +98,25 @@ def test_deepspeeds_op_is_built_with_this_venvs_ninja_into_its_cache(monkeypatch
     import shutil
     import sys
 
-    from ray_jobs.train_loop import use_the_prebuilt_deepspeed_op
+    from ray_jobs.worker import use_the_prebuilt_deepspeed_op
 
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # as a shell that did not activate the venv (Debian has a ninja)
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     use_the_prebuilt_deepspeed_op()
     assert shutil.which("ninja") == os.path.join(os.path.dirname(sys.executable), "ninja")  # pip's, setup.sh's
     assert os.environ["TORCH_EXTENSIONS_DIR"] == os.path.join(sys.prefix, "torch_extensions")
+
+
+def test_the_training_loss_is_cross_entropy_or_with_a_teacher_the_distillation_loss():
+    from ray_jobs.worker import training_loss
+    from sentiment.distillation import distillation_loss
+
+    torch.manual_seed(0)
+    logits, teacher, labels = torch.randn(6, 2), torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 1])
+    weights = torch.tensor([2.0, 0.5])
+    cfg = load_config(None, ["train.distill_alpha=0.7", "train.distill_temperature=3"])
+    ce = torch.nn.functional.cross_entropy(logits, labels, weight=weights)
+    assert torch.allclose(training_loss(logits, labels, None, cfg, weights), ce)
+    distilled = training_loss(logits, labels, teacher, cfg, weights)
+    assert torch.allclose(distilled, distillation_loss(logits, labels, teacher, 0.7, 3.0, weights))
+    assert not torch.allclose(distilled, ce)
