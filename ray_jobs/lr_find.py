@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import ray.train
 import torch
@@ -37,6 +38,7 @@ from ray_jobs.worker import (
     build_train_model,
     class_weight_tensor,
     log_rank0,
+    optimizer_steps,
     start_engine,
     training_loss,
     use_the_prebuilt_deepspeed_op,
@@ -83,29 +85,24 @@ def lr_find_loop_per_worker(config: dict[str, Any]) -> None:
     engine = start_engine(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, rng.factor), cfg, world)
     collate, weights = make_collator(tokenizer, cfg.data.pad_to_multiple_of), class_weight_tensor(cfg, split.labels, device)
     tracker, lrs, losses, stop = LossTracker(rng), [], [], "reached --max-lr"
-    step_loss, micro = torch.zeros((), device=device), 0
     engine.train()
     eval_frozen_bottom(engine.module, cfg.train.freeze_embeddings, cfg.train.freeze_layers)
     log_rank0(rank, f"lr range test: {rng.min_lr:.1e} -> {rng.max_lr:.1e} over {rng.steps} steps on {world} worker(s)")
     teacher = None if split.teacher_logits is None else torch.from_numpy(split.teacher_logits)
-    for idx, batch in _micro_batches(split, cfg, rank, world, collate):
+
+    def loss_of(micro_batch: tuple[np.ndarray, dict[str, torch.Tensor]]) -> torch.Tensor:
+        idx, batch = micro_batch
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")
-        lr = engine.get_lr()[0]
-        loss = training_loss(engine(**batch).logits, labels, None if teacher is None else teacher[idx].to(device), cfg, weights)
-        engine.backward(loss)
-        engine.step()
-        step_loss += loss.detach()
-        micro += 1
-        if micro % cfg.train.grad_accum_steps:
-            continue
-        dist.all_reduce(step_loss)  # every rank sees the same loss and stops at the same step
-        lrs.append(lr)
-        losses.append(step_loss.item() / (world * cfg.train.grad_accum_steps))
-        step_loss.zero_()
+        return training_loss(engine(**batch).logits, labels, None if teacher is None else teacher[idx].to(device), cfg, weights)
+
+    for step in optimizer_steps(engine, _micro_batches(split, cfg, rank, world, collate), loss_of, cfg.train.grad_accum_steps):
+        dist.all_reduce(step.loss)  # every rank sees the same loss and stops at the same step
+        lrs.append(step.lr)
+        losses.append(step.loss.item() / (world * cfg.train.grad_accum_steps))
         diverged = tracker.update(losses[-1])
         if len(lrs) % cfg.train.log_every_steps == 0 or diverged:
-            log_rank0(rank, f"step {len(lrs)}/{rng.steps} | lr {lr:.2e} | loss {losses[-1]:.4f} | smoothed {tracker.smoothed[-1]:.4f}")
+            log_rank0(rank, f"step {len(lrs)}/{rng.steps} | lr {step.lr:.2e} | loss {losses[-1]:.4f} | smoothed {tracker.smoothed[-1]:.4f}")
         if diverged:
             stop = "the smoothed loss diverged"
             break

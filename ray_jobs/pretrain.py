@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 import ray
 import ray.train
 import torch
@@ -30,13 +31,14 @@ from ray_jobs.launcher import build_trainer, check_resources, check_storage
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import Tracker, start_tracking
 from ray_jobs.worker import (
+    ProgressWindow,
     TrainState,
     build_optimizer,
     build_scheduler,
     check_room_to_go_on,
     gather_from_ranks,
     log_rank0,
-    progress_line,
+    optimizer_steps,
     report_epoch,
     restore,
     start_engine,
@@ -94,28 +96,15 @@ def mlm_epoch(engine: Any, windows: Windows, cfg: Config, state: TrainState, ran
     batches = train_batches(windows.lengths, cfg.train.batch_size, seed=cfg.data.seed, epoch=state.epoch, rank=rank,
                             world_size=world, group_by_length=cfg.data.length_grouping, multiple_of=cfg.train.grad_accum_steps)
     engine.train()
-    window_loss, epoch_loss = torch.zeros((), device=device), torch.zeros((), device=device)
-    window_n, t0, tw, start_step = 0, time.perf_counter(), time.perf_counter(), state.global_step
-    for micro, rows in enumerate(batches, start=1):
-        batch = {k: v.to(device) for k, v in collate(windows, rows).items()}
-        loss = engine(**batch).loss
-        engine.backward(loss)
-        engine.step()
-        window_loss += loss.detach()
-        epoch_loss += loss.detach()
-        window_n += 1
-        if micro % cfg.train.grad_accum_steps:
-            continue
-        state.global_step += 1
-        if state.global_step % cfg.train.log_every_steps == 0:
-            mean, now = window_loss.item() / window_n, time.perf_counter()
-            rate = window_n * cfg.train.batch_size * world / (now - tw)
-            eta = (now - t0) / max(1, state.global_step - start_step) * (total_steps - state.global_step)
-            lr = engine.get_lr()[0]
-            log_rank0(rank, progress_line(state, total_steps, mean, lr, rate, eta, state.epoch + 1))
-            tracker.log({"pretrain/loss": mean, "pretrain/lr": lr, "pretrain/samples_per_s": rate}, step=state.global_step)
-            window_loss.zero_()
-            window_n, tw = 0, now
+    epoch_loss = torch.zeros((), device=device)
+
+    def loss_of(rows: np.ndarray) -> torch.Tensor:
+        return engine(**{k: v.to(device) for k, v in collate(windows, rows).items()}).loss
+
+    progress = ProgressWindow(cfg, state, rank, world, total_steps, tracker, prefix="pretrain")
+    for step in optimizer_steps(engine, batches, loss_of, cfg.train.grad_accum_steps):
+        epoch_loss += step.loss
+        progress.after_step(engine, step)
     dist.all_reduce(epoch_loss)
     return epoch_loss.item() / (max(1, len(batches)) * world)
 

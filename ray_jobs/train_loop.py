@@ -24,6 +24,7 @@ from transformers import AutoModelForSequenceClassification
 
 from ray_jobs.tracking import Tracker, start_tracking
 from ray_jobs.worker import (
+    ProgressWindow,
     Split,
     TrainState,
     WorkerContext,
@@ -34,7 +35,7 @@ from ray_jobs.worker import (
     class_weight_tensor,
     gather_from_ranks,
     log_rank0,
-    progress_line,
+    optimizer_steps,
     report_epoch,
     restore,
     start_engine,
@@ -109,43 +110,29 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
     )
     engine.train()
     eval_frozen_bottom(engine.module, cfg.train.freeze_embeddings, cfg.train.freeze_layers)
-    window_loss = torch.zeros((), device=device)
     epoch_loss = torch.zeros((), device=device)
     epoch_correct = torch.zeros((), device=device)
-    window_n = 0
-    t0 = tw = time.perf_counter()
-    steps_done_at_start = state.global_step
     teacher = None if split.teacher_logits is None else torch.from_numpy(split.teacher_logits)
-    for micro, (idx, batch) in enumerate(iterate(split.inputs, split.labels, batches, ctx.collate), start=1):
+
+    def loss_of(micro_batch: tuple[np.ndarray, dict[str, torch.Tensor]]) -> torch.Tensor:
+        idx, batch = micro_batch
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         labels = batch.pop("labels")
         logits = engine(**batch).logits
-        loss = training_loss(logits, labels, None if teacher is None else teacher[idx].to(device), cfg, ctx.class_weights)
-        engine.backward(loss)
-        engine.step()
-        window_loss += loss.detach()
-        epoch_loss += loss.detach()
-        epoch_correct += (logits.detach().argmax(dim=-1) == labels).sum()
-        window_n += 1
-        if micro % cfg.train.grad_accum_steps:
-            continue
-        state.global_step += 1
-        if state.global_step % cfg.train.log_every_steps == 0:
-            mean = window_loss.item() / window_n  # the only host sync, every log_every_steps
-            now = time.perf_counter()
-            rate = window_n * cfg.train.batch_size * world / (now - tw)
-            per_step = (now - t0) / max(1, state.global_step - steps_done_at_start)
-            eta = per_step * (ctx.total_steps - state.global_step)
-            lr = engine.get_lr()[0]
-            log_rank0(rank, progress_line(state, ctx.total_steps, mean, lr, rate, eta, state.epoch + 1))
-            tracker.log({"train/loss": mean, "train/lr": lr, "train/samples_per_s": rate,
-                         "train/epoch": state.epoch + micro / len(batches)}, step=state.global_step)
-            window_loss.zero_()
-            window_n, tw = 0, now
+        epoch_correct.add_((logits.detach().argmax(dim=-1) == labels).sum())
+        return training_loss(logits, labels, None if teacher is None else teacher[idx].to(device), cfg, ctx.class_weights)
+
+    progress = ProgressWindow(cfg, state, rank, world, ctx.total_steps, tracker, prefix="train")
+    micro_per_step = cfg.train.grad_accum_steps / max(1, len(batches))
+    micro_batches = iterate(split.inputs, split.labels, batches, ctx.collate)
+    for step in optimizer_steps(engine, micro_batches, loss_of, cfg.train.grad_accum_steps):
+        epoch_loss += step.loss
+        epoch_done = (state.global_step + 1 - progress.start_step) * micro_per_step
+        progress.after_step(engine, step, {"train/epoch": state.epoch + epoch_done})
     totals = torch.stack([epoch_loss, epoch_correct.float()])
     dist.all_reduce(totals)  # every rank ran len(batches) full micro-batches
-    micro_batches = max(1, len(batches)) * world
-    return totals[0].item() / micro_batches, totals[1].item() / (micro_batches * cfg.train.batch_size)
+    count = max(1, len(batches)) * world
+    return totals[0].item() / count, totals[1].item() / (count * cfg.train.batch_size)
 
 
 def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ctx: WorkerContext, tracker: Tracker) -> dict[str, Any]:

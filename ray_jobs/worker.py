@@ -1,9 +1,10 @@
 """The worker runtime every training recipe runs on (fine-tuning, pretraining, the LR range test).
 
 What a Ray Train worker starts with (config, rank, device, threads, seed, tokenizer, splits), the
-model, optimizer, schedule and DeepSpeed engine, the loss a micro-batch trains with, rank-0
-logging and progress lines, and each epoch's checkpoint and report (restored on a restart). The
-recipes are ``ray_jobs.train_loop`` (fine-tuning), ``ray_jobs.pretrain`` and ``ray_jobs.lr_find``.
+model, optimizer, schedule and DeepSpeed engine, the one micro-batch loop (the recipe gives its
+loss as a function), the loss a classifier trains with, rank-0 logging and progress lines, and
+each epoch's checkpoint and report (restored on a restart). The recipes are
+``ray_jobs.train_loop`` (fine-tuning), ``ray_jobs.pretrain`` and ``ray_jobs.lr_find``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import math
 import os
 import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,6 +302,72 @@ def progress_line(state: TrainState, total: int, loss: float, lr: float, samples
         f"{samples_per_s:.1f} samples/s | ETA {eta}"
     )
 
+
+
+@dataclass(frozen=True)
+class OptimizerStep:
+    """One optimizer step of :func:`optimizer_steps`: its micro-batches' summed loss (detached, still
+    on the device: reading it is a host sync) and the learning rate the step used."""
+
+    loss: torch.Tensor
+    lr: float
+
+
+def optimizer_steps(engine: Any, micro_batches: Iterable[Any], loss_of: Callable[[Any], torch.Tensor],
+                    grad_accum_steps: int) -> Iterator[OptimizerStep]:
+    """The micro-batch loop of every recipe: ``loss_of(micro_batch)`` (the forward pass and the
+    recipe's loss), then the engine's backward and step, for each micro-batch; DeepSpeed steps the
+    optimizer every ``grad_accum_steps`` of them, and each such step is yielded."""
+    step_loss: torch.Tensor | None = None
+    for micro, batch in enumerate(micro_batches, start=1):
+        loss = loss_of(batch)
+        engine.backward(loss)
+        lr = engine.get_lr()[0]
+        engine.step()
+        step_loss = loss.detach().float() if step_loss is None else step_loss + loss.detach().float()
+        if micro % grad_accum_steps == 0:
+            yield OptimizerStep(step_loss, lr)
+            step_loss = None
+
+
+@dataclass
+class ProgressWindow:
+    """Every ``train.log_every_steps`` optimizer steps: rank 0's progress line (loss, rate, ETA)
+    and the same figures to W&B as ``<prefix>/loss``, ``/lr`` and ``/samples_per_s``, over the
+    micro-batches since the last line."""
+
+    cfg: Config
+    state: TrainState
+    rank: int
+    world: int
+    total_steps: int
+    tracker: Any
+    prefix: str
+    loss: torch.Tensor | None = None
+    micro_batches: int = 0
+    start_step: int = field(init=False)
+    t0: float = field(init=False)
+    since: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.start_step = self.state.global_step
+        self.t0 = self.since = time.perf_counter()
+
+    def after_step(self, engine: Any, step: OptimizerStep, extra: dict[str, float] | None = None) -> None:
+        """Count one optimizer step (``state.global_step``) and log when a line is due."""
+        self.state.global_step += 1
+        self.loss = step.loss if self.loss is None else self.loss + step.loss
+        self.micro_batches += self.cfg.train.grad_accum_steps
+        if self.state.global_step % self.cfg.train.log_every_steps:
+            return
+        mean, now = self.loss.item() / self.micro_batches, time.perf_counter()  # the only host sync
+        rate = self.micro_batches * self.cfg.train.batch_size * self.world / (now - self.since)
+        eta = (now - self.t0) / max(1, self.state.global_step - self.start_step) * (self.total_steps - self.state.global_step)
+        lr = engine.get_lr()[0]
+        log_rank0(self.rank, progress_line(self.state, self.total_steps, mean, lr, rate, eta, self.state.epoch + 1))
+        self.tracker.log({f"{self.prefix}/loss": mean, f"{self.prefix}/lr": lr, f"{self.prefix}/samples_per_s": rate,
+                          **(extra or {})}, step=self.state.global_step)
+        self.loss, self.micro_batches, self.since = None, 0, now
 
 
 def start_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, cfg: Config, world: int) -> Any:

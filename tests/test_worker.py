@@ -120,3 +120,32 @@ def test_the_training_loss_is_cross_entropy_or_with_a_teacher_the_distillation_l
     distilled = training_loss(logits, labels, teacher, cfg, weights)
     assert torch.allclose(distilled, distillation_loss(logits, labels, teacher, 0.7, 3.0, weights))
     assert not torch.allclose(distilled, ce)
+
+
+class _Engine:
+    """What the loop asks of a DeepSpeed engine: backward, step (the optimizer every
+    ``accum`` micro-batches, then the schedule) and the current rate."""
+
+    def __init__(self, accum: int) -> None:
+        self.accum, self.micro, self.lrs, self.backwards = accum, 0, [0.1, 0.2, 0.3, 0.4], 0
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.backwards += 1
+
+    def step(self) -> None:
+        self.micro += 1
+        if self.micro % self.accum == 0:
+            self.lrs.pop(0)
+
+    def get_lr(self) -> list[float]:
+        return [self.lrs[0]]
+
+
+def test_optimizer_steps_sum_each_steps_micro_batches_and_name_the_rate_it_used():
+    from ray_jobs.worker import optimizer_steps
+
+    engine = _Engine(accum=2)
+    steps = list(optimizer_steps(engine, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], lambda x: torch.tensor(x), 2))
+    assert [s.loss.item() for s in steps] == [3.0, 7.0, 11.0]
+    assert [s.lr for s in steps] == [0.1, 0.2, 0.3]
+    assert engine.backwards == 6
