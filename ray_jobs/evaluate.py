@@ -21,7 +21,6 @@ accuracy-by-length plot and ``metrics.json`` (``truncated_scoring``) show trunca
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import sys
@@ -44,7 +43,8 @@ from ray_jobs.batch_inference import (
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import Tracker, start_tracking
 from sentiment import layout, storage
-from sentiment.backends import BACKENDS, choose_backend
+from sentiment.backends import choose_backend
+from sentiment.cli import parse_command
 from sentiment.config import Config, ConfigError
 from sentiment.data import DataError, load_splits
 from sentiment.evaluation import confident_mistakes, evaluate_predictions, fit_temperature, headline
@@ -71,7 +71,7 @@ class EvaluateConfig(BaseModel):
     checkpoint: str = Field(description="Model folder, epoch checkpoint, run folder, 'best' or a URI.")
     which: Literal["best", "last"] = Field("best", description="Epoch of a run folder.")
     storage_path: str | None = Field(None, description="Where 'best' is looked up (default: run.storage_path's).")
-    split: Literal["test", "validation"] = "test"
+    split: Literal["test", "validation"] = Field("test", description="The split scored.")
     data: str | None = Field(None, description="Data folder or file (default: the checkpoint's data config).")
     max_samples: int | None = Field(None, ge=1, description="Evaluate a stratified sample of this many reviews.")
     output_dir: str | None = Field(None, description="Default: <epoch checkpoint>/eval_<split>.")
@@ -81,45 +81,21 @@ class EvaluateConfig(BaseModel):
     ig_steps: int = Field(16, ge=1, description="Integrated-gradients steps per review.")
     mistakes: int = Field(10, ge=0, description="Most confident mistakes shown.")
     workers: int | None = Field(None, ge=1, description="Model actors (default: one per GPU, else per CPU).")
-    batch_size: int = Field(64, ge=1)
-    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field("auto", description="Backend that scores the split.")
+    batch_size: int = Field(64, ge=1, description="Reviews per forward pass.")
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto", description="Backend that scores the split; auto: torch bf16 on GPUs, on CPUs the verified int8 export, "
+        "else fp32 ONNX, else torch.")
     wandb: Literal["auto", "online", "offline", "disabled"] | None = Field(
         None, description="Default: the checkpoint's tracking.mode."
     )
     long_reviews: Literal["truncate", "chunks"] | None = Field(
-        None, description="Default: the checkpoint's data.long_reviews; chunks also reports truncated scoring."
+        None, description="Default: the checkpoint's data.long_reviews; chunks scores whole reviews and reports both ways."
     )
 
 
 def parse_args(argv: list[str] | None) -> EvaluateConfig:
-    """Command-line arguments as an :class:`EvaluateConfig`."""
-    ap = argparse.ArgumentParser(prog="python -m ray_jobs.evaluate", description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", required=True, help="model folder, epoch checkpoint, run folder, 'best' or a URI")
-    ap.add_argument("--which", choices=("best", "last"), default="best", help="epoch of a run folder")
-    ap.add_argument("--storage-path", default=None, help="where 'best' is looked up (default: run.storage_path's)")
-    ap.add_argument("--split", choices=("test", "validation"), default="test")
-    ap.add_argument("--data", default=None, help="data folder or file (default: the checkpoint's data config)")
-    ap.add_argument("--max-samples", type=int, default=None, help="evaluate a stratified sample of this many reviews")
-    ap.add_argument("--output-dir", default=None, help="default: <epoch checkpoint>/eval_<split>")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    ap.add_argument("--calibrate", action="store_true", help="fit a temperature on the validation split and save it")
-    ap.add_argument("--attribution-samples", type=int, default=200, help="reviews for word attributions (0: off)")
-    ap.add_argument("--ig-steps", type=int, default=16, help="integrated-gradients steps per review")
-    ap.add_argument("--mistakes", type=int, default=10, help="most confident mistakes shown")
-    ap.add_argument("--workers", type=int, default=None, help="model actors (default: one per GPU, else per CPU)")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--wandb", choices=("auto", "online", "offline", "disabled"), default=None,
-                    help="default: the checkpoint's tracking.mode")
-    ap.add_argument("--backend", choices=BACKENDS, default="auto",
-                    help="scores the split; auto: torch bf16 on GPUs, on CPUs the verified int8 export, else fp32 ONNX, else torch")
-    ap.add_argument("--long-reviews", choices=("truncate", "chunks"), default=None,
-                    help="default: the checkpoint's data.long_reviews; chunks scores whole reviews and reports both ways")
-    args = ap.parse_args(argv)
-    for name in ("max_samples", "workers", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    return EvaluateConfig(**vars(args))
+    """Command-line arguments as an :class:`EvaluateConfig` (its fields are the options)."""
+    return parse_command(EvaluateConfig, argv, prog="python -m ray_jobs.evaluate", description=__doc__.split("\n")[0])
 
 
 def default_output_dir(model: ResolvedModel, split: str) -> str:

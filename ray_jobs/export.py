@@ -13,7 +13,6 @@ says why (exit 2).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sentiment import layout, storage
 from sentiment.batching import make_collator
+from sentiment.cli import parse_command
 from sentiment.config import ConfigError
 from sentiment.data import DataError, SpecialTokens, encode_texts, fit_to_length, load_splits
 from sentiment.export import MIN_CHECK_REVIEWS, CheckData, ExportError, export_model
@@ -39,7 +39,8 @@ class ExportConfig(BaseModel):
     storage_path: str | None = Field(None, description="Where 'best' is looked up (default: run.storage_path's).")
     int8: bool = Field(False, description="Also write the int8 variant (verified against fp32).")
     data: str | None = Field(None, description="Data folder or file (default: the checkpoint's data config).")
-    check_reviews: int = Field(MIN_CHECK_REVIEWS, ge=1, description="Validation reviews the checks run on.")
+    check_reviews: int = Field(
+        MIN_CHECK_REVIEWS, ge=1, description=f"Validation reviews the checks run on (>= {MIN_CHECK_REVIEWS} for a real export).")
 
 
 def check_data(model: ResolvedModel, tokenizer: Any, args: ExportConfig) -> CheckData:
@@ -83,19 +84,8 @@ def run(args: ExportConfig) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> ExportConfig:
-    """Command-line arguments as an :class:`ExportConfig`."""
-    ap = argparse.ArgumentParser(prog="python -m ray_jobs.export", description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", required=True, help="model folder, epoch checkpoint, run folder, 'best' or a URI")
-    ap.add_argument("--which", choices=("best", "last"), default="best", help="epoch of a run folder")
-    ap.add_argument("--storage-path", default=None, help="where 'best' is looked up")
-    ap.add_argument("--int8", action="store_true", help="also write the verified int8 variant")
-    ap.add_argument("--data", default=None, help="data folder or file (default: the checkpoint's data config)")
-    ap.add_argument("--check-reviews", type=int, default=MIN_CHECK_REVIEWS,
-                    help=f"validation reviews for the checks (>= {MIN_CHECK_REVIEWS} for a real export)")
-    args = ap.parse_args(argv)
-    if args.check_reviews < 1:
-        ap.error(f"--check-reviews must be >= 1, got {args.check_reviews}")
-    return ExportConfig(**vars(args))
+    """Command-line arguments as an :class:`ExportConfig` (its fields are the options)."""
+    return parse_command(ExportConfig, argv, prog="python -m ray_jobs.export", description=__doc__.split("\n")[0])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -17,7 +17,6 @@ existing output is refused without ``--overwrite``; the output appears only when
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import uuid
@@ -31,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray_jobs.batch_inference import PREDICTED, cluster_has_gpus, default_workers, quiet_ray_data, score_texts
 from ray_jobs.local_ray import init_ray
 from sentiment import layout
-from sentiment.backends import BACKENDS, choose_backend
+from sentiment.backends import choose_backend
+from sentiment.cli import parse_command
 from sentiment.layout import CheckpointError
 
 FORMATS = (".parquet", ".csv", ".jsonl")
@@ -51,12 +51,14 @@ class PredictConfig(BaseModel):
     output: str = Field(description="Predictions: .parquet, .csv or .jsonl.")
     which: Literal["best", "last"] = Field("best", description="Epoch of a run folder.")
     storage_path: str | None = Field(None, description="Where 'best' is looked up (default: run.storage_path's).")
-    text_column: str = "text"
+    text_column: str = Field("text", description="The input's column of review texts.")
     overwrite: bool = Field(False, description="Replace an existing output.")
     workers: int | None = Field(None, ge=1, description="Model actors (default: one per GPU, else per CPU).")
     batch_size: int = Field(64, ge=1, description="Reviews per forward pass.")
-    device: Literal["auto", "cpu", "gpu"] = "auto"
-    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field("auto", description="Inference backend of the actors.")
+    device: Literal["auto", "cpu", "gpu"] = Field("auto", description="Where the actors run (auto: GPUs when the cluster has them).")
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto", description="Inference backend of the actors; auto: torch bf16 on GPUs, on CPUs the verified int8 export, "
+        "else fp32 ONNX, else torch.")
     explain: bool = Field(False, description="Add key_tokens per review (torch backend; auto picks torch).")
     explain_steps: int = Field(16, ge=2, le=256, description="Integrated-gradients steps per explained review.")
     explain_top_k: int = Field(5, ge=1, le=50, description="Key tokens per review.")
@@ -147,31 +149,8 @@ def check_output(path: str, overwrite: bool) -> None:
 
 
 def parse_args(argv: list[str] | None) -> PredictConfig:
-    """Command-line arguments as a :class:`PredictConfig`."""
-    ap = argparse.ArgumentParser(prog="python -m ray_jobs.predict", description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", required=True, help="model folder, epoch checkpoint, run folder, 'best' or a URI")
-    ap.add_argument("--which", choices=("best", "last"), default="best", help="epoch of a run folder")
-    ap.add_argument("--storage-path", default=None, help="where 'best' is looked up (default: run.storage_path's)")
-    ap.add_argument("--input", required=True, help="reviews: .parquet, .csv or .jsonl")
-    ap.add_argument("--output", required=True, help="predictions: .parquet, .csv or .jsonl")
-    ap.add_argument("--text-column", default="text")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    ap.add_argument("--workers", type=int, default=None, help="model actors (default: one per GPU, else per CPU)")
-    ap.add_argument("--batch-size", type=int, default=64, help="reviews per forward pass")
-    ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    ap.add_argument("--backend", choices=BACKENDS, default="auto",
-                    help="auto: torch bf16 on GPUs; on CPUs the verified int8 export, else fp32 ONNX, else torch")
-    ap.add_argument("--explain", action="store_true", help="add key_tokens per review (torch backend)")
-    ap.add_argument("--explain-steps", type=int, default=16, help="integrated-gradients steps per review (2-256)")
-    ap.add_argument("--explain-top-k", type=int, default=5, help="key tokens per review (1-50)")
-    ap.add_argument("--long-reviews", choices=("truncate", "chunks"), default=None,
-                    help="score one truncated window or windows covering whole long reviews (default: the checkpoint's)")
-    args = ap.parse_args(argv)
-    for name in ("workers", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    return PredictConfig(**vars(args))
+    """Command-line arguments as a :class:`PredictConfig` (its fields are the options)."""
+    return parse_command(PredictConfig, argv, prog="python -m ray_jobs.predict", description=__doc__.split("\n")[0])
 
 
 def resolve_device(device: str) -> bool:

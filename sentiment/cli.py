@@ -1,0 +1,54 @@
+"""Command lines from typed configs: a command's options are its pydantic model's fields.
+
+:func:`parse_command` hands the model to pydantic-settings' CLI (as ``HfArgumentParser`` does for
+dataclasses): one ``--kebab-case`` option per field, its help the field's description, choices from
+a ``Literal``, ``--flag`` / ``--no-flag`` for a boolean, required when the field has no default.
+Every command also takes ``field=value`` words, the override grammar of the training commands
+(``ray_jobs.train``'s ``section.key=value``), so ``max_samples=500`` and ``--max-samples 500`` are
+the same. A value the model refuses exits 2 with one ``error:`` line naming the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, TypeVar, cast
+
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import CliApp, CliSettingsSource
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def option_words(model: type[BaseModel], argv: list[str]) -> list[str]:
+    """``argv`` with each ``field=value`` word (a field of ``model``, ``-`` or ``_`` alike) turned
+    into ``--field value``; every other word as it was."""
+    words: list[str] = []
+    for word in argv:
+        key, eq, value = word.partition("=")
+        if eq and not word.startswith("-") and key.replace("-", "_") in model.model_fields:
+            words += [f"--{key.replace('_', '-')}", value]
+        else:
+            words.append(word)
+    return words
+
+
+def parse_command(model: type[M], argv: list[str] | None, prog: str, description: str) -> M:
+    """The command line ``argv`` (default: ``sys.argv[1:]``) as a validated ``model``.
+
+    Raises:
+        SystemExit: 2 with one ``error:`` line for an unknown option, a missing required one or a
+            value the model refuses; 0 after ``--help``.
+    """
+    import sys
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    source: CliSettingsSource[Any] = CliSettingsSource(
+        cast(Any, model), root_parser=parser, cli_kebab_case=True, cli_implicit_flags=True, cli_enforce_required=True,
+        cli_use_class_docs_for_groups=False,
+    )
+    words = option_words(model, list(sys.argv[1:] if argv is None else argv))
+    try:
+        return CliApp.run(model, cli_args=words, cli_settings_source=source)
+    except ValidationError as err:
+        problems = "; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in err.errors())
+        parser.error(problems)
