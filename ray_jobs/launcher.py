@@ -8,7 +8,6 @@ The commands (``ray_jobs.train``, ``ray_jobs.lr_find``, ``ray_jobs.pretrain``, `
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ from ray_jobs.batch_inference import cluster_has_gpus, default_workers, logit_co
 from ray_jobs.local_ray import init_ray
 from ray_jobs.train_loop import train_loop_per_worker
 from sentiment import layout, storage
-from sentiment.config import Config, ConfigError
+from sentiment.config import Config, ConfigError, output_name
 from sentiment.data import EncodedSplit, check_folds, cross_validation_fold, encode_splits, imbalance, load_splits, loss_class_weights
 from sentiment.distillation import check_teacher_labels
 from sentiment.layout import EPOCH_CHECKPOINT_PARTS, RESULT_FILE, STATE_FILE, TEST_METRICS_FILE, ResolvedModel
@@ -276,7 +275,7 @@ def launch(
         ray.train.TrainingFailedError: the workers failed more than ``run.max_failures`` times.
     """
     data = data if data is not None else prepare_data(cfg)
-    run_name = cfg.run.name or f"train-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    run_name = output_name(cfg, "train")
     storage_path = layout.storage_root(cfg)
     ref = data if isinstance(data, ray.ObjectRef) else ray.put(data)
     trainer = build_trainer(cfg, ref, run_name, storage_path, callbacks, worker_env)

@@ -15,7 +15,6 @@ with the command to train at it with ``train.schedule=one_cycle``. Nothing is ch
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import shutil
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from ray_jobs.worker import (
 )
 from sentiment import layout, storage
 from sentiment.batching import iterate, make_collator, train_batches
-from sentiment.config import Config, ConfigError, load_config
+from sentiment.config import Config, ConfigError, load_config, output_name
 from sentiment.layout import LR_CURVE_FILE
 from sentiment.lr_range import LossTracker, LrRange, Suggestion, plot, suggest
 from sentiment.model import check_against_model, eval_frozen_bottom
@@ -172,18 +171,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--min-lr", type=float, default=LrRange.min_lr, help="first rate (default %(default)g)")
     parser.add_argument("--max-lr", type=float, default=LrRange.max_lr, help="last rate (default %(default)g)")
     parser.add_argument("--steps", type=int, default=LrRange.steps, help="optimizer steps from min to max (default %(default)d)")
-    parser.add_argument("--name", help="run folder (default lr-find-<timestamp>)")
+    parser.add_argument("--name", help="the output folder: the same as run.name=NAME (default lr-find-<timestamp>)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     args = parser.parse_args(argv)
     rng = LrRange(min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*args.overrides, *([f"run.name={args.name}"] if args.name else [])])
     check_against_model(cfg)
     check_storage(cfg)
     data = {"train": prepare_data(cfg)["train"]}
     init_ray()
     check_resources(cfg)
     t0 = time.perf_counter()
-    found = find_lr(cfg, rng, args.name or f"lr-find-{dt.datetime.now():%Y%m%d-%H%M%S}", data)
+    found = find_lr(cfg, rng, output_name(cfg, "lr-find"), data)
     print(f"\nlr range test: {found['steps_run']} steps in {time.perf_counter() - t0:.0f}s, stopped: {found['stopped_because']}")
     print(f"suggested lr: {found['suggested_lr']:.2e} ({found['rule']}); min loss / 10: {found['min_loss_over_10']:.2e}")
     print(f"plot: {storage.child(found['location'], 'lr_find.png')}")

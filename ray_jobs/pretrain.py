@@ -14,7 +14,6 @@ Hugging Face masked-LM folder: pass it as ``model.name_or_path`` to fine-tune fr
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
 import sys
 import time
@@ -47,7 +46,7 @@ from ray_jobs.worker import (
 )
 from sentiment import layout, storage
 from sentiment.batching import eval_batches, train_batches
-from sentiment.config import Config, ConfigError, config_from_dict, load_config
+from sentiment.config import Config, ConfigError, config_from_dict, load_config, output_name
 from sentiment.data import DataError
 from sentiment.layout import MODEL_DIR, PRETRAIN_SUMMARY_FILE, STATE_FILE, epoch_dir_name
 from sentiment.model import check_against_model, load_tokenizer, resolve_model_path
@@ -187,7 +186,7 @@ def launch(cfg: Config, windows: dict[str, Windows] | None = None) -> dict[str, 
     """Run the pretraining job on the current Ray; returns the run folder and the best model folder."""
     cfg = pretrain_config(cfg)
     windows = windows if windows is not None else prepare_windows(cfg)
-    run_name = cfg.run.name or f"pretrain-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    run_name = output_name(cfg, "pretrain")
     storage_path = layout.storage_root(cfg)
     trainer = build_trainer(cfg, ray.put(windows), run_name, storage_path, loop=pretrain_loop_per_worker)
     result = trainer.fit()

@@ -286,7 +286,9 @@ class TrackingConfig(_Section):
 class RunConfig(_Section):
     """Naming, storage, checkpoint retention and fault tolerance."""
 
-    name: str | None = Field(None, description="Default: train-<timestamp>.")
+    name: str | None = Field(None, description="The output's folder under storage_path, for every command: a training "
+                             "run's, a sweep's (sweep.name also names it), a cross-validation's, an LR range test's, a "
+                             "pretraining run's. Default: <command>-<timestamp> (train-20261206-031200).")
     storage_path: Location = Field(
         "~/sentiment-runs",
         description="Local folder or URI (s3://, gs://). The default lives outside the working "
@@ -326,7 +328,7 @@ class ParamSpec(_Section):
 class SweepConfig(_Section):
     """Ray Tune settings (tune/sweep.py). Trials rank by ``run.metric`` / ``run.mode``."""
 
-    name: str | None = Field(None, description="Default: sweep-<timestamp>.")
+    name: str | None = Field(None, description="The sweep's folder; run.name names it too. Default: sweep-<timestamp>.")
     num_samples: int = Field(8, ge=1, description="Trials to sample (grid values multiply it).")
     max_concurrent_trials: int | None = Field(None, ge=1, description="Default: as the cluster allows.")
     search: Literal["optuna", "random"] = Field("optuna", description="Optuna TPE or random search.")
@@ -487,3 +489,10 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         origin += " + overrides"
     return config_from_dict(raw, origin)
 
+
+def output_name(cfg: Config, command: str) -> str:
+    """The name of what a command writes under ``run.storage_path``: ``run.name``, else
+    ``<command>-<timestamp>``. Every command names its output this way."""
+    import datetime as dt
+
+    return cfg.run.name or f"{command}-{dt.datetime.now():%Y%m%d-%H%M%S}"

@@ -1,3 +1,4 @@
+import re
 import shlex
 from importlib.util import find_spec
 from pathlib import Path
@@ -131,3 +132,10 @@ def test_uris_without_credentials_are_kept_as_given():
     assert refuse_credentials("runs/user:pass@x", "storage_path") == "runs/user:pass@x"  # a local path
     with pytest.raises(ValueError, match=r"^storage_path: s3://AKIAEXAMPLE:\*\*\*@bucket/x holds credentials"):
         refuse_credentials(f"s3://AKIAEXAMPLE:{SECRET}@bucket/x", "storage_path")
+
+
+def test_every_command_names_its_output_by_run_name_else_command_and_timestamp():
+    from sentiment.config import output_name
+
+    assert output_name(load_config(None, ["run.name=mine"]), "lr-find") == "mine"
+    assert re.fullmatch(r"cv-\d{8}-\d{6}", output_name(load_config(None, []), "cv"))

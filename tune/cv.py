@@ -14,7 +14,6 @@ row per fold and the mean and sample standard deviation (ddof=1) over the folds.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 from typing import Any
 
@@ -28,7 +27,7 @@ from ray_jobs.launcher import check_storage, launch, tokenized_splits, wandb_dir
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import start_tracking
 from sentiment import layout, storage
-from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config
+from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config, output_name
 from sentiment.data import EncodedSplit, check_folds, cross_validation_fold
 from sentiment.layout import CV_RESULTS_FILES
 from sentiment.model import check_against_model
@@ -168,20 +167,20 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(prog="python -m tune.cv", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="YAML training config (as for ray_jobs.train)")
     parser.add_argument("--folds", type=int, required=True, help="number of folds K (>= 2)")
-    parser.add_argument("--name", help="the cross-validation's folder (default cv-<timestamp>); --resume needs it")
+    parser.add_argument("--name", help="the folder: the same as run.name=NAME (default cv-<timestamp>); --resume needs it")
     parser.add_argument("--resume", action="store_true", help="continue the cross-validation --name, rerunning failed folds")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     args = parser.parse_args(argv)
     if args.folds < 2:
         raise ConfigError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
-    if args.resume and not args.name:
-        raise ConfigError("--resume needs --name (the cross-validation folder to continue)")
-    cfg = load_config(args.config, [*args.overrides, f"data.cv_folds={args.folds}"])
+    cfg = load_config(args.config, [*args.overrides, *([f"run.name={args.name}"] if args.name else []), f"data.cv_folds={args.folds}"])
+    if args.resume and not cfg.run.name:
+        raise ConfigError("--resume needs --name or run.name (the cross-validation folder to continue)")
     check_against_model(cfg)
     check_storage(cfg)
     folds = cut_folds(cfg)
     init_ray()
-    table = cross_validate(cfg, args.name or f"cv-{dt.datetime.now():%Y%m%d-%H%M%S}", folds, resume=args.resume)
+    table = cross_validate(cfg, output_name(cfg, "cv"), folds, resume=args.resume)
     if (table["status"].isin(["errored", "no result"])).any():
         sys.exit(1)
     return table

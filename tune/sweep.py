@@ -19,7 +19,6 @@ epochs is never counted as stopped early.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ from ray_jobs.launcher import launch, prepare_data, wandb_dir
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import shared_service, start_tracking
 from sentiment import layout, storage
-from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config
+from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config, output_name
 from sentiment.layout import BEST_FILE, SWEEP_RESULTS_FILES
 from sentiment.node_cache import open_local
 
@@ -268,7 +267,7 @@ def sweep(cfg: Config, resume: bool = False) -> dict[str, Any]:
         RuntimeError: no trial produced a checkpoint.
     """
     validate_space(cfg)
-    sweep_name = cfg.sweep.name or f"sweep-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    sweep_name = cfg.sweep.name or output_name(cfg, "sweep")
     storage_path = layout.storage_root(cfg)
     sweep_dir = storage.join(storage.filesystem(storage_path)[1], sweep_name)
     concurrency(cfg, ray.cluster_resources())
@@ -295,8 +294,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    if args.resume and not cfg.sweep.name:
-        raise ConfigError("--resume needs sweep.name (the sweep folder to continue)")
+    if args.resume and not (cfg.sweep.name or cfg.run.name):
+        raise ConfigError("--resume needs sweep.name or run.name (the sweep folder to continue)")
     validate_space(cfg)
     init_ray()
     return sweep(cfg, resume=args.resume)
