@@ -116,8 +116,8 @@ class DataConfig(_Section):
     )
     path: Location | None = Field(None, description="Local folder or file; overrides $IMDB_DATA_DIR.")
     hub_id: Location = Field("stanfordnlp/imdb", description="Dataset id used when source is 'hub'.")
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str = Field("text", description="Column of the review texts.")
+    label_column: str = Field("label", description="Column of the labels: ints, or label names.")
     max_seq_length: int = Field(256, ge=8, description="Tokens per review, special tokens included.")
     truncation: Literal["head", "tail", "head_tail"] = Field(
         "head_tail", description="Keep the start, the end, or both (Sun et al. 2019) of long reviews."
@@ -138,10 +138,10 @@ class DataConfig(_Section):
         "window, no overlap; half the window measured no more accurate at 1.5x the cost); the last "
         "window ends with the review.",
     )
-    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    max_train_samples: int | None = Field(None, ge=2)
-    max_val_samples: int | None = Field(None, ge=2)
-    max_test_samples: int | None = Field(None, ge=2)
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of the training pool held out for validation (stratified).")
+    max_train_samples: int | None = Field(None, ge=2, description="Train on a stratified sample of this many reviews (default: all).")
+    max_val_samples: int | None = Field(None, ge=2, description="Validate on a stratified sample of this many (default: all).")
+    max_test_samples: int | None = Field(None, ge=2, description="Test on a stratified sample of this many (default: all).")
     pad_to_multiple_of: int = Field(8, ge=1, description="Bounds the number of padded shapes.")
     length_grouping: bool = Field(True, description="Batch reviews of similar length together.")
     cv_folds: int | None = Field(
@@ -150,7 +150,7 @@ class DataConfig(_Section):
         "of the train split) is cut into this many stratified, seeded folds; the test split is not used.",
     )
     cv_fold: int = Field(0, ge=0, description="Which fold validates when cv_folds is set (0-based).")
-    seed: int = 42
+    seed: int = Field(42, description="Seed of the validation split, samples and batch order.")
 
     @model_validator(mode="after")
     def _fold_within_folds(self) -> DataConfig:
@@ -162,11 +162,11 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     """Optimisation settings of ``train_loop_per_worker``."""
 
-    epochs: int = Field(3, ge=1)
-    lr: float = Field(1e-4, gt=0.0)
+    epochs: int = Field(3, ge=1, description="Passes over the training split.")
+    lr: float = Field(1e-4, gt=0.0, description="Peak learning rate (AdamW).")
     batch_size: int = Field(32, ge=1, description="Micro-batch per worker.")
-    grad_accum_steps: int = Field(1, ge=1)
-    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0, description="Share of the steps the rate warms up over (unless warmup_steps).")
     warmup_steps: int | None = Field(None, ge=0, description="Overrides warmup_ratio when set.")
     schedule: Literal["linear", "cosine", "constant", "one_cycle"] = Field(
         "linear",
@@ -196,8 +196,8 @@ class TrainConfig(_Section):
         0, ge=0, description="Also keep the first N encoder layers at their pretrained weights (needs freeze_embeddings). "
         "The frozen bottom runs without dropout (eval mode), as when predicting: a fixed function of the input.",
     )
-    weight_decay: float = Field(0.01, ge=0.0)
-    adam_epsilon: float = Field(1e-8, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay (none on biases and LayerNorm).")
+    adam_epsilon: float = Field(1e-8, gt=0.0, description="AdamW epsilon.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="0 disables clipping.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "fp32",
@@ -210,7 +210,8 @@ class TrainConfig(_Section):
         "more than 1.5x its smallest; the run says so in one line), else none; balanced: n / (k * count); none "
         "(or null): every class 1; or one weight per label.",
     )
-    early_stopping_patience: int | None = Field(None, ge=1)
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without a better run.metric (default: never).")
     teacher: Location | None = Field(
         None,
         description="Distil from this checkpoint (any reference ray_jobs.predict takes: model folder, epoch "
@@ -223,8 +224,8 @@ class TrainConfig(_Section):
         "KL(teacher || student) at temperature T (Hinton et al. 2015).",
     )
     distill_temperature: float = Field(2.0, gt=0.0, description="T of the distillation loss.")
-    log_every_steps: int = Field(20, ge=1)
-    seed: int = 42
+    log_every_steps: int = Field(20, ge=1, description="Optimizer steps between progress lines and W&B step figures.")
+    seed: int = Field(42, description="Seed of the head's initialisation and of dropout.")
 
     @model_validator(mode="after")
     def _frozen_layers_need_frozen_embeddings(self) -> TrainConfig:
@@ -239,8 +240,8 @@ class TrainConfig(_Section):
 class DeepSpeedConfig(_Section):
     """How the DeepSpeed engine is configured (see ray_jobs/deepspeed_config.py)."""
 
-    zero_stage: int = Field(0, ge=0, le=3)
-    offload_optimizer: bool = False
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage: 0 (plain data parallel) to 3 (parameters sharded).")
+    offload_optimizer: bool = Field(False, description="Keep the optimizer state in CPU memory (ZeRO 1-3).")
     offload_param: bool = Field(False, description="ZeRO-3 only.")
     precision_mode: Literal["autocast", "native"] = Field(
         "autocast",
@@ -262,9 +263,9 @@ class DeepSpeedConfig(_Section):
 class ScalingConfig(_Section):
     """How many Ray Train workers, and what each one holds."""
 
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0.0)
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks).")
+    use_gpu: bool = Field(False, description="One GPU (gpus_per_worker) per worker, NCCL.")
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs each worker reserves (and its torch threads).")
     gpus_per_worker: float = Field(1.0, gt=0.0, description="Used only when use_gpu is true.")
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="Extra custom Ray resources per worker."
@@ -274,9 +275,9 @@ class ScalingConfig(_Section):
 class TrackingConfig(_Section):
     """Weights & Biases settings; the run itself lives on rank 0."""
 
-    project: str = "bert-imdb"
-    entity: str | None = None
-    group: str | None = None
+    project: str = Field("bert-imdb", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (default: the key's own).")
+    group: str | None = Field(None, description="W&B group (a sweep or cross-validation sets its own).")
     mode: Literal["auto", "online", "offline", "disabled"] = Field(
         "auto", description="'auto': online with WANDB_API_KEY, offline without (never a prompt)."
     )
@@ -294,9 +295,9 @@ class RunConfig(_Section):
         description="Local folder or URI (s3://, gs://). The default lives outside the working "
         "folder, so runs submitted with `ray job submit --working-dir .` are not lost with it.",
     )
-    checkpoints_to_keep: int = Field(2, ge=1)
+    checkpoints_to_keep: int = Field(2, ge=1, description="Epoch checkpoints kept, the best by run.metric.")
     metric: str = Field("val_accuracy", description="Metric ranking checkpoints and early stopping.")
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower run.metric is better.")
     max_failures: int = Field(1, ge=0, description="Worker-group restarts from the last checkpoint.")
     resume_from: Location | None = Field(None, description="A checkpoint folder to continue from.")
 
