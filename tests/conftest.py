@@ -93,7 +93,7 @@ def smoke_run(tiny_model_dir, small_imdb, tmp_path_factory):
 
     from ray_jobs.launcher import launch, prepare_data
     from ray_jobs.local_ray import init_ray
-    from tests.test_train_ray import smoke_config
+    from tests.support import smoke_config
 
     own_ray = not ray.is_initialized()
     if own_ray:

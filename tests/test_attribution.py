@@ -9,7 +9,7 @@ import torch
 from sentiment.attribution import explain, token_attributions, top_words, words_of
 from sentiment.predict import Predictor
 from sentiment.report import SCENARIOS
-from tests.test_serve import TEXTS, make_checkpoint
+from tests.support import TEXTS, make_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from sentiment.layout import CALIBRATION_FILE, CheckpointError
 from sentiment.predict import Predictor
 from sentiment.report import TITLES
 from tests.conftest import imdb_dir
-from tests.test_serve import make_checkpoint
+from tests.support import make_checkpoint
 from tests.wandb_log import logged_keys, records
 
 pytestmark = pytest.mark.ray

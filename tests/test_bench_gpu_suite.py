@@ -8,13 +8,13 @@ import re
 
 import pytest
 
-from tests.test_bench_train import _run
+from tests.support import run_module
 
 pytestmark = [pytest.mark.ray, pytest.mark.bench]
 
 
 def test_gpu_suite_smoke_measures_every_part_and_writes_one_json(small_imdb, tmp_path):
-    lines = _run("bench.gpu_suite", "--smoke", "--out", str(tmp_path), "--commit", "abc1234", data=small_imdb)
+    lines = run_module("bench.gpu_suite", "--smoke", "--out", str(tmp_path), "--commit", "abc1234", data=small_imdb)
     result = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert result["commit"] == "abc1234" and result["device"].startswith("CPU") and result["matmul_peak_tflops"] > 0
     paths = {(r["shape"], r["path"]) for r in result["training"]}

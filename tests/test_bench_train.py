@@ -3,37 +3,30 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from sentiment.precision import auto_precision
+from tests.support import run_module
 
 pytestmark = [pytest.mark.ray, pytest.mark.bench]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(module: str, *args: str, data: Path, timeout: int = 600) -> list[str]:
-    out = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                         timeout=timeout, env={**os.environ, "IMDB_DATA_DIR": str(data)})
-    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    return out.stdout.strip().splitlines()
 
 
 def test_train_throughput_smoke_prints_the_ratio_last(tiny_model_dir, small_imdb, tmp_path):
-    lines = _run("bench.train_throughput", "--smoke", "--model", str(tiny_model_dir), "--storage", str(tmp_path), data=small_imdb)
+    lines = run_module("bench.train_throughput", "--smoke", "--model", str(tiny_model_dir), "--storage", str(tmp_path), data=small_imdb)
     rows = [line for line in lines if line.startswith("| fixed") or line.startswith("| real")]
     assert len(rows) == 2 and all(float(r.split("|")[-2]) > 0 for r in rows)
     assert re.fullmatch(r"ratio project/plain \(geometric mean over shapes\): \d+\.\d\d", lines[-1])
 
 
 def test_time_to_accuracy_smoke_reports_accuracy_and_time_last(tiny_model_dir, small_imdb, tmp_path):
-    lines = _run("bench.time_to_accuracy", "--smoke", f"model.name_or_path={tiny_model_dir}",
+    lines = run_module("bench.time_to_accuracy", "--smoke", f"model.name_or_path={tiny_model_dir}",
                  f"data.path={small_imdb}", f"run.storage_path={tmp_path}", data=small_imdb)
     m = re.fullmatch(r"time-to-accuracy: (\d\.\d{4}) test accuracy after ([\d.]+) s of training "
                      r"\(([\d.]+) s job\) on CPU, \d+ cores, no GPU", lines[-1])
@@ -44,7 +37,7 @@ def test_time_to_accuracy_smoke_reports_accuracy_and_time_last(tiny_model_dir, s
 
 
 def test_quickstart_vs_trainer_smoke_prints_both_sides_and_the_ratios_last(small_imdb):
-    lines = _run("bench.quickstart_vs_trainer", "--smoke", data=small_imdb)
+    lines = run_module("bench.quickstart_vs_trainer", "--smoke", data=small_imdb)
     trainer = re.fullmatch(r"transformers\.Trainer \(fp32\): test accuracy (\d\.\d{4}), training \+ test (\d+) s", lines[-3])
     ours = re.fullmatch(r"quickstart \(Ray Train \+ DeepSpeed, 2 workers, (fp32|bf16)\): test accuracy (\d\.\d{4}), "
                         r"Ray start \+ training \+ test (\d+) s", lines[-2])
@@ -55,7 +48,7 @@ def test_quickstart_vs_trainer_smoke_prints_both_sides_and_the_ratios_last(small
 
 
 def test_ab_smoke_trains_both_arms_and_prints_the_paired_difference_last(tiny_model_dir, small_imdb, tmp_path):
-    lines = _run("bench.ab", "--smoke", "--name", "smoke", "--common", f"model.name_or_path={tiny_model_dir}",
+    lines = run_module("bench.ab", "--smoke", "--name", "smoke", "--common", f"model.name_or_path={tiny_model_dir}",
                  f"data.path={small_imdb}", f"run.storage_path={tmp_path}", "deepspeed.zero_stage=0",
                  "--b", "train.lr=1e-3", data=small_imdb)
     arms = [line for line in lines if line.startswith("| A |") or line.startswith("| B |")]

@@ -22,7 +22,7 @@ from sentiment.export import INT8_RECIPES, ExportError
 from sentiment.layout import CONFIG_FILE, CheckpointError, resolve, save_model_dir
 from sentiment.model import build_model, load_tokenizer
 from sentiment.predict import ExplainUnavailable, Predictor
-from tests.test_serve import make_checkpoint
+from tests.support import make_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["A fun brain candy movie...good dialog.", "What a waste of time. " * 40, "bad", "superb acting"]
@@ -208,7 +208,7 @@ def test_exporting_what_is_not_a_classifier_says_so_and_exits_2(tiny_model_dir, 
 def test_a_replica_serves_the_verified_int8_export_and_says_so(exported_int8, tiny_model_dir, tmp_path, monkeypatch):
     import requests
 
-    from tests.test_serve import start_serve, stop_serve
+    from tests.support import start_serve, stop_serve
 
     model, record = exported_int8
     monkeypatch.delenv("SENTIMENT_API_KEY", raising=False)

@@ -9,20 +9,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 import ray
 import torch
-from ray.util.state import list_actors
 
 from ray_jobs.launcher import launch, prepare_data
 from sentiment.layout import CheckpointError, resolve
-from tests.test_train_ray import smoke_config
+from tests.support import kill_a_worker_in_epoch_2, smoke_config, worker_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 # 3 epochs of 300 reviews, micro-batch 2 on 2 workers: 75 steps per epoch, long enough to land a
@@ -34,21 +30,8 @@ def _state(run_dir: str | Path, epoch: int) -> dict:
     return json.loads((Path(run_dir) / f"epoch_{epoch:03d}" / "train_state.json").read_text())
 
 
-def _worker_pids() -> list[int]:
-    """PIDs of the live Ray Train workers of this process's Ray (named by its GCS address: with
-    another Ray on the machine, the state API would otherwise pick the latest one started)."""
-    actors = list_actors(address=ray.get_runtime_context().gcs_address,
-                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    return [a.pid for a in actors]
 
 
-def _registered(run_dir: Path, checkpoint: str) -> bool:
-    """Whether Ray Train has registered ``checkpoint`` (a restart resumes from registered ones only)."""
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    try:
-        return f'"{checkpoint}"' in snapshot.read_text()
-    except OSError:
-        return False
 
 
 def _rank_0_pid(pids: list[int]) -> int:
@@ -57,27 +40,6 @@ def _rank_0_pid(pids: list[int]) -> int:
     return pid
 
 
-def kill_a_worker_in_epoch_2(run_dir: Path, pick: Callable[[list[int]], int]) -> tuple[threading.Thread, dict[str, object]]:
-    """Start a thread that SIGKILLs the worker ``pick`` chooses 0.5 s after ``run_dir``'s epoch 1 is
-    registered; returns it and what it saw (``pid``, ``epoch_2_done_at_kill``, or ``error``)."""
-    seen: dict[str, object] = {}
-
-    def kill() -> None:
-        try:
-            deadline = time.monotonic() + 600
-            while not _registered(run_dir, "epoch_001") and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.5)  # into epoch 2 (an epoch takes a few seconds here)
-            pid = pick(_worker_pids())
-            seen["epoch_2_done_at_kill"] = (run_dir / "epoch_002").exists()
-            seen["pid"] = pid
-            os.kill(pid, signal.SIGKILL)
-        except Exception as err:  # surfaced by the caller's assertions
-            seen["error"] = repr(err)
-
-    killer = threading.Thread(target=kill, daemon=True)
-    killer.start()
-    return killer, seen
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +61,7 @@ def test_worker_killed_in_epoch_2_restarts_from_epoch_1_and_matches_an_uninterru
     killer.join(timeout=10)
     assert seen.get("pid"), seen
     assert seen["epoch_2_done_at_kill"] is False  # the kill landed inside epoch 2
-    assert seen["pid"] not in _worker_pids()
+    assert seen["pid"] not in worker_pids()
 
     got, want = _state(run_dir, 3), _state(reference["run_dir"], 3)
     assert got["starts"] == 2 and want["starts"] == 1  # restarted once, from the epoch-1 checkpoint

@@ -21,7 +21,6 @@ import requests
 import yaml
 from kubernetes_validate.utils import all_versions, major_minor
 from ray._private.utils import get_runtime_env_info
-from ray.dashboard.modules.dashboard_sdk import parse_runtime_env_args
 from ray.dashboard.modules.job.common import JobSubmitRequest
 from ray.job_submission import JobSubmissionClient
 from ray.runtime_env import RuntimeEnv
@@ -30,9 +29,9 @@ from ray.serve.schema import ServeDeploySchema
 
 from sentiment.config import load_config, refuse_credentials
 from serve.schemas import ServeArgs
+from tests.support import K8S, manifest, rayjob_submission
 
 ROOT = Path(__file__).resolve().parent.parent
-K8S = ROOT / "k8s"
 MANIFESTS = ["rayjob.yaml", "rayservice.yaml"]
 # The three newest Kubernetes minor versions whose schemas the pinned kubernetes-validate ships.
 KUBERNETES = sorted({major_minor(v) for v in all_versions()}, key=lambda v: tuple(map(int, v.split("."))))[-3:]
@@ -55,8 +54,6 @@ UPGRADE_TYPES = {"NewCluster", "None"}  # KubeRay 1.3's; 1.5 adds NewClusterWith
 SECRET_NAME = re.compile(r"(^|_)(KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.IGNORECASE)
 
 
-def manifest(name: str) -> dict:
-    return yaml.safe_load((K8S / name).read_text())
 
 
 def cluster_of(resource: dict) -> dict:
@@ -80,12 +77,6 @@ def validate_pod_template(template: dict, name: str, version: str) -> None:
                                   "template": template}, version, strict=True)
 
 
-def rayjob_submission() -> tuple[str, dict]:
-    """What KubeRay's submitter runs for k8s/rayjob.yaml (K8sJobMode), as ``ray job submit`` parses it:
-    the entrypoint, and the runtime env of ``--runtime-env-json`` (runtimeEnvYAML as JSON)."""
-    spec = manifest("rayjob.yaml")["spec"]
-    runtime_env = parse_runtime_env_args(runtime_env_json=json.dumps(yaml.safe_load(spec["runtimeEnvYAML"])))
-    return spec["entrypoint"].strip(), runtime_env
 
 
 def strings(value) -> list[str]:

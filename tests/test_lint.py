@@ -26,3 +26,17 @@ def test_ruff_finds_nothing() -> None:
 def test_the_core_type_checks() -> None:
     checked = run("mypy", "--no-incremental", "--cache-dir", "/dev/null")
     assert checked.returncode == 0 and "Success" in checked.stdout, checked.stdout + checked.stderr
+
+
+def test_no_module_imports_another_of_its_kind() -> None:
+    """Shared test helpers live in tests/support.py and fixtures; shared benchmark code in bench/common.py."""
+    import ast
+
+    offenders = []
+    for folder, kind in (("tests", "tests.test_"), ("bench", "bench.")):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                module = node.module if isinstance(node, ast.ImportFrom) else None
+                if module and module.startswith(kind) and module != "bench.common":
+                    offenders.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert offenders == []

@@ -21,8 +21,7 @@ from ray.cluster_utils import Cluster
 from ray_jobs.launcher import launch, prepare_data
 from ray_jobs.local_ray import keep_ray_local
 from sentiment.predict import Predictor
-from tests.test_faults import _registered
-from tests.test_train_ray import smoke_config
+from tests.support import registered, smoke_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,20 +129,20 @@ def test_a_node_lost_mid_epoch_is_waited_for_and_the_run_restarts_from_its_last_
     def lose_a_node_in_epoch_2() -> None:
         try:
             deadline = time.monotonic() + 600
-            while not _registered(run_dir, "epoch_001") and time.monotonic() < deadline:
+            while not registered(run_dir, "epoch_001") and time.monotonic() < deadline:
                 time.sleep(0.05)
             seen["epoch_2_done_at_loss"] = (run_dir / "epoch_002").exists()
             [worker_node] = [n for n in two_nodes.list_all_nodes() if n is not two_nodes.head_node]
             two_nodes.remove_node(worker_node, allow_graceful=False)  # SIGKILL: raylet, workers, all
             seen["lost_at"] = time.monotonic()
             time.sleep(5)  # the run waits: the head alone has 1 CPU of the 2 needed
-            seen["epoch_2_done_while_waiting"] = _registered(run_dir, "epoch_002")
+            seen["epoch_2_done_while_waiting"] = registered(run_dir, "epoch_002")
             # Cluster.add_node sets a SIGTERM handler, which Python allows only on the main thread
             # (busy in launch): this node is torn down with the cluster instead.
             with mock.patch("ray._private.utils.set_sigterm_handler", lambda handler: None):
                 two_nodes.add_node(num_cpus=1, **LOOPBACK)
             seen["joined_at"] = time.monotonic()
-            while not _registered(run_dir, "epoch_002") and time.monotonic() < deadline:
+            while not registered(run_dir, "epoch_002") and time.monotonic() < deadline:
                 time.sleep(0.05)
             seen["epoch_2_at"] = time.monotonic()
             finished.wait(timeout=600)  # the new node's processes die with the thread that started them

@@ -17,7 +17,7 @@ from sentiment import predict as predict_module
 from sentiment.layout import CALIBRATION_FILE, CheckpointError, resolve
 from sentiment.metrics import softmax
 from sentiment.predict import Encoded, Predictor, TextEncoder
-from tests.test_serve import make_checkpoint
+from tests.support import make_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["A fun brain candy movie...good dialog.", "What a waste of time. " * 40, "bad"]

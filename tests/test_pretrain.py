@@ -21,7 +21,7 @@ from sentiment.data import DataError, clean_text
 from sentiment.model import load_tokenizer
 from sentiment.pretraining import MaskedPositionsMLM, MaskingCollator, pretraining_texts, to_windows
 from tests.conftest import imdb_dir
-from tests.test_faults import kill_a_worker_in_epoch_2
+from tests.support import kill_a_worker_in_epoch_2
 
 # 120 texts in windows of at most 64 tokens per window, micro-batch 4 on 2 workers: long enough epochs to
 # land a kill inside epoch 2.
@@ -121,7 +121,7 @@ def test_pretraining_checkpoints_every_epoch_and_its_model_is_fine_tuned_from(un
 
     from ray_jobs.launcher import launch as train
     from ray_jobs.launcher import prepare_data
-    from tests.test_train_ray import smoke_config
+    from tests.support import smoke_config
 
     summary, _ = uninterrupted
     run = Path(summary["run_dir"])

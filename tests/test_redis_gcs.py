@@ -32,8 +32,7 @@ from ray_jobs.local_ray import free_loopback_port, keep_ray_local
 from ray_jobs.redis_gcs import RedisError, redis_config, start_redis
 from serve.app import build_app
 from serve.schemas import API_KEY_ENV
-from tests.test_serve import APP, make_checkpoint, model_replicas, wait_until
-from tests.test_serve_faults import TimedLoad, model_replica_actors
+from tests.support import APP, TimedLoad, make_checkpoint, model_replica_actors, model_replicas, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 

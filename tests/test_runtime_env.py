@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_job_submit import _ray, _submit, ray_head
+from tests.support import ray_cli, ray_head, submit_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def test_submitted_job_gets_pyproject_deps_and_node_secrets(head_with_secrets, t
     env_file.write_text(yaml.safe_dump(runtime_env))
     job_id = f"uv-{uuid.uuid4().hex[:8]}"
 
-    done = _submit(f"--submission-id={job_id}", "--runtime-env", str(env_file), "--working-dir", str(workdir),
+    done = submit_job(f"--submission-id={job_id}", "--runtime-env", str(env_file), "--working-dir", str(workdir),
                    "--", "python", "probe_env.py", env=env, address=address)
 
     logs = done.stdout + done.stderr
@@ -117,7 +117,7 @@ def test_submitted_job_gets_pyproject_deps_and_node_secrets(head_with_secrets, t
         assert "/runtime_resources/uv/" in report["prefix"], (where, report["prefix"])  # Ray's uv env
         assert report["wandb"] == _digest(SECRETS["WANDB_API_KEY"]), where  # inherited from the raylet
         assert report["api"] == _digest(SECRETS["SENTIMENT_API_KEY"]), where
-    listed = _ray("job", "list", f"--address={address}", env=env)
+    listed = ray_cli("job", "list", f"--address={address}", env=env)
     assert listed.returncode == 0 and job_id in listed.stdout, listed.stderr[-2000:]
     assert "uv_pip_install_options" in listed.stdout  # the job table shows the runtime env ...
     for secret in SECRETS.values():
@@ -128,8 +128,8 @@ def test_env_vars_in_a_runtime_env_would_be_listed(head_with_secrets):
     """Why secrets stay out of runtime envs: `ray job list` prints a job's env_vars verbatim."""
     env, address, _ = head_with_secrets
     leaked = f"leak-{uuid.uuid4().hex}"
-    done = _submit("--runtime-env-json", json.dumps({"env_vars": {"WANDB_API_KEY": leaked}}),
+    done = submit_job("--runtime-env-json", json.dumps({"env_vars": {"WANDB_API_KEY": leaked}}),
                    "--", "python", "-c", "print('ok')", env=env, address=address)
     assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
-    listed = _ray("job", "list", f"--address={address}", env=env)
+    listed = ray_cli("job", "list", f"--address={address}", env=env)
     assert leaked in listed.stdout

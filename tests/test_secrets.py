@@ -11,7 +11,7 @@ import ray
 
 from ray_jobs import evaluate
 from ray_jobs.launcher import launch, prepare_data
-from tests.test_train_ray import smoke_config
+from tests.support import smoke_config
 
 pytestmark = pytest.mark.ray
 WANDB_KEY = "wandb-" + secrets.token_hex(20)

@@ -17,36 +17,29 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-import torch
 import yaml
 from pydantic import ValidationError
-from ray import serve
 from ray.serve import Application
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
 
-from ray_jobs.local_ray import free_loopback_port, init_ray
-from sentiment.config import load_config
-from sentiment.layout import CheckpointError, resolve, save_model_dir
-from sentiment.model import build_model, load_tokenizer
+from sentiment.layout import CheckpointError, resolve
 from sentiment.predict import Predictor
 from serve.app import build_app
 from serve.schemas import API_KEY_ENV, ServeArgs
+from tests.support import TEXTS, make_checkpoint, model_replicas, start_serve, stop_serve, wait_until
 
 # Serve warns when look_back_period_s is under its deprecated 10 s metrics_interval_s; the tests
 # push metrics every 0.1 s (FAST_METRICS_ENV), so a 2 s window is sound.
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore:`look_back_period_s`:FutureWarning")]
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = "sentiment"
-MODEL = "SentimentModel"
 KEY = "k-" + secrets.token_hex(16)
 # Serve reads these when its actors start: push load metrics every 0.1 s instead of every 10 s.
 FAST_METRICS_ENV = {
@@ -62,73 +55,18 @@ TEST_ARGS = {
     "downscale_delay_s": 15.0, "look_back_period_s": 2.0, "max_text_chars": 2000, "max_texts": 8,
     "max_request_windows": 6,  # under max_texts: 7 texts are a request over its cost cap
 }
-TEXTS = [
-    "A fun brain candy movie...good dialog.",
-    "What a waste of time. The plot was confusing, acting was terrible.",
-    "meh",
-    "While the cinematography was stunning, the weak storyline ruined the experience. " * 8,  # truncated at 64
-    "This movie is an absolute masterpiece! The acting was brilliant.",
-]
 
 
-def make_checkpoint(tiny_model_dir: Path, folder: Path) -> Path:
-    """A servable model folder (max_seq_length 64) whose outputs differ clearly from text to text.
-
-    The tiny BERT's default init maps every text to nearly the same probability, which would let a
-    wrong endpoint pass a 1e-5 comparison; larger weights (seeded) spread the outputs.
-    """
-    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "data.max_seq_length=64"])
-    model = build_model(cfg.model)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for weight in (p for p in model.parameters() if p.ndim == 2):
-            weight.normal_(0.0, 0.2)
-    return save_model_dir(model, load_tokenizer(str(tiny_model_dir)), cfg, {"val_accuracy": 0.5}, folder)
 
 
-def start_serve(args: dict[str, Any]) -> str:
-    """Start a loopback-only Ray and Serve, deploy ``build_app(args)`` at ``/``; return its URL.
-
-    No W&B lineage run unless ``args`` asks for one (tests/test_tracking.py covers it)."""
-    init_ray(num_cpus=2)
-    port = free_loopback_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"wandb_mode": "disabled", **args}), name=APP, route_prefix="/", logging_config={"enable_access_log": False})
-    return f"http://127.0.0.1:{port}"
 
 
-def stop_serve() -> None:
-    """Shut Serve and Ray down."""
-    import ray
-
-    serve.shutdown()
-    ray.shutdown()
 
 
-@contextmanager
-def keyless_server(tiny_model_dir: Path, folder: Path, args: dict[str, Any]) -> Iterator[str]:
-    """Serve a fresh checkpoint in ``folder`` with ``args`` and no API key; yields the base URL."""
-    checkpoint = make_checkpoint(tiny_model_dir, folder / "model")
-    with pytest.MonkeyPatch.context() as env:
-        env.delenv(API_KEY_ENV, raising=False)
-        try:
-            yield start_serve({"checkpoint": str(checkpoint), **args})
-        finally:
-            stop_serve()
 
 
-def model_replicas() -> dict[str, int]:
-    """Replica counts by state of the model deployment, from ``serve.status()``."""
-    states = serve.status().applications[APP].deployments[MODEL].replica_states
-    return {str(getattr(k, "value", k)): v for k, v in states.items() if v}
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``condition`` every 0.2 s; fail naming ``what`` if it does not hold within the time."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
-import requests
 
-from tests.test_serve import APP, MODEL, TEXTS, keyless_server, model_replicas, wait_until
+from tests.support import TimedLoad, keyless_server, model_replica_actors, model_replicas, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -37,93 +34,14 @@ FAILURE_BOUND = 0  # failed requests allowed: the ingress retries on a dead repl
 RECOVERY_FRACTION = 0.5
 
 
-def alive_actors(class_name: str) -> dict[str, int]:
-    """Alive actors named ``class_name`` in this driver's Ray: actor id -> worker PID (Ray's state API)."""
-    import ray
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=ray.get_runtime_context().gcs_address,  # another Ray may run on this machine
-                         filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
-    return {a.actor_id: a.pid for a in actors}
 
 
-def model_replica_actors() -> dict[str, int]:
-    """Alive model replicas of this app: actor id -> worker PID."""
-    return alive_actors(f"ServeReplica:{APP}:{MODEL}")
 
 
-def http_front_pid() -> int:
-    """The process that takes the HTTP requests: HAProxy in HAProxy mode (a local Ray's default,
-    ``ray_jobs.local_ray_env``; the newest, if a reload left an old one draining), else Serve's proxy."""
-    managers = alive_actors("HAProxyManager")
-    if not managers:
-        (proxy,) = alive_actors("ProxyActor").values()
-        return proxy
-    (manager,) = managers.values()
-    fronts = [p for p in psutil.Process(manager).children() if p.name() == "haproxy"]
-    return max(fronts, key=lambda p: p.create_time()).pid
 
 
-def serve_pids() -> dict[str, int]:
-    """PIDs of the app's (single) model replica, its ingress replica and the HTTP proxy."""
-    pids = {}
-    for role, name in (("model", f"ServeReplica:{APP}:{MODEL}"), ("ingress", f"ServeReplica:{APP}:SentimentAPI")):
-        (pids[role],) = alive_actors(name).values()
-    pids["proxy"] = http_front_pid()
-    return pids
 
 
-class TimedLoad:
-    """Single-review requests from ``concurrency`` threads, at most ``limit`` of them.
-
-    Keeps the completion time of every 200 (``done``) and a line per failure (``failures``).
-    """
-
-    def __init__(self, url: str, concurrency: int, limit: int, headers: dict[str, str] | None = None) -> None:
-        self.url, self.limit, self.sent, self.headers = url, limit, 0, headers or {}
-        self.done: list[float] = []
-        self.failures: list[str] = []
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(concurrency)]
-        for t in self.threads:
-            t.start()
-
-    def _take(self) -> bool:
-        with self.lock:
-            if self.sent >= self.limit:
-                return False
-            self.sent += 1
-            return True
-
-    def _worker(self) -> None:
-        session = requests.Session()
-        session.headers.update(self.headers)
-        while self._take():
-            try:
-                r = session.post(self.url, json={"text": TEXTS[self.sent % len(TEXTS)]}, timeout=60)
-                if r.status_code == 200:
-                    self.done.append(time.monotonic())
-                else:
-                    self.failures.append(f"{r.status_code}: {r.text[:300]}")
-            except requests.RequestException as err:
-                self.failures.append(repr(err))
-
-    def rate(self, start: float, end: float) -> float:
-        """Successful requests per second completed in ``[start, end)``."""
-        return sum(start <= t < end for t in self.done) / (end - start)
-
-    def join(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for every request to be sent and answered; True if they were."""
-        deadline = time.monotonic() + timeout_s
-        for t in self.threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self.threads)
-
-    def stop(self, timeout_s: float) -> None:
-        """Send no more requests; wait for those in flight (fail if they outlast ``timeout_s``)."""
-        with self.lock:
-            self.limit = self.sent
-        assert self.join(timeout_s), f"requests still running after {timeout_s} s"
 
 
 @pytest.fixture(scope="module")

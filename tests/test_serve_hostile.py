@@ -36,8 +36,7 @@ from bench import abuse
 from ray_jobs.local_ray import free_loopback_port, init_ray
 from serve.app import build_app
 from serve.schemas import API_KEY_ENV
-from tests.test_serve import APP, make_checkpoint, stop_serve, wait_until
-from tests.test_serve_faults import serve_pids
+from tests.support import APP, make_checkpoint, serve_pids, stop_serve, wait_until
 
 pytestmark = pytest.mark.ray
 

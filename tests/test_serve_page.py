@@ -18,7 +18,7 @@ from sentiment.attribution import explain
 from sentiment.predict import Predictor
 from sentiment.report import SCENARIOS
 from serve.schemas import API_KEY_ENV
-from tests.test_serve import make_checkpoint, start_serve, stop_serve
+from tests.support import make_checkpoint, start_serve, stop_serve
 
 pytestmark = [pytest.mark.ray, pytest.mark.browser]
 

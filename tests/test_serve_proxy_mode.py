@@ -30,9 +30,7 @@ import yaml
 from bench import abuse
 from ray_jobs.local_ray import free_loopback_port
 from serve.schemas import API_KEY_ENV
-from tests.test_job_submit import BIN, ROOT, ray_head
-from tests.test_k8s import manifest
-from tests.test_serve import make_checkpoint, wait_until
+from tests.support import BIN, ROOT, make_checkpoint, manifest, ray_head, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 

@@ -19,8 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.test_serve import ROOT, keyless_server, model_replicas, wait_until
-from tests.test_serve_faults import TimedLoad, serve_pids
+from tests.support import ROOT, TimedLoad, keyless_server, model_replicas, serve_pids, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -19,8 +19,7 @@ from sentiment.data import load_splits
 from sentiment.layout import resolve
 from sentiment.predict import Predictor
 from tests.conftest import imdb_dir
-from tests.test_serve import start_serve, stop_serve
-from tests.test_train_ray import smoke_config
+from tests.support import smoke_config, start_serve, stop_serve
 
 pytestmark = [pytest.mark.ray, pytest.mark.smoke]
 

@@ -14,7 +14,7 @@ import pytest
 from ray_jobs.launcher import check_storage, launch, prepare_data
 from ray_jobs.local_ray import free_loopback_port
 from sentiment.config import ConfigError, load_config
-from tests.test_train_ray import smoke_config
+from tests.support import smoke_config
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")

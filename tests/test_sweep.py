@@ -10,21 +10,13 @@ import pytest
 
 from sentiment.config import ConfigError, load_config
 from sentiment.predict import Predictor
+from tests.support import sweep_config
 from tests.wandb_log import records
 from tune.sweep import concurrency, sweep, validate_space
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def sweep_config(model_dir, data_dir, storage, name, *extra):
-    return load_config(None, [
-        f"model.name_or_path={model_dir}", f"data.path={data_dir}", "data.max_seq_length=64",
-        "data.validation_fraction=0.25", "data.max_train_samples=96", "data.max_val_samples=64",
-        "data.max_test_samples=32", "train.epochs=2", "train.batch_size=16", "train.log_every_steps=3",
-        "scaling.num_workers=1", "scaling.cpus_per_worker=0.9", "tracking.mode=offline",
-        "run.metric=val_loss", "run.mode=min", "run.max_failures=0", f"run.storage_path={storage}",
-        f"sweep.name={name}", "sweep.search=random", "sweep.num_samples=1", *extra,
-    ])
 
 
 LR_GRID = "sweep.space={train.lr: {type: grid, values: [1.0e-4, 3.0e-3, 3.0e-2, 0.2]}}"

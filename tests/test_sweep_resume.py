@@ -16,7 +16,7 @@ import pytest
 import ray
 
 from ray_jobs.local_ray import init_ray
-from tests.test_sweep import sweep_config
+from tests.support import sweep_config
 from tune.sweep import sweep
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import time
 from ray_jobs.tracking import record_served_model, resolve_mode, run_id, start_tracking
 from sentiment.config import load_config
 from sentiment.layout import resolve
-from tests.test_serve import make_checkpoint
+from tests.support import make_checkpoint
 from tests.wandb_log import records
 
 

@@ -16,6 +16,7 @@ from sentiment.config import ConfigError, load_config
 from sentiment.precision import auto_precision
 from sentiment.predict import Predictor
 from tests.conftest import imdb_dir
+from tests.support import smoke_config
 from tests.wandb_log import logged_keys, records
 
 pytestmark = pytest.mark.ray
@@ -23,16 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS_PER_EPOCH = 128 // (16 * 2)  # train reviews / (micro-batch x workers)
 
 
-def smoke_config(model_dir, data_dir, storage, name, *extra):
-    return load_config(None, [
-        f"model.name_or_path={model_dir}", f"data.path={data_dir}", "data.max_seq_length=64",
-        "data.validation_fraction=0.25", "data.max_train_samples=128", "data.max_val_samples=64", "data.max_test_samples=64",
-        "train.epochs=2", "train.batch_size=16", "train.log_every_steps=2", "train.lr=5e-4",
-        "deepspeed.zero_stage=2", "scaling.num_workers=2", "tracking.mode=offline", "run.max_failures=0",
-        "data.long_reviews=chunks",  # the test at the end scores whole reviews (windows of 64 tokens)
-        "train.precision=auto",  # bf16 where the CPU runs it natively (the quickstart's setting), else fp32
-        f"run.storage_path={storage}", f"run.name={name}", *extra,
-    ])
 
 
 @pytest.fixture(scope="module")

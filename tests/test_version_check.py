@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from tests.test_job_submit import ray_head
+from tests.support import ray_head
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parent.parent
