@@ -48,6 +48,8 @@ FAST_METRICS_ENV = {
 }
 # downscale_delay_s outlasts a replica's start (~15 s of CPU-heavy imports on 2 cores, which slows
 # the ingress enough that the measured load dips): shorter, the autoscaler flaps 2 -> 1 -> 2.
+# configs/serve.yaml's application, shrunk to the tiny model's sizes (as the training configs are)
+SERVE_YAML_ARGS = yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())["applications"][0]["args"]
 TEST_ARGS = {
     "num_cpus": 0.5, "max_batch_size": 8, "batch_wait_timeout_s": 0.005, "max_ongoing_requests": 16,
     "max_batch_tokens": 128,  # with max_seq_length 64: two long reviews fill a batch (the token budget at work)
@@ -80,7 +82,7 @@ def server(checkpoint: Path) -> Iterator[str]:
         for name, value in FAST_METRICS_ENV.items():
             env.setenv(name, value)
         env.setenv(API_KEY_ENV, KEY)
-        url = start_serve({"checkpoint": str(checkpoint), **TEST_ARGS})
+        url = start_serve({**SERVE_YAML_ARGS, "checkpoint": str(checkpoint), **TEST_ARGS})
         try:
             yield url
         finally:

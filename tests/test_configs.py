@@ -1,0 +1,85 @@
+"""Every training config in configs/ runs, shrunk to the tiny model as torchtune tests its recipes.
+
+Each keeps its shape (sequence length, truncation, padding multiple, ZeRO stage, workers, schedule,
+precision where this CPU runs it, long-review scoring, what it freezes, what it distils from or
+pretrains on) while the model, the data, the sizes and the device shrink: a GPU-only config runs on
+CPU. ``configs/smoke.yaml`` runs in tests/test_multinode.py and tests/test_job_submit.py, and
+``configs/serve.yaml``'s application is the one tests/test_serve.py deploys.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ray_jobs import pretrain
+from ray_jobs.launcher import launch, prepare_data
+from sentiment.config import Config, load_config
+from tune.sweep import sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAINING = ["bert-base", "minilm-full", "minilm-distill-full", "quickstart"]
+PRETRAINING = ["itpt-minilm", "minilm-itpt-full"]
+SHAPE = [("data", "max_seq_length"), ("data", "truncation"), ("data", "pad_to_multiple_of"), ("data", "long_reviews"),
+         ("deepspeed", "zero_stage"), ("scaling", "num_workers"), ("train", "schedule"), ("train", "freeze_embeddings")]
+
+pytestmark = pytest.mark.ray
+
+
+def shrink(name: str, model: Path, data: Path, storage: Path, *extra: str) -> tuple[Config, dict]:
+    """``configs/<name>.yaml`` on the tiny model and data, one epoch of a few reviews on CPU; and the file."""
+    raw = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    overrides = [
+        f"model.name_or_path={model}", f"data.path={data}", "data.max_train_samples=32", "data.max_val_samples=16",
+        "data.max_test_samples=16", "train.epochs=1", "train.batch_size=8", "scaling.use_gpu=false",
+        "scaling.cpus_per_worker=1", "tracking.mode=disabled", "run.max_failures=0", f"run.storage_path={storage}",
+        f"run.name={name}",
+    ]
+    if raw.get("train", {}).get("precision") == "bf16":
+        overrides.append("train.precision=auto")  # bf16 where this CPU runs it natively, else fp32
+    if raw.get("train", {}).get("freeze_layers"):
+        overrides.append("train.freeze_layers=1")  # the tiny BERT has 2 layers
+    if "pretrain" in raw:
+        overrides += ["pretrain.splits=[train]", "pretrain.max_texts=48", "pretrain.validation_texts=16"]
+    return load_config(ROOT / "configs" / f"{name}.yaml", [*overrides, *extra]), raw
+
+
+def kept_shape(model_dir: Path, raw: dict) -> dict:
+    """The config saved with the run's model; each shape key the file sets is what the run used."""
+    saved = json.loads((model_dir / "train_config.json").read_text())
+    for section, key in SHAPE:
+        if key in raw.get(section, {}):
+            assert saved[section][key] == raw[section][key], f"{section}.{key}"
+    return saved
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_each_training_config_trains_and_tests_shrunk(name, local_ray, smoke_run, tiny_model_dir, small_imdb, tmp_path):
+    teacher = [f"train.teacher={smoke_run[1]['run_dir']}"] if name == "minilm-distill-full" else []
+    cfg, raw = shrink(name, tiny_model_dir, small_imdb, tmp_path, *teacher)
+    summary = launch(cfg, prepare_data(cfg))
+    assert summary["test_metrics"]["test_count"] == 16
+    saved = kept_shape(Path(summary["best_checkpoint"]) / "model", raw)
+    assert (saved["train"]["teacher"] is not None) == bool(teacher)
+
+
+@pytest.mark.parametrize("name", PRETRAINING)
+def test_each_pretraining_config_pretrains_shrunk(name, local_ray, tiny_model_dir, small_imdb, tmp_path):
+    cfg, raw = shrink(name, tiny_model_dir, small_imdb, tmp_path)
+    summary = pretrain.launch(cfg)
+    assert len(summary["history"]) == 1 and summary["best_val_loss"] > 0
+    assert (Path(summary["model"]) / "model.safetensors").is_file()
+    kept_shape(Path(summary["model"]), raw)
+
+
+def test_the_sweep_config_sweeps_its_own_space_shrunk(local_ray, tiny_model_dir, small_imdb, tmp_path):
+    cfg, raw = shrink("sweep", tiny_model_dir, small_imdb, tmp_path, "sweep.num_samples=2", "sweep.max_concurrent_trials=1")
+    best = sweep(cfg)
+    table = pd.read_csv(tmp_path / "sweep" / "results.csv")
+    assert len(table) == 2 and set(raw["sweep"]["space"]) <= set(table.columns)
+    assert cfg.sweep.search == raw["sweep"]["search"] and cfg.sweep.scheduler == raw["sweep"]["scheduler"]
+    assert Path(best["checkpoint"]).is_dir()
