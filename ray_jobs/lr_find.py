@@ -14,7 +14,6 @@ with the command to train at it with ``train.schedule=one_cycle``. Nothing is ch
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import pandas as pd
 import ray.train
 import torch
 import torch.distributed as dist
+from pydantic import Field
 
 from ray_jobs.launcher import build_trainer, check_resources, check_storage, prepare_data, wandb_dir
 from ray_jobs.local_ray import init_ray
@@ -45,6 +45,7 @@ from ray_jobs.worker import (
 )
 from sentiment import layout, storage
 from sentiment.batching import iterate, make_collator, train_batches
+from sentiment.cli import TrainingCommand, parse_command
 from sentiment.config import Config, ConfigError, load_config, output_name
 from sentiment.layout import LR_CURVE_FILE
 from sentiment.lr_range import LossTracker, LrRange, Suggestion, plot, suggest
@@ -164,16 +165,18 @@ def find_lr(cfg: Config, rng: LrRange, run_name: str, data: Any = None) -> dict[
     return found | {"location": location}
 
 
+class LrFindCommand(TrainingCommand):
+    """``ray_jobs.lr_find``'s options: the training config, and the range the rate sweeps."""
+
+    min_lr: float = Field(LrRange.min_lr, description="First rate.")
+    max_lr: float = Field(LrRange.max_lr, description="Last rate.")
+    steps: int = Field(LrRange.steps, description="Optimizer steps from the first rate to the last.")
+    name: str | None = Field(None, description="The output folder: the same as run.name=NAME (default lr-find-<timestamp>).")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """CLI: validate, prepare the training data, start or join Ray, run the test, print the suggestion."""
-    parser = argparse.ArgumentParser(prog="python -m ray_jobs.lr_find", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML training config (as for ray_jobs.train)")
-    parser.add_argument("--min-lr", type=float, default=LrRange.min_lr, help="first rate (default %(default)g)")
-    parser.add_argument("--max-lr", type=float, default=LrRange.max_lr, help="last rate (default %(default)g)")
-    parser.add_argument("--steps", type=int, default=LrRange.steps, help="optimizer steps from min to max (default %(default)d)")
-    parser.add_argument("--name", help="the output folder: the same as run.name=NAME (default lr-find-<timestamp>)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    args = parser.parse_args(argv)
+    args = parse_command(LrFindCommand, argv, prog="python -m ray_jobs.lr_find", description=__doc__.split("\n")[0])
     rng = LrRange(min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
     cfg = load_config(args.config, [*args.overrides, *([f"run.name={args.name}"] if args.name else [])])
     check_against_model(cfg)

@@ -13,7 +13,6 @@ Hugging Face masked-LM folder: pass it as ``model.name_or_path`` to fine-tune fr
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -46,6 +45,7 @@ from ray_jobs.worker import (
 )
 from sentiment import layout, storage
 from sentiment.batching import eval_batches, train_batches
+from sentiment.cli import TrainingCommand, parse_command
 from sentiment.config import Config, ConfigError, config_from_dict, load_config, output_name
 from sentiment.data import DataError
 from sentiment.layout import MODEL_DIR, PRETRAIN_SUMMARY_FILE, STATE_FILE, epoch_dir_name
@@ -202,10 +202,7 @@ def launch(cfg: Config, windows: dict[str, Windows] | None = None) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """CLI: validate, read the texts, start or join Ray, pretrain, print the model folder to fine-tune from."""
-    parser = argparse.ArgumentParser(prog="python -m ray_jobs.pretrain", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML config file (defaults apply when omitted)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=5e-5")
-    args = parser.parse_args(argv)
+    args = parse_command(TrainingCommand, argv, prog="python -m ray_jobs.pretrain", description=__doc__.split("\n")[0])
     cfg = pretrain_config(load_config(args.config, args.overrides))
     check_against_model(cfg)
     check_storage(cfg)

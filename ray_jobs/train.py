@@ -10,7 +10,6 @@ ids to the workers through Ray's object store.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from typing import Any
@@ -22,6 +21,7 @@ from ray_jobs.export import run as export_checkpoint
 from ray_jobs.launcher import check_resources, check_resume_from, check_storage, check_teacher, launch, prepare_data
 from ray_jobs.local_ray import init_ray
 from sentiment import layout, storage
+from sentiment.cli import TrainingCommand, parse_command
 from sentiment.config import Config, ConfigError, load_config
 from sentiment.layout import MODEL_DIR
 from sentiment.metrics import WEAK_F1, weak_classes
@@ -62,11 +62,9 @@ def storage_full_line(err: Exception) -> str | None:
     return None
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ray_jobs.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML config file (defaults apply when omitted)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=2e-5")
-    return parser.parse_args(argv)
+def parse_args(argv: list[str] | None) -> TrainingCommand:
+    """Command-line arguments as a :class:`~sentiment.cli.TrainingCommand`."""
+    return parse_command(TrainingCommand, argv, prog="python -m ray_jobs.train", description=__doc__.split("\n")[0])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -65,9 +65,13 @@ def reference() -> str:
     """The whole page."""
     from ray_jobs.evaluate import EvaluateConfig
     from ray_jobs.export import ExportConfig
+    from ray_jobs.lr_find import LrFindCommand
     from ray_jobs.predict import PredictConfig
+    from sentiment.cli import TrainingCommand
     from sentiment.config import Config
     from serve.schemas import ServeArgs
+    from tune.cv import CvCommand
+    from tune.sweep import SweepCommand
 
     lines = [
         "# Configuration reference",
@@ -84,13 +88,16 @@ def reference() -> str:
         model = field.annotation
         lines += ["", f"### `{section}`", "", (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "), ""]
         lines += table(model, lambda name, section=section: f"{section}.{name}")
-    commands = [("ray_jobs.evaluate", EvaluateConfig), ("ray_jobs.predict", PredictConfig), ("ray_jobs.export", ExportConfig)]
+    commands = [("ray_jobs.train", TrainingCommand), ("ray_jobs.pretrain", TrainingCommand), ("ray_jobs.lr_find", LrFindCommand),
+                ("tune.sweep", SweepCommand), ("tune.cv", CvCommand), ("ray_jobs.evaluate", EvaluateConfig),
+                ("ray_jobs.predict", PredictConfig), ("ray_jobs.export", ExportConfig)]
     lines += ["", "## Command options", "",
-              "Each option is `--kebab-case value` or `field=value` (`--max-samples 500` is `max_samples=500`).",
-              "A boolean is `--flag` / `--no-flag`."]
+              "Each command's options come from its model. An option is `--kebab-case value` or `field=value`",
+              "(`--max-samples 500` is `max_samples=500`); a boolean is `--flag` / `--no-flag`; the training",
+              "commands also take the training config's dotted overrides as words (`train.lr=2e-5`)."]
     for command, model in commands:
         lines += ["", f"### `python -m {command}`", ""]
-        lines += table(model, lambda name: f"--{name.replace('_', '-')}")
+        lines += table(model, lambda name: "overrides ..." if name == "overrides" else f"--{name.replace('_', '-')}")
     lines += ["", "### `serve run serve.app:build_app`", "",
               "Arguments are `key=value` words after the import path (`checkpoint=best num_cpus=2`).", ""]
     lines += table(ServeArgs, lambda name: name)

@@ -13,10 +13,22 @@ from __future__ import annotations
 import argparse
 from typing import Any, TypeVar, cast
 
-from pydantic import BaseModel, ValidationError
-from pydantic_settings import CliApp, CliSettingsSource
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import CliApp, CliPositionalArg, CliSettingsSource
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class TrainingCommand(BaseModel):
+    """The options every command on the training config takes: a YAML file and dotted overrides
+    (``ray_jobs.train``, ``ray_jobs.pretrain``; ``ray_jobs.lr_find``, ``tune.sweep`` and ``tune.cv``
+    add their own)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: str | None = Field(None, description="YAML config file (defaults apply when omitted).")
+    overrides: CliPositionalArg[list[str]] = Field(
+        default_factory=list, description="section.key=value overrides, e.g. train.lr=2e-5 run.name=mine.")
 
 
 def option_words(model: type[BaseModel], argv: list[str]) -> list[str]:

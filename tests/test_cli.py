@@ -9,13 +9,17 @@ from ray_jobs.evaluate import EvaluateConfig
 from ray_jobs.evaluate import parse_args as evaluate_args
 from ray_jobs.export import ExportConfig
 from ray_jobs.export import parse_args as export_args
+from ray_jobs.lr_find import LrFindCommand
 from ray_jobs.predict import PredictConfig
 from ray_jobs.predict import parse_args as predict_args
-from sentiment.cli import option_words, parse_command
+from sentiment.cli import TrainingCommand, option_words, parse_command
+from tune.cv import CvCommand
+from tune.sweep import SweepCommand
 
 COMMANDS = [(EvaluateConfig, evaluate_args, ["--checkpoint", "best"]),
             (PredictConfig, predict_args, ["--checkpoint", "best", "--input", "in.csv", "--output", "out.parquet"]),
             (ExportConfig, export_args, ["--checkpoint", "best"])]
+TRAINING = [TrainingCommand, LrFindCommand, SweepCommand, CvCommand]
 
 
 @pytest.mark.parametrize(("model", "parse", "required"), COMMANDS)
@@ -51,3 +55,11 @@ def test_a_bad_command_line_exits_2_with_one_line_naming_the_option(argv, messag
         parse_command(EvaluateConfig, argv, prog="python -m ray_jobs.evaluate", description="evaluate")
     assert done.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"python -m ray_jobs.evaluate: {message}"
+
+
+@pytest.mark.parametrize("model", TRAINING)
+def test_training_commands_take_a_config_overrides_and_their_own_options(model):
+    required = ["--folds", "3"] if model is CvCommand else []
+    parsed = parse_command(model, [*required, "--config", "configs/smoke.yaml", "train.lr=2e-5", "run.name=x"], "p", "d")
+    assert parsed.config == "configs/smoke.yaml" and parsed.overrides == ["train.lr=2e-5", "run.name=x"]
+    assert all(field.description for field in model.model_fields.values())

@@ -13,12 +13,12 @@ row per fold and the mean and sample standard deviation (ddof=1) over the folds.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
 
 import pandas as pd
 import ray
+from pydantic import Field
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search import BasicVariantGenerator
@@ -27,6 +27,7 @@ from ray_jobs.launcher import check_storage, launch, tokenized_splits, wandb_dir
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import start_tracking
 from sentiment import layout, storage
+from sentiment.cli import TrainingCommand, parse_command
 from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config, output_name
 from sentiment.data import EncodedSplit, check_folds, cross_validation_fold
 from sentiment.layout import CV_RESULTS_FILES
@@ -159,18 +160,20 @@ def cross_validate(cfg: Config, name: str, folds: list[dict[str, EncodedSplit]],
     return table
 
 
+class CvCommand(TrainingCommand):
+    """``tune.cv``'s options: the training config, the number of folds, and resuming."""
+
+    folds: int = Field(description="Number of folds K (>= 2).")
+    name: str | None = Field(None, description="The folder: the same as run.name=NAME (default cv-<timestamp>); --resume needs it.")
+    resume: bool = Field(False, description="Continue the cross-validation --name, rerunning failed folds.")
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     """CLI: validate, start or join Ray, cross-validate (or resume), print the table.
 
     Exits 1 when a fold failed (``--resume`` reruns it).
     """
-    parser = argparse.ArgumentParser(prog="python -m tune.cv", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML training config (as for ray_jobs.train)")
-    parser.add_argument("--folds", type=int, required=True, help="number of folds K (>= 2)")
-    parser.add_argument("--name", help="the folder: the same as run.name=NAME (default cv-<timestamp>); --resume needs it")
-    parser.add_argument("--resume", action="store_true", help="continue the cross-validation --name, rerunning failed folds")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    args = parser.parse_args(argv)
+    args = parse_command(CvCommand, argv, prog="python -m tune.cv", description=__doc__.split("\n")[0])
     if args.folds < 2:
         raise ConfigError(f"--folds {args.folds}: cross-validation needs at least 2 folds")
     cfg = load_config(args.config, [*args.overrides, *([f"run.name={args.name}"] if args.name else []), f"data.cv_folds={args.folds}"])

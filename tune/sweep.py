@@ -18,7 +18,6 @@ epochs is never counted as stopped early.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 import ray
+from pydantic import Field
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -36,6 +36,7 @@ from ray_jobs.launcher import launch, prepare_data, wandb_dir
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import shared_service, start_tracking
 from sentiment import layout, storage
+from sentiment.cli import TrainingCommand, parse_command
 from sentiment.config import Config, ConfigError, config_from_dict, deep_merge, load_config, output_name
 from sentiment.layout import BEST_FILE, SWEEP_RESULTS_FILES
 from sentiment.node_cache import open_local
@@ -286,13 +287,15 @@ def sweep(cfg: Config, resume: bool = False) -> dict[str, Any]:
     return best
 
 
+class SweepCommand(TrainingCommand):
+    """``tune.sweep``'s options: the training config with its ``sweep`` section, and resuming."""
+
+    resume: bool = Field(False, description="Continue the sweep named sweep.name or run.name.")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """CLI: validate, start or join Ray, sweep (or resume), print the ranked table."""
-    parser = argparse.ArgumentParser(prog="python -m tune.sweep", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML config with a sweep section")
-    parser.add_argument("--resume", action="store_true", help="continue the sweep named sweep.name")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    args = parser.parse_args(argv)
+    args = parse_command(SweepCommand, argv, prog="python -m tune.sweep", description=__doc__.split("\n")[0])
     cfg = load_config(args.config, args.overrides)
     if args.resume and not (cfg.sweep.name or cfg.run.name):
         raise ConfigError("--resume needs sweep.name or run.name (the sweep folder to continue)")
