@@ -31,8 +31,8 @@ from ray_jobs.worker import build_optimizer, build_scheduler
 from sentiment.batching import iterate, make_collator, train_batches
 from sentiment.config import DATA_DIR_ENV, PACKAGED_MODEL, Config, load_config
 from sentiment.data import SpecialTokens, clean_text, model_inputs
-from sentiment.layout import save_model_dir
 from sentiment.model import build_model, load_tokenizer
+from sentiment.model_folder import save_model_dir
 from sentiment.predict import Predictor
 from serve.app import build_app
 from serve.schemas import ServeArgs

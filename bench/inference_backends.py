@@ -58,8 +58,8 @@ def smoke_checkpoint(folder: Path) -> Path:
     """A tiny BERT exported with both variants (its checks on 40 synthetic reviews)."""
     from ray_jobs import export
     from sentiment.config import load_config
-    from sentiment.layout import save_model_dir
     from sentiment.model import build_model, load_tokenizer
+    from sentiment.model_folder import save_model_dir
 
     tiny = tiny_bert(folder / "tiny")
     cfg = load_config(None, [f"model.name_or_path={tiny}", "data.max_seq_length=64"])

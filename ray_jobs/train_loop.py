@@ -43,7 +43,7 @@ from ray_jobs.worker import (
     use_the_prebuilt_deepspeed_op,
     worker_setup,
 )
-from sentiment import layout, storage
+from sentiment import model_folder, storage
 from sentiment.batching import eval_batches, iterate, make_collator, train_batches
 from sentiment.config import Config
 from sentiment.data import mean_by_owner
@@ -149,7 +149,7 @@ def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ct
         metrics = evaluate(model, splits["test"], cfg, ctx.collate, ctx.device, prefix="test_")
         metrics["test_epoch"], metrics["test_checkpoint"] = state.best_epoch, state.best_checkpoint
         if ctx.rank == 0:
-            layout.write_test_metrics(fs, ctx.run_dir, metrics)  # and the tested folder's model card
+            model_folder.write_test_metrics(fs, ctx.run_dir, metrics)  # and the tested folder's model card
             tracker.summary(scalar_metrics(metrics))
             tracker.log({f"test/{k.removeprefix('test_')}": v for k, v in scalar_metrics(metrics).items()}, step=state.global_step)
             tracker.log_model(local, name=f"model-{ctx.run_name}", aliases=["best", f"epoch-{state.best_epoch}"],

@@ -33,8 +33,9 @@ from sentiment import layout, storage
 from sentiment.config import Config, config_from_dict
 from sentiment.data import EncodedSplit, SpecialTokens, chunked_inputs, loss_class_weights, model_inputs
 from sentiment.distillation import distillation_loss
-from sentiment.layout import DEEPSPEED_DIR, MODEL_DIR, STATE_FILE, epoch_dir_name, save_model_dir
+from sentiment.layout import DEEPSPEED_DIR, MODEL_DIR, STATE_FILE, epoch_dir_name
 from sentiment.model import build_model, freeze_bottom, layer_lr_scales, load_tokenizer
+from sentiment.model_folder import save_model_dir
 from sentiment.precision import agreed_precision, auto_precision
 
 DS_TAG = "state"

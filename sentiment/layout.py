@@ -1,4 +1,4 @@
-"""The run layout: the names of run files, writing a model folder, and resolving a checkpoint.
+"""The run layout: the names of run files and folders, parsing them, and resolving a checkpoint.
 
 The only module that spells a run file's name or parses a run folder; how files are read and
 written (local paths and URIs alike, atomically) is :mod:`sentiment.storage`'s. The layout::
@@ -49,7 +49,6 @@ import pyarrow.fs as pafs
 from sentiment.config import Config, ConfigError, RunConfig, config_from_dict, refuse_credentials
 from sentiment.storage import (
     READ_CHUNK,
-    atomic_dir,
     exists,
     file_sha256,
     filesystem,
@@ -59,8 +58,6 @@ from sentiment.storage import (
     location_of,
     parent,
     read_json,
-    write_json,
-    write_local_json,
 )
 
 MODEL_DIR = "model"
@@ -133,37 +130,6 @@ def storage_root(cfg: Config) -> str:
     """The absolute local path or URI where ``cfg``'s runs are stored."""
     storage = cfg.run.storage_path
     return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
-
-
-def save_model_dir(model: Any, tokenizer: Any, cfg: Config, metrics: dict[str, Any], dest: str | os.PathLike[str]) -> Path:
-    """Write a local model folder (weights, tokenizer, training config, metrics, model card) atomically.
-
-    The tokenizer is saved with ``model_max_length`` set to ``data.max_seq_length``, so that a tool
-    truncating by the tokenizer's own limit (``transformers.pipeline(..., truncation=True)``) feeds
-    the model the length it was trained at.
-    """
-    from sentiment.model_card import write_model_card  # the card reads this module's files
-
-    with atomic_dir(dest) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        tokenizer_config = json.loads((tmp / TOKENIZER_CONFIG_FILE).read_text())
-        write_local_json(tmp / TOKENIZER_CONFIG_FILE, tokenizer_config | {"model_max_length": cfg.data.max_seq_length})
-        write_local_json(tmp / CONFIG_FILE, cfg.model_dump(mode="json"))
-        write_local_json(tmp / METRICS_FILE, metrics)
-        write_model_card(pafs.LocalFileSystem(), str(tmp.resolve()))
-    return Path(dest)
-
-
-def write_test_metrics(fs: pafs.FileSystem, run_dir: str, metrics: dict[str, Any]) -> None:
-    """Record a run's test metrics: ``<run>/test_metrics.json``, a copy in the model folder they
-    scored (``metrics["test_checkpoint"]``'s), and that folder's model card rewritten with them."""
-    from sentiment.model_card import write_model_card
-
-    write_json(fs, join(run_dir, TEST_METRICS_FILE), metrics)
-    model_dir = join(metrics["test_checkpoint"], MODEL_DIR)
-    write_json(fs, join(model_dir, TEST_METRICS_FILE), metrics)
-    write_model_card(fs, model_dir)
 
 
 # --- resolving a checkpoint reference ---------------------------------------------------------

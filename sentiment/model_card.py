@@ -7,7 +7,7 @@ folder) and ``onnx/export.json`` (the verified exports). Its metadata says what 
 and the Hub's widgets know the task), the base model when it is a Hub model, the training data when
 it is a Hub dataset, the labels, the ``onnx`` tag once exported, and a ``model-index`` with the test
 results. Its text says how the model was trained and how to load it. :func:`write_model_card` is
-called by :func:`sentiment.layout.save_model_dir`, again by :func:`sentiment.layout.write_test_metrics`
+called by :func:`sentiment.model_folder.save_model_dir`, again by :func:`sentiment.model_folder.write_test_metrics`
 and after ``ray_jobs.export``.
 """
 

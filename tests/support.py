@@ -30,8 +30,8 @@ from ray.util.state import list_actors
 
 from ray_jobs.local_ray import free_loopback_port, free_loopback_ports, init_ray, keep_ray_local
 from sentiment.config import load_config
-from sentiment.layout import save_model_dir
 from sentiment.model import build_model, load_tokenizer
+from sentiment.model_folder import save_model_dir
 from serve.app import build_app
 from serve.schemas import API_KEY_ENV
 

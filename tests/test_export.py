@@ -19,8 +19,9 @@ from ray_jobs import export
 from sentiment.attribution import explain
 from sentiment.config import load_config
 from sentiment.export import INT8_RECIPES, ExportError
-from sentiment.layout import CONFIG_FILE, CheckpointError, resolve, save_model_dir
+from sentiment.layout import CONFIG_FILE, CheckpointError, resolve
 from sentiment.model import build_model, load_tokenizer
+from sentiment.model_folder import save_model_dir
 from sentiment.predict import ExplainUnavailable, Predictor
 from tests.support import make_checkpoint
 

@@ -101,7 +101,7 @@ def test_resume_never_unpickles_code_from_a_tampered_optimizer_shard(uninterrupt
 SLOW_WRITE = """
 import sys, time
 from pathlib import Path
-from sentiment.layout import save_model_dir
+from sentiment.model_folder import save_model_dir
 from sentiment.config import load_config
 
 class SlowModel:

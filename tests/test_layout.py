@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sentiment import layout, storage
+from sentiment import layout, model_folder, storage
 from sentiment.config import load_config
-from sentiment.layout import CheckpointError, resolve, save_model_dir
+from sentiment.layout import CheckpointError, resolve
 from sentiment.model import build_model, load_tokenizer
+from sentiment.model_folder import save_model_dir
 
 
 @pytest.fixture()
@@ -64,7 +65,7 @@ def test_test_metrics_go_to_the_run_and_the_tested_folder_whose_card_gets_its_mo
     metrics = compute_metrics(logits, reviews["label"].to_numpy(), ["neg", "pos"], prefix="test_")
     metrics |= {"test_epoch": 1, "test_checkpoint": str(model_dir / "epoch_001")}  # as the training run records them
     fs, run_dir = storage.filesystem(model_dir)
-    layout.write_test_metrics(fs, run_dir, metrics)
+    model_folder.write_test_metrics(fs, run_dir, metrics)
     recorded = json.loads((model_dir / "test_metrics.json").read_text())
     assert json.loads((folder / "test_metrics.json").read_text()) == recorded == json.loads(json.dumps(metrics))
     card = ModelCard.load(folder / "README.md")

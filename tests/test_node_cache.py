@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from sentiment.config import load_config
-from sentiment.layout import CheckpointError, resolve, save_model_dir
+from sentiment.layout import CheckpointError, resolve
 from sentiment.model import build_model, load_tokenizer
+from sentiment.model_folder import save_model_dir
 from sentiment.node_cache import lock_timeout, open_local, prune_cache, verify_files
 
 
