@@ -161,6 +161,22 @@ def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ct
 
 
 
+def optimizer_steps_per_epoch(examples: int, cfg: Config, world: int) -> int:
+    """Optimizer steps in an epoch of ``examples`` over ``world`` ranks (``train_batches`` plans full
+    global batches, cropped to a multiple of the accumulation steps).
+
+    Raises:
+        ValueError: not one full step.
+    """
+    steps = examples // (cfg.train.batch_size * world) // cfg.train.grad_accum_steps
+    if steps == 0:
+        raise ValueError(
+            f"{examples} training examples make no full step of batch {cfg.train.batch_size} "
+            f"x accumulation {cfg.train.grad_accum_steps} x {world} workers; lower train.batch_size"
+        )
+    return steps
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train, validate and checkpoint every epoch, then test the best epoch's model (if a test split came).
 
@@ -173,13 +189,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg, rank, world, device, tokenizer, splits = worker_setup(config)
     tctx = ray.train.get_context()
     model = build_train_model(cfg, device)
-    # train_batches plans full global batches, cropped to a multiple of the accumulation steps.
-    steps_per_epoch = len(splits["train"]) // (cfg.train.batch_size * world) // cfg.train.grad_accum_steps
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(splits['train'])} training examples make no full step of batch {cfg.train.batch_size} "
-            f"x accumulation {cfg.train.grad_accum_steps} x {world} workers; lower train.batch_size"
-        )
+    steps_per_epoch = optimizer_steps_per_epoch(len(splits["train"]), cfg, world)
     total_steps = steps_per_epoch * cfg.train.epochs
     optimizer = build_optimizer(model, cfg, device)
     engine = start_engine(model, optimizer, build_scheduler(optimizer, cfg, total_steps), cfg, world)
