@@ -10,6 +10,7 @@ On a real cluster (``RAY_ADDRESS`` set, e.g. under ``ray job submit``) we only j
 from __future__ import annotations
 
 import os
+import random
 import socket
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import ray
 from ray_jobs import local_ray_env
 
 LOOPBACK = "127.0.0.1"
+PRIVATE_PORTS_LOW = 20000  # above Ray's default worker ports (10002-19999)
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 BOOTSTRAP = Path("~/ray_bootstrap_config.yaml")
 
 
@@ -41,17 +44,34 @@ def keep_ray_local() -> None:
         bootstrap.write_text("# written by bert-sentiment: a local Ray, no cloud provider to probe\nprovider: {type: local}\n")
 
 
+def ephemeral_ports_low() -> int:
+    """The first port of the kernel's ephemeral range (source ports of outgoing connections)."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_loopback_ports(count: int) -> list[int]:
     """``count`` distinct TCP ports free on 127.0.0.1 now (HAProxy's stats and Prometheus ports,
-    8404 and 9101 by default, would make a second local Serve, or one after a crash, fail to start)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind((LOOPBACK, 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    8404 and 9101 by default, would make a second local Serve, or one after a crash, fail to start).
+
+    They are drawn between Ray's worker ports (10002-19999) and the kernel's ephemeral range, so
+    neither a Ray process nor any connection's source port takes one before its server binds it.
+    """
+    ephemeral_low = ephemeral_ports_low()
+    candidates = random.sample(range(PRIVATE_PORTS_LOW, max(PRIVATE_PORTS_LOW + count, ephemeral_low)), k=64 + count)
+    ports: list[int] = []
+    for port in candidates:
+        with socket.socket() as probe:
+            try:
+                probe.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise OSError(f"no {count} free TCP ports on {LOOPBACK} between {PRIVATE_PORTS_LOW} and {ephemeral_low}")
 
 
 def free_loopback_port() -> int:

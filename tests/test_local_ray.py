@@ -65,3 +65,16 @@ def test_project_ray_and_its_serve_replicas_use_loopback_only():
     assert addrs and addrs <= LOOPBACK, addrs - LOOPBACK
     assert "type: local" in (Path.home() / "ray_bootstrap_config.yaml").read_text()
 
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_bindable():
+    """No connection's source port can take one between choosing it and a server binding it."""
+    import socket
+
+    from ray_jobs.local_ray import PRIVATE_PORTS_LOW, ephemeral_ports_low, free_loopback_ports
+
+    ports = free_loopback_ports(8)
+    assert len(set(ports)) == 8 and all(PRIVATE_PORTS_LOW <= p < ephemeral_ports_low() for p in ports)
+    for port in ports:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", port))
