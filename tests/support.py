@@ -29,7 +29,7 @@ from ray.dashboard.modules.dashboard_sdk import parse_runtime_env_args
 from ray.util.state import list_actors
 
 from ray_jobs.local_ray import free_loopback_port, free_loopback_ports, init_ray, keep_ray_local
-from sentiment.config import load_config
+from sentiment.config import Config, load_config
 from sentiment.model import build_model, load_tokenizer
 from sentiment.model_folder import save_model_dir
 from serve.app import build_app
@@ -349,3 +349,21 @@ def alive_actors(class_name: str) -> dict[str, int]:
     actors = list_actors(address=ray.get_runtime_context().gcs_address,  # another Ray may run on this machine
                          filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
     return {a.actor_id: a.pid for a in actors}
+
+
+def shrink(name: str, model: Path, data: Path, storage: Path, *extra: str) -> tuple[Config, dict]:
+    """``configs/<name>.yaml`` on the tiny model and data, one epoch of a few reviews on CPU; and the file."""
+    raw = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    overrides = [
+        f"model.name_or_path={model}", f"data.path={data}", "data.max_train_samples=32", "data.max_val_samples=16",
+        "data.max_test_samples=16", "train.epochs=1", "train.batch_size=8", "scaling.use_gpu=false",
+        "scaling.cpus_per_worker=1", "tracking.mode=disabled", "run.max_failures=0", f"run.storage_path={storage}",
+        f"run.name={name}",
+    ]
+    if raw.get("train", {}).get("precision") == "bf16":
+        overrides.append("train.precision=auto")  # bf16 where this CPU runs it natively, else fp32
+    if raw.get("train", {}).get("freeze_layers"):
+        overrides.append("train.freeze_layers=1")  # the tiny BERT has 2 layers
+    if "pretrain" in raw:
+        overrides += ["pretrain.splits=[train]", "pretrain.max_texts=48", "pretrain.validation_texts=16"]
+    return load_config(ROOT / "configs" / f"{name}.yaml", [*overrides, *extra]), raw

@@ -18,10 +18,11 @@ def test_gpu_suite_smoke_measures_every_part_and_writes_one_json(small_imdb, tmp
     result = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert result["commit"] == "abc1234" and result["device"].startswith("CPU") and result["matmul_peak_tflops"] > 0
     paths = {(r["shape"], r["path"]) for r in result["training"]}
-    assert paths == {(s, p) for s in ("fixed", "real") for p in ("plain eager", "plain compiled", "project ZeRO-0", "project ZeRO-2")}
+    assert paths == {(s, p) for s in ("fixed", "real") for p in ("plain eager", "plain compiled")} | \
+        {("fixed", "project ZeRO-0"), ("real", "project ZeRO-2")}  # the smoke takes each stage once
     assert all(r["samples_per_s"] > 0 and 0 < r["mfu"] < 1 for r in result["training"])
     fixed = [r["padded_length"] for r in result["training"] if r["shape"] == "fixed"]
-    assert fixed == [64.0] * 4  # every batch padded to the maximum length
+    assert fixed == [64.0] * 3  # every batch padded to the maximum length
     correct = result["accuracy"]["test_accuracy"] * 32  # a share of the 32 test reviews
     assert result["accuracy"]["test_reviews"] == 32 and correct == pytest.approx(round(correct), abs=1e-6)
     assert [r["length"] for r in result["inference"]] == [64] and result["inference"][0]["reviews_per_s"] > 0

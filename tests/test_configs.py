@@ -3,7 +3,9 @@
 Each keeps its shape (sequence length, truncation, padding multiple, ZeRO stage, workers, schedule,
 precision where this CPU runs it, long-review scoring, what it freezes, what it distils from or
 pretrains on) while the model, the data, the sizes and the device shrink: a GPU-only config runs on
-CPU. ``configs/smoke.yaml`` runs in tests/test_multinode.py and tests/test_job_submit.py, and
+CPU. The others run where a test needs their kind of run: ``configs/bert-base.yaml`` in
+tests/test_train_ray.py (layer-wise decay), ``configs/itpt-minilm.yaml`` in tests/test_pretrain.py,
+``configs/smoke.yaml`` in tests/test_multinode.py and tests/test_job_submit.py, and
 ``configs/serve.yaml``'s application is the one tests/test_serve.py deploys.
 """
 
@@ -14,38 +16,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from ray_jobs import pretrain
 from ray_jobs.launcher import launch, prepare_data
-from sentiment.config import Config, load_config
+from tests.support import shrink
 from tune.sweep import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAINING = ["bert-base", "minilm-full", "minilm-distill-full", "quickstart"]
-PRETRAINING = ["itpt-minilm", "minilm-itpt-full"]
+TRAINING = ["minilm-full", "minilm-distill-full", "quickstart"]
+PRETRAINING = ["minilm-itpt-full"]
 SHAPE = [("data", "max_seq_length"), ("data", "truncation"), ("data", "pad_to_multiple_of"), ("data", "long_reviews"),
          ("deepspeed", "zero_stage"), ("scaling", "num_workers"), ("train", "schedule"), ("train", "freeze_embeddings")]
 
 pytestmark = pytest.mark.ray
-
-
-def shrink(name: str, model: Path, data: Path, storage: Path, *extra: str) -> tuple[Config, dict]:
-    """``configs/<name>.yaml`` on the tiny model and data, one epoch of a few reviews on CPU; and the file."""
-    raw = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
-    overrides = [
-        f"model.name_or_path={model}", f"data.path={data}", "data.max_train_samples=32", "data.max_val_samples=16",
-        "data.max_test_samples=16", "train.epochs=1", "train.batch_size=8", "scaling.use_gpu=false",
-        "scaling.cpus_per_worker=1", "tracking.mode=disabled", "run.max_failures=0", f"run.storage_path={storage}",
-        f"run.name={name}",
-    ]
-    if raw.get("train", {}).get("precision") == "bf16":
-        overrides.append("train.precision=auto")  # bf16 where this CPU runs it natively, else fp32
-    if raw.get("train", {}).get("freeze_layers"):
-        overrides.append("train.freeze_layers=1")  # the tiny BERT has 2 layers
-    if "pretrain" in raw:
-        overrides += ["pretrain.splits=[train]", "pretrain.max_texts=48", "pretrain.validation_texts=16"]
-    return load_config(ROOT / "configs" / f"{name}.yaml", [*overrides, *extra]), raw
 
 
 def kept_shape(model_dir: Path, raw: dict) -> dict:
@@ -77,9 +60,9 @@ def test_each_pretraining_config_pretrains_shrunk(name, local_ray, tiny_model_di
 
 
 def test_the_sweep_config_sweeps_its_own_space_shrunk(local_ray, tiny_model_dir, small_imdb, tmp_path):
-    cfg, raw = shrink("sweep", tiny_model_dir, small_imdb, tmp_path, "sweep.num_samples=2", "sweep.max_concurrent_trials=1")
+    cfg, raw = shrink("sweep", tiny_model_dir, small_imdb, tmp_path, "sweep.num_samples=1")
     best = sweep(cfg)
     table = pd.read_csv(tmp_path / "sweep" / "results.csv")
-    assert len(table) == 2 and set(raw["sweep"]["space"]) <= set(table.columns)
+    assert len(table) == 1 and set(raw["sweep"]["space"]) <= set(table.columns)
     assert cfg.sweep.search == raw["sweep"]["search"] and cfg.sweep.scheduler == raw["sweep"]["scheduler"]
     assert Path(best["checkpoint"]).is_dir()

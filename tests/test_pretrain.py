@@ -25,6 +25,7 @@ from tests.support import kill_a_worker_in_epoch_2
 
 # 120 texts in windows of at most 64 tokens per window, micro-batch 4 on 2 workers: long enough epochs to
 # land a kill inside epoch 2.
+ROOT = Path(__file__).resolve().parent.parent
 RUN = ("pretrain.max_texts=120", "pretrain.validation_texts=24", "data.max_seq_length=64", "train.epochs=3",
        "train.batch_size=4", "train.lr=1e-3", "train.log_every_steps=20", "deepspeed.zero_stage=2",
        "scaling.num_workers=2", "tracking.mode=offline", "run.max_failures=1")
@@ -47,8 +48,8 @@ def unlabelled(small_imdb: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def _config(model: Path, data: Path, storage: Path, name: str, *extra: str):
-    return load_config(None, [f"model.name_or_path={model}", f"data.path={data}", f"run.storage_path={storage}",
-                              f"run.name={name}", *RUN, *extra])
+    return load_config(ROOT / "configs" / "itpt-minilm.yaml", [  # the in-domain pretraining config, shrunk
+        f"model.name_or_path={model}", f"data.path={data}", f"run.storage_path={storage}", f"run.name={name}", *RUN, *extra])
 
 
 def test_texts_come_from_the_chosen_splits_never_the_test_split(unlabelled, tiny_model_dir, tmp_path):

@@ -16,7 +16,7 @@ from sentiment.config import ConfigError, load_config
 from sentiment.precision import auto_precision
 from sentiment.predict import Predictor
 from tests.conftest import imdb_dir
-from tests.support import smoke_config
+from tests.support import shrink, smoke_config
 from tests.wandb_log import logged_keys, records
 
 pytestmark = pytest.mark.ray
@@ -142,9 +142,9 @@ def test_layer_lr_decay_and_gradient_checkpointing_train_on_ray(local_ray, tiny_
     moves each weight by about its lr per step, so they move about a quarter as far."""
     from safetensors.torch import load_file
 
-    cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path, "llrd", "train.epochs=1", "train.lr=1e-3",
-                       "train.layer_lr_decay=0.5", "train.gradient_checkpointing=true", "train.warmup_steps=0",
-                       "train.schedule=constant", "deepspeed.zero_stage=0")
+    cfg, _ = shrink("bert-base", tiny_model_dir, small_imdb, tmp_path, "train.lr=1e-3",  # configs/bert-base.yaml, shrunk
+                    "train.layer_lr_decay=0.5", "train.gradient_checkpointing=true", "train.warmup_steps=0",
+                    "train.schedule=constant")
     summary = launch(cfg)
     before = load_file(str(tiny_model_dir / "model.safetensors"))
     after = load_file(str(Path(summary["best_checkpoint"]) / "model" / "model.safetensors"))
