@@ -14,7 +14,7 @@ import argparse
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import CliApp, CliPositionalArg, CliSettingsSource
+from pydantic_settings import CliApp, CliSettingsSource, CliSuppress
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -27,21 +27,38 @@ class TrainingCommand(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     config: str | None = Field(None, description="YAML config file (defaults apply when omitted).")
-    overrides: CliPositionalArg[list[str]] = Field(
-        default_factory=list, description="section.key=value overrides, e.g. train.lr=2e-5 run.name=mine.")
+    overrides: CliSuppress[list[str]] = Field(
+        default_factory=list, description="section.key=value overrides, e.g. train.lr=2e-5 run.name=mine (the words "
+        "that are no option or option value, passed on verbatim).")
 
 
-def option_words(model: type[BaseModel], argv: list[str]) -> list[str]:
-    """``argv`` with each ``field=value`` word (a field of ``model``, ``-`` or ``_`` alike) turned
-    into ``--field value``; every other word as it was."""
+def option_words(model: type[BaseModel], argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` split into option words and, for a model with ``overrides``, the override words.
+
+    A ``field=value`` word (a field of ``model``, ``-`` or ``_`` alike) becomes ``--field value``.
+    Any other bare word that is not an option's value is an override, kept verbatim (pydantic's
+    CLI would split a list value at its commas). Without an ``overrides`` field every word is an
+    option word, and argparse names the stray ones.
+    """
     words: list[str] = []
+    overrides: list[str] = []
+    takes_value = False
     for word in argv:
         key, eq, value = word.partition("=")
-        if eq and not word.startswith("-") and key.replace("-", "_") in model.model_fields:
+        if takes_value:
+            words.append(word)
+            takes_value = False
+        elif word.startswith("-"):
+            words.append(word)
+            field = model.model_fields.get(key.lstrip("-").replace("-", "_"))
+            takes_value = not eq and field is not None and field.annotation is not bool
+        elif eq and key.replace("-", "_") in model.model_fields:
             words += [f"--{key.replace('_', '-')}", value]
+        elif "overrides" in model.model_fields:
+            overrides.append(word)
         else:
             words.append(word)
-    return words
+    return words, overrides
 
 
 def parse_command(model: type[M], argv: list[str] | None, prog: str, description: str) -> M:
@@ -58,9 +75,13 @@ def parse_command(model: type[M], argv: list[str] | None, prog: str, description
         cast(Any, model), root_parser=parser, cli_kebab_case=True, cli_implicit_flags=True, cli_enforce_required=True,
         cli_use_class_docs_for_groups=False,
     )
-    words = option_words(model, list(sys.argv[1:] if argv is None else argv))
+    if "overrides" in model.model_fields:
+        parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                            help=model.model_fields["overrides"].description)
+    words, overrides = option_words(model, list(sys.argv[1:] if argv is None else argv))
     try:
-        return CliApp.run(model, cli_args=words, cli_settings_source=source)
+        parsed = CliApp.run(model, cli_args=words, cli_settings_source=source)
+        return parsed.model_copy(update={"overrides": overrides}) if overrides else parsed
     except ValidationError as err:
         problems = "; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in err.errors())
         parser.error(problems)

@@ -41,7 +41,7 @@ def test_field_words_and_options_are_the_same_command():
     options = evaluate_args(["--checkpoint", "runs/r1", "--max-samples", "500", "--split", "validation", "--calibrate",
                              "--long-reviews", "chunks"])
     assert words == options and words.max_samples == 500 and words.calibrate and words.long_reviews == "chunks"
-    assert option_words(EvaluateConfig, ["train.lr=1", "nosuch=2", "--data", "a=b"]) == ["train.lr=1", "nosuch=2", "--data", "a=b"]
+    assert option_words(EvaluateConfig, ["train.lr=1", "nosuch=2", "--data", "a=b"]) == (["train.lr=1", "nosuch=2", "--data", "a=b"], [])
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -60,6 +60,7 @@ def test_a_bad_command_line_exits_2_with_one_line_naming_the_option(argv, messag
 @pytest.mark.parametrize("model", TRAINING)
 def test_training_commands_take_a_config_overrides_and_their_own_options(model):
     required = ["--folds", "3"] if model is CvCommand else []
-    parsed = parse_command(model, [*required, "--config", "configs/smoke.yaml", "train.lr=2e-5", "run.name=x"], "p", "d")
-    assert parsed.config == "configs/smoke.yaml" and parsed.overrides == ["train.lr=2e-5", "run.name=x"]
+    lists = 'model.label_names=["bad", "good"]'  # commas and JSON reach load_config verbatim
+    parsed = parse_command(model, ["train.lr=2e-5", *required, "--config", "configs/smoke.yaml", lists, "run.name=x"], "p", "d")
+    assert parsed.config == "configs/smoke.yaml" and parsed.overrides == ["train.lr=2e-5", lists, "run.name=x"]
     assert all(field.description for field in model.model_fields.values())
