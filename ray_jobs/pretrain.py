@@ -38,6 +38,7 @@ from ray_jobs.worker import (
     log_rank0,
     optimizer_steps,
     report_epoch,
+    resolve_precision,
     restore,
     start_engine,
     use_the_prebuilt_deepspeed_op,
@@ -138,6 +139,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
     tctx = ray.train.get_context()
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
     device = worker_device(cfg)
+    cfg = resolve_precision(cfg, device, rank, world)  # train.precision=auto, as fine-tuning decides it
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
     data = config["data"]

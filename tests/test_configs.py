@@ -1,6 +1,6 @@
 """Every training config in configs/ runs, shrunk to the tiny model as torchtune tests its recipes.
 
-Each keeps its shape (sequence length, truncation, padding multiple, ZeRO stage, workers, schedule,
+Each keeps its shape (sequence length: the tiny BERT here takes 512 positions, truncation, padding multiple, ZeRO stage, workers, schedule,
 precision where this CPU runs it, long-review scoring, what it freezes, what it distils from or
 pretrains on) while the model, the data, the sizes and the device shrink: a GPU-only config runs on
 CPU. The others run where a test needs their kind of run: ``configs/bert-base.yaml`` in
@@ -41,9 +41,9 @@ def kept_shape(model_dir: Path, raw: dict) -> dict:
 
 
 @pytest.mark.parametrize("name", TRAINING)
-def test_each_training_config_trains_and_tests_shrunk(name, local_ray, smoke_run, tiny_model_dir, small_imdb, tmp_path):
+def test_each_training_config_trains_and_tests_shrunk(name, local_ray, smoke_run, tiny_long_model_dir, small_imdb, tmp_path):
     teacher = [f"train.teacher={smoke_run[1]['run_dir']}"] if name == "minilm-distill-full" else []
-    cfg, raw = shrink(name, tiny_model_dir, small_imdb, tmp_path, *teacher)
+    cfg, raw = shrink(name, tiny_long_model_dir, small_imdb, tmp_path, *teacher)
     summary = launch(cfg, prepare_data(cfg))
     assert summary["test_metrics"]["test_count"] == 16
     saved = kept_shape(Path(summary["best_checkpoint"]) / "model", raw)
@@ -51,16 +51,16 @@ def test_each_training_config_trains_and_tests_shrunk(name, local_ray, smoke_run
 
 
 @pytest.mark.parametrize("name", PRETRAINING)
-def test_each_pretraining_config_pretrains_shrunk(name, local_ray, tiny_model_dir, small_imdb, tmp_path):
-    cfg, raw = shrink(name, tiny_model_dir, small_imdb, tmp_path)
+def test_each_pretraining_config_pretrains_shrunk(name, local_ray, tiny_long_model_dir, small_imdb, tmp_path):
+    cfg, raw = shrink(name, tiny_long_model_dir, small_imdb, tmp_path)
     summary = pretrain.launch(cfg)
     assert len(summary["history"]) == 1 and summary["best_val_loss"] > 0
     assert (Path(summary["model"]) / "model.safetensors").is_file()
     kept_shape(Path(summary["model"]), raw)
 
 
-def test_the_sweep_config_sweeps_its_own_space_shrunk(local_ray, tiny_model_dir, small_imdb, tmp_path):
-    cfg, raw = shrink("sweep", tiny_model_dir, small_imdb, tmp_path, "sweep.num_samples=1")
+def test_the_sweep_config_sweeps_its_own_space_shrunk(local_ray, tiny_long_model_dir, small_imdb, tmp_path):
+    cfg, raw = shrink("sweep", tiny_long_model_dir, small_imdb, tmp_path, "sweep.num_samples=1")
     best = sweep(cfg)
     table = pd.read_csv(tmp_path / "sweep" / "results.csv")
     assert len(table) == 1 and set(raw["sweep"]["space"]) <= set(table.columns)

@@ -94,8 +94,8 @@ def test_with_a_teacher_it_measures_the_distillation_loss_the_config_trains_with
                              "train.distill_alpha=1", "tracking.mode=disabled"])
     data = {"train": prepare_data(cfg)["train"]}
     assert data["train"].teacher_logits is not None
-    find_lr(cfg, LrRange(min_lr=1e-5, max_lr=1e-4, steps=3), "lrf-distil", data)
+    find_lr(cfg, LrRange(min_lr=1e-5, max_lr=1e-4, steps=10), "lrf-distil", data)
     distilled = pd.read_csv(storage / "lrf-distil" / "lr_find" / "lr_find.csv")
     cross_entropy = pd.read_csv(storage / "lrf" / "lr_find" / "lr_find.csv")
-    assert len(distilled) == 3 and distilled["lr"].iloc[0] == pytest.approx(cross_entropy["lr"].iloc[0])
+    assert len(distilled) == 10 and distilled["lr"].iloc[0] == pytest.approx(cross_entropy["lr"].iloc[0])
     assert abs(distilled["loss"].iloc[0] - cross_entropy["loss"].iloc[0]) > 1e-3

@@ -137,16 +137,16 @@ def test_wandb_offline_run_recorded_the_metrics(trained):
     assert any(a.artifact.type == "model" and "best" in a.artifact.aliases for a in artifacts)
 
 
-def test_layer_lr_decay_and_gradient_checkpointing_train_on_ray(local_ray, tiny_model_dir, small_imdb, tmp_path):
+def test_layer_lr_decay_and_gradient_checkpointing_train_on_ray(local_ray, tiny_long_model_dir, small_imdb, tmp_path):
     """With decay 0.5 over 2 layers the embeddings train at a quarter of the top layer's lr: Adam
     moves each weight by about its lr per step, so they move about a quarter as far."""
     from safetensors.torch import load_file
 
-    cfg, _ = shrink("bert-base", tiny_model_dir, small_imdb, tmp_path, "train.lr=1e-3",  # configs/bert-base.yaml, shrunk
+    cfg, _ = shrink("bert-base", tiny_long_model_dir, small_imdb, tmp_path, "train.lr=1e-3",  # configs/bert-base.yaml, shrunk
                     "train.layer_lr_decay=0.5", "train.gradient_checkpointing=true", "train.warmup_steps=0",
                     "train.schedule=constant")
     summary = launch(cfg)
-    before = load_file(str(tiny_model_dir / "model.safetensors"))
+    before = load_file(str(tiny_long_model_dir / "model.safetensors"))
     after = load_file(str(Path(summary["best_checkpoint"]) / "model" / "model.safetensors"))
 
     def moved(name: str) -> float:
