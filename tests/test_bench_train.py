@@ -25,6 +25,9 @@ def test_train_throughput_smoke_prints_the_ratio_last(tiny_model_dir, small_imdb
     assert re.fullmatch(r"ratio project/plain \(geometric mean over shapes\): \d+\.\d\d", lines[-1])
 
 
+# Its job (bench.common.run_job) runs in CI inside tests/test_bench_gpu_suite.py's smoke; this checks
+# the command's own output and runs with the soak (-m slow), to keep CI in its budget.
+@pytest.mark.slow
 def test_time_to_accuracy_smoke_reports_accuracy_and_time_last(tiny_model_dir, small_imdb, tmp_path):
     lines = run_module("bench.time_to_accuracy", "--smoke", f"model.name_or_path={tiny_model_dir}",
                  f"data.path={small_imdb}", f"run.storage_path={tmp_path}", data=small_imdb)
