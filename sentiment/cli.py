@@ -5,7 +5,8 @@ dataclasses): one ``--kebab-case`` option per field, its help the field's descri
 a ``Literal``, ``--flag`` / ``--no-flag`` for a boolean, required when the field has no default.
 Every command also takes ``field=value`` words, the override grammar of the training commands
 (``ray_jobs.train``'s ``section.key=value``), so ``max_samples=500`` and ``--max-samples 500`` are
-the same. A value the model refuses exits 2 with one ``error:`` line naming the option.
+the same; in the training commands every other bare word is a dotted override, passed on verbatim.
+A value the model refuses exits 2 with one ``error:`` line naming the option.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Every training config in configs/ runs, shrunk to the tiny model as torchtune tests its recipes.
 
-Each keeps its shape (sequence length: the tiny BERT here takes 512 positions, truncation, padding multiple, ZeRO stage, workers, schedule,
-precision where this CPU runs it, long-review scoring, what it freezes, what it distils from or
-pretrains on) while the model, the data, the sizes and the device shrink: a GPU-only config runs on
-CPU. The others run where a test needs their kind of run: ``configs/bert-base.yaml`` in
+Each keeps its shape (sequence length, on a tiny BERT that takes 512 positions; truncation, padding
+multiple, ZeRO stage, workers, schedule, precision where this CPU runs it, long-review scoring,
+what it freezes, what it distils from or pretrains on) while the model, the data, the sizes and the
+device shrink: a GPU-only config runs on CPU. The others run where a test needs their kind of run: ``configs/bert-base.yaml`` in
 tests/test_train_ray.py (layer-wise decay), ``configs/itpt-minilm.yaml`` in tests/test_pretrain.py,
 ``configs/smoke.yaml`` in tests/test_multinode.py and tests/test_job_submit.py, and
 ``configs/serve.yaml``'s application is the one tests/test_serve.py deploys.
