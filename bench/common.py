@@ -267,7 +267,6 @@ def request_bodies(reviews: list[str], texts_per_request: int, api: str = "v1") 
     return [API_BODIES[api](reviews[i:i + texts_per_request]) for i in range(0, len(reviews), texts_per_request)]
 
 
-
 async def timed_requests(
     session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]], concurrency: int
 ) -> tuple[list[float], float]:
@@ -288,12 +287,10 @@ async def timed_requests(
     return latencies, time.perf_counter() - start
 
 
-
 def figures(latencies: list[float], wall: float, reviews: int) -> dict[str, float]:
     """Reviews/s and p50/p99 latency (ms) per request."""
     ms = np.array(latencies) * 1000
     return {"reviews_per_s": reviews / wall, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
-
 
 
 def start_loopback_serve() -> int:

@@ -48,12 +48,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-
-
-
-
-
-
 def smoke_checkpoint(folder: Path) -> Path:
     """A tiny BERT exported with both variants (its checks on 40 synthetic reviews)."""
     from ray_jobs import export
@@ -75,8 +69,6 @@ def load(model: Any, backend: str) -> Predictor:
     if not backend.startswith("torch"):
         return Predictor.load(model, backend=backend)
     return Predictor.load(model, backend="torch", dtype=torch.bfloat16 if backend == "torch-bf16" else torch.float32)
-
-
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -75,8 +75,6 @@ def timed_window_logits(predictor: Predictor, windows: list[list[int]], batch_si
     return logits, time.perf_counter() - start
 
 
-
-
 def aggregate(rule: str, window_logits: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
     """Per-review class scores from window logits: mean logits, mean probabilities, or the most confident window."""
     if rule == "mean of logits":

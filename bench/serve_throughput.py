@@ -91,24 +91,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def start_plain_server(checkpoint: Path) -> tuple[subprocess.Popen, str]:
     """``bench/plain_server.py`` in its own process on 127.0.0.1; waits until it answers."""
     port = free_loopback_port()

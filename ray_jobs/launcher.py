@@ -46,7 +46,6 @@ def tokenized_splits(cfg: Config) -> dict[str, EncodedSplit]:
     return encoded
 
 
-
 def check_teacher(cfg: Config) -> ResolvedModel | None:
     """Resolve ``train.teacher`` and check that it predicts the student's labels.
 
@@ -61,7 +60,6 @@ def check_teacher(cfg: Config) -> ResolvedModel | None:
         raise ConfigError(f"train.teacher: {err}") from None
     check_teacher_labels(cfg.train.teacher, teacher.config.model.label_names, cfg.model.label_names)
     return teacher
-
 
 
 def teacher_logits(cfg: Config, texts: list[str]) -> np.ndarray:
@@ -83,7 +81,6 @@ def teacher_logits(cfg: Config, texts: list[str]) -> np.ndarray:
     return frame[[logit_column(name) for name in cfg.model.label_names]].to_numpy(np.float32)
 
 
-
 def prepare_data(cfg: Config) -> dict[str, EncodedSplit]:
     """The splits a run trains on: train/validation/test, or with ``data.cv_folds`` its fold's two.
 
@@ -101,7 +98,6 @@ def prepare_data(cfg: Config) -> dict[str, EncodedSplit]:
     return encoded
 
 
-
 def check_resume_from(cfg: Config) -> None:
     """Fail early if ``run.resume_from`` is not a complete epoch checkpoint.
 
@@ -116,7 +112,6 @@ def check_resume_from(cfg: Config) -> None:
             raise ConfigError(f"run.resume_from={cfg.run.resume_from!r} is not an epoch checkpoint: no {part}")
 
 
-
 def check_storage(cfg: Config) -> None:
     """Fail early if ``run.storage_path`` names a filesystem that is not installed or reachable.
 
@@ -129,7 +124,6 @@ def check_storage(cfg: Config) -> None:
         fs.get_file_info(path)
     except Exception as err:
         raise ConfigError(f"run.storage_path={cfg.run.storage_path!r} cannot be used: {err}") from None
-
 
 
 def check_resources(cfg: Config) -> None:
@@ -160,7 +154,6 @@ def check_resources(cfg: Config) -> None:
             print(f"warning: {need:g} {res} needed, {now:g} now: waiting for the autoscaler", file=sys.stderr, flush=True)
 
 
-
 def _autoscaler_ceiling() -> dict[str, float] | None:
     """The most of each resource the cluster's autoscaler config allows (None: no autoscaler)."""
     from ray._private.state import state  # what `ray status` reads; no public API for it yet
@@ -171,11 +164,9 @@ def _autoscaler_ceiling() -> dict[str, float] | None:
         return None
 
 
-
 def wandb_dir(storage_path: str, run_name: str) -> str:
     """W&B's local folder: inside the run folder on local storage, else ``./wandb``."""
     return "wandb" if storage.is_uri(storage_path) else os.path.join(storage_path, run_name, "wandb")
-
 
 
 def build_trainer(
@@ -230,7 +221,6 @@ def build_trainer(
     )
 
 
-
 def summarize(cfg: Config, result: Any, run_name: str, storage_path: str) -> dict[str, Any]:
     """Write ``result.json`` in the run folder (best/last checkpoint, metrics) and return it.
 
@@ -256,7 +246,6 @@ def summarize(cfg: Config, result: Any, run_name: str, storage_path: str) -> dic
     }
     storage.write_json(fs, storage.join(run_dir, RESULT_FILE), summary)
     return summary
-
 
 
 def launch(

@@ -58,8 +58,6 @@ def _autocast(cfg: Config, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-
-
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, split: Split, cfg: Config, collate: Any, device: torch.device, prefix: str) -> dict[str, Any]:
     """Metrics over the whole split: each rank scores its share, logits are gathered to all ranks."""
@@ -80,20 +78,6 @@ def evaluate(model: torch.nn.Module, split: Split, cfg: Config, collate: Any, de
     if split.owners is not None:
         logits = mean_by_owner(logits, split.owners, len(split.labels))
     return compute_metrics(logits, split.labels, cfg.model.label_names, prefix=prefix)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: WorkerContext, tracker: Tracker) -> tuple[float, float]:
@@ -155,10 +139,6 @@ def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ct
             tracker.log_model(local, name=f"model-{ctx.run_name}", aliases=["best", f"epoch-{state.best_epoch}"],
                               metadata=scalar_metrics(metrics))
     return metrics
-
-
-
-
 
 
 def optimizer_steps_per_epoch(examples: int, cfg: Config, world: int) -> int:

@@ -41,7 +41,6 @@ from sentiment.precision import agreed_precision, auto_precision
 DS_TAG = "state"
 
 
-
 @dataclass
 class TrainState:
     """What a resumed run needs besides the DeepSpeed state."""
@@ -70,7 +69,6 @@ class TrainState:
         self.bad_epochs = 0 if better else self.bad_epochs + 1
 
 
-
 @dataclass(frozen=True)
 class WorkerContext:
     """What this worker's loop needs besides the config, the model and the data."""
@@ -83,7 +81,6 @@ class WorkerContext:
     run_dir: str  # the run folder on the storage filesystem
     collate: Any  # token ids -> padded tensors
     class_weights: torch.Tensor | None  # loss weight per class
-
 
 
 @dataclass
@@ -105,18 +102,15 @@ class Split:
         return [len(x) for x in self.inputs]
 
 
-
 def log_rank0(rank: int, msg: str) -> None:
     """Print ``msg`` on rank 0 only (one line per run in the job's log, not one per worker)."""
     if rank == 0:
         print(msg, flush=True)
 
 
-
 def worker_device(cfg: Config) -> torch.device:
     """This worker's device: its GPU under ``scaling.use_gpu``, else the CPU."""
     return ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
-
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
@@ -135,7 +129,6 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -
     )
 
 
-
 def build_train_model(cfg: Config, device: torch.device) -> torch.nn.Module:
     """The classifier as training runs it: frozen bottom and gradient checkpointing as configured."""
     model = build_model(cfg.model).to(device)
@@ -143,7 +136,6 @@ def build_train_model(cfg: Config, device: torch.device) -> torch.nn.Module:
     if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen embeddings (inputs needing no grad)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
-
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: int) -> Any:
@@ -161,12 +153,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: 
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
-
 def class_weight_tensor(cfg: Config, labels: np.ndarray, device: torch.device) -> torch.Tensor | None:
     """The loss weight per class that ``train.class_weights`` asks for (:func:`sentiment.data.loss_class_weights`), or None."""
     weights = loss_class_weights(cfg.train.class_weights, labels, cfg.model.num_labels)
     return None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
-
 
 
 def training_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None, cfg: Config,
@@ -176,7 +166,6 @@ def training_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: to
     if teacher_logits is None:
         return torch.nn.functional.cross_entropy(logits.float(), labels, weight=class_weights)
     return distillation_loss(logits, labels, teacher_logits, cfg.train.distill_alpha, cfg.train.distill_temperature, class_weights)
-
 
 
 def resolve_precision(cfg: Config, device: torch.device, rank: int, world: int) -> Config:
@@ -190,13 +179,11 @@ def resolve_precision(cfg: Config, device: torch.device, rank: int, world: int) 
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
 
 
-
 def gather_from_ranks(value: Any, world: int) -> list[Any]:
     """``value`` from every rank, in rank order."""
     out: list[Any] = [None] * world
     dist.all_gather_object(out, value)
     return out
-
 
 
 def save_checkpoint(engine: Any, tokenizer: Any, cfg: Config, state: TrainState, metrics: dict[str, Any], rank: int, folder: Path) -> None:
@@ -216,7 +203,6 @@ def save_checkpoint(engine: Any, tokenizer: Any, cfg: Config, state: TrainState,
         storage.write_local_json(folder / STATE_FILE, asdict(state))
 
 
-
 def report_epoch(engine: Any, tokenizer: Any, cfg: Config, state: TrainState, metrics: dict[str, Any],
                  scalars: dict[str, Any], rank: int, world: int) -> None:
     """Write the epoch checkpoint, check the storage has room for it, and report it to Ray Train
@@ -233,7 +219,6 @@ def report_epoch(engine: Any, tokenizer: Any, cfg: Config, state: TrainState, me
         best = {"best_epoch": state.best_epoch, "best_value": state.best_metric, "best_checkpoint": state.best_checkpoint}
         ray.train.report(scalars | best, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=epoch_dir_name(state.epoch))
-
 
 
 def restore(engine: Any, cfg: Config, rank: int) -> TrainState:
@@ -265,7 +250,6 @@ def restore(engine: Any, cfg: Config, rank: int) -> TrainState:
     return state
 
 
-
 def check_room_to_go_on(cfg: Config, state: TrainState) -> None:
     """On a restart, fail at once (not an epoch later) when the storage cannot hold another
     checkpoint as large as the one resumed from: a full disk does not heal by retrying.
@@ -278,7 +262,6 @@ def check_room_to_go_on(cfg: Config, state: TrainState) -> None:
         needed = sum(storage.file_sizes(checkpoint.filesystem, checkpoint.path).values())
         storage.check_free_space(layout.storage_root(cfg), needed,
                                 f"the epoch {state.epoch + 1} checkpoint (as large as epoch {state.epoch}'s)")
-
 
 
 def prepare_splits(config: dict[str, Any], cfg: Config, tokenizer: Any) -> dict[str, Split]:
@@ -294,7 +277,6 @@ def prepare_splits(config: dict[str, Any], cfg: Config, tokenizer: Any) -> dict[
     return splits
 
 
-
 def progress_line(state: TrainState, total: int, loss: float, lr: float, samples_per_s: float, eta_s: float, epoch: int) -> str:
     """The periodic training line: step, epoch, loss, lr, samples/s and time left."""
     eta = f"{int(eta_s // 60)}m{int(eta_s % 60):02d}s"
@@ -302,7 +284,6 @@ def progress_line(state: TrainState, total: int, loss: float, lr: float, samples
         f"step {state.global_step}/{total} | epoch {epoch} | loss {loss:.4f} | lr {lr:.2e} | "
         f"{samples_per_s:.1f} samples/s | ETA {eta}"
     )
-
 
 
 @dataclass(frozen=True)
@@ -395,7 +376,6 @@ def use_the_prebuilt_deepspeed_op() -> None:
     """
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
     os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-
 
 
 def worker_setup(config: dict[str, Any]) -> tuple[Config, int, int, torch.device, Any, dict[str, Split]]:

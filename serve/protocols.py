@@ -175,7 +175,6 @@ def tei_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]]
     return router
 
 
-
 class V2Tensor(BaseModel):
     """An input tensor of the Open Inference Protocol (JSON data; nested lists follow ``shape``)."""
 

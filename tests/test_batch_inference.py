@@ -204,7 +204,6 @@ def test_evaluate_writes_metrics_report_and_wandb_for_a_trained_run(run_dir, sma
     assert (out / "metrics.json").read_text() == before
 
 
-
 def test_the_command_line_says_error_and_exits_2(tiny_model_dir, reviews, tmp_path):
     model = make_checkpoint(tiny_model_dir, tmp_path / "model")
     out = subprocess.run([sys.executable, "-m", "ray_jobs.predict", "--checkpoint", str(model), "--input", str(reviews),

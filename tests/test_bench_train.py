@@ -16,8 +16,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.bench]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
-
 def test_train_throughput_smoke_prints_the_ratio_last(tiny_model_dir, small_imdb, tmp_path):
     lines = run_module("bench.train_throughput", "--smoke", "--model", str(tiny_model_dir), "--storage", str(tmp_path), data=small_imdb)
     rows = [line for line in lines if line.startswith("| fixed") or line.startswith("| real")]

@@ -30,16 +30,10 @@ def _state(run_dir: str | Path, epoch: int) -> dict:
     return json.loads((Path(run_dir) / f"epoch_{epoch:03d}" / "train_state.json").read_text())
 
 
-
-
-
-
 def _rank_0_pid(pids: list[int]) -> int:
     """The worker that holds the W&B run (its wandb-core is a child): the hardest one to lose."""
     (pid,) = [p for p in pids if any(c.name() == "wandb-core" for c in psutil.Process(p).children())]
     return pid
-
-
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
-
-
-
-
-
-
-
 @pytest.fixture()
 def head_node():
     with ray_head() as (env, address, _):

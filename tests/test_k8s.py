@@ -54,8 +54,6 @@ UPGRADE_TYPES = {"NewCluster", "None"}  # KubeRay 1.3's; 1.5 adds NewClusterWith
 SECRET_NAME = re.compile(r"(^|_)(KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.IGNORECASE)
 
 
-
-
 def cluster_of(resource: dict) -> dict:
     return resource["spec"]["rayClusterSpec" if resource["kind"] == "RayJob" else "rayClusterConfig"]
 
@@ -75,8 +73,6 @@ def validate_pod_template(template: dict, name: str, version: str) -> None:
     """``template`` as Kubernetes ``version`` would take it: a v1 PodTemplate, strictly (no unknown field)."""
     kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name},
                                   "template": template}, version, strict=True)
-
-
 
 
 def strings(value) -> list[str]:

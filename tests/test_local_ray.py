@@ -66,7 +66,6 @@ def test_project_ray_and_its_serve_replicas_use_loopback_only():
     assert "type: local" in (Path.home() / "ray_bootstrap_config.yaml").read_text()
 
 
-
 def test_free_ports_are_below_the_ephemeral_range_and_bindable():
     """No connection's source port can take one between choosing it and a server binding it."""
     import socket

@@ -59,18 +59,6 @@ TEST_ARGS = {
 }
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("serve") / "model")

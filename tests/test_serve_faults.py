@@ -34,16 +34,6 @@ FAILURE_BOUND = 0  # failed requests allowed: the ingress retries on a dead repl
 RECOVERY_FRACTION = 0.5
 
 
-
-
-
-
-
-
-
-
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with keyless_server(tiny_model_dir, tmp_path_factory.mktemp("faults"), ARGS) as url:

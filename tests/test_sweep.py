@@ -17,8 +17,6 @@ from tune.sweep import concurrency, sweep, validate_space
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
-
 LR_GRID = "sweep.space={train.lr: {type: grid, values: [1.0e-4, 3.0e-3, 3.0e-2, 0.2]}}"
 
 

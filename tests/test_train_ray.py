@@ -24,8 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS_PER_EPOCH = 128 // (16 * 2)  # train reviews / (micro-batch x workers)
 
 
-
-
 @pytest.fixture(scope="module")
 def trained(local_ray, smoke_run):
     return smoke_run
