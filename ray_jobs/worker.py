@@ -304,12 +304,14 @@ def optimizer_steps(engine: Any, micro_batches: Iterable[Any], loss_of: Callable
     for micro, batch in enumerate(micro_batches, start=1):
         loss = loss_of(batch)
         engine.backward(loss)
-        lr = engine.get_lr()[0]
-        engine.step()
         step_loss = loss.detach().float() if step_loss is None else step_loss + loss.detach().float()
-        if micro % grad_accum_steps == 0:
-            yield OptimizerStep(step_loss, lr)
-            step_loss = None
+        if micro % grad_accum_steps:
+            engine.step()  # accumulates; DeepSpeed steps the optimizer on the last micro-batch
+            continue
+        lr = engine.get_lr()[0]  # the rate this optimizer step uses
+        engine.step()
+        yield OptimizerStep(step_loss, lr)
+        step_loss = None
 
 
 @dataclass
