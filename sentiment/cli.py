@@ -12,6 +12,7 @@ A value the model refuses exits 2 with one ``error:`` line naming the option.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -69,8 +70,6 @@ def parse_command(model: type[M], argv: list[str] | None, prog: str, description
         SystemExit: 2 with one ``error:`` line for an unknown option, a missing required one or a
             value the model refuses; 0 after ``--help``.
     """
-    import sys
-
     parser = argparse.ArgumentParser(prog=prog, description=description)
     source: CliSettingsSource[Any] = CliSettingsSource(
         cast(Any, model), root_parser=parser, cli_kebab_case=True, cli_implicit_flags=True, cli_enforce_required=True,
