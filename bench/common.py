@@ -240,13 +240,14 @@ def project_path(cfg: Config, data: dict[str, Any]) -> float:
     return float(summary["best_metrics"]["train_samples_per_s"])
 
 
-def tiny_bert(folder: Path) -> Path:
-    """A 2-layer, 32-wide BERT with the packaged MiniLM's tokenizer, saved to ``folder``."""
+def tiny_bert(folder: Path, positions: int = 512) -> Path:
+    """A 2-layer, 32-wide BERT taking ``positions`` tokens, with the packaged MiniLM's tokenizer,
+    saved to ``folder`` (the benchmarks' ``--smoke`` stand-in and the tests' tiny model)."""
     from transformers import BertConfig, BertForSequenceClassification
 
     tokenizer = load_tokenizer(PACKAGED_MODEL)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64)
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=positions)
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -28,33 +28,19 @@ def imdb_dir() -> Path | None:
     return Path(path) if path and (Path(path) / "train.parquet").is_file() else None
 
 
-def tiny_bert(folder: Path, positions: int) -> Path:
-    """A 2-layer, 32-wide BERT taking ``positions`` tokens, with the packaged MiniLM's uncased
-    WordPiece tokenizer, saved to ``folder``."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from sentiment.config import PACKAGED_MODEL
-    from sentiment.model import resolve_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(PACKAGED_MODEL))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=positions, num_labels=2,
-    )
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny BERT the tests train: 128 positions."""
+    """The tiny BERT the tests train (``bench.common.tiny_bert``): 128 positions."""
+    from bench.common import tiny_bert
+
     return tiny_bert(tmp_path_factory.mktemp("tiny-bert"), positions=128)
 
 
 @pytest.fixture(scope="session")
 def tiny_long_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny BERT with 512 positions, for configs that keep their 512-token shape shrunk."""
+    from bench.common import tiny_bert
+
     return tiny_bert(tmp_path_factory.mktemp("tiny-bert-512"), positions=512)
 
 
