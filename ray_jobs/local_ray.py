@@ -3,7 +3,7 @@
 Left alone, a local Ray listens on all interfaces and its dashboard probes cloud metadata
 addresses (169.254.169.254, metadata.google.internal) even with usage stats off. With
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` and a ``~/ray_bootstrap_config.yaml`` that says
-``provider: {type: local}``, every socket stays on loopback (checked by tests/test_local_ray.py).
+``provider: {type: local}``, every socket stays on loopback (checked by tests/ray_jobs/test_local_ray.py).
 On a real cluster (``RAY_ADDRESS`` set, e.g. under ``ray job submit``) we only join.
 """
 
@@ -108,7 +108,7 @@ def serve_grpc_on_loopback() -> None:
     Each replica starts a gRPC server for calls between deployments on ``[::]:0``, hard-coded
     (``ray/serve/_private/replica.py``), whatever the node's address. A local Ray runs this in
     each of its worker processes (``worker_process_setup_hook``) before any replica code is
-    imported, so that server listens on loopback like the rest of the Ray (tests/test_local_ray.py).
+    imported, so that server listens on loopback like the rest of the Ray (tests/ray_jobs/test_local_ray.py).
     """
     from ray._common import tls_utils
 

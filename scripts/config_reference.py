@@ -1,7 +1,7 @@
 """Write docs/configuration.md from the typed configs: every key and option, its type, default and description.
 
     .venv/bin/python scripts/config_reference.py            # rewrite docs/configuration.md
-    .venv/bin/python scripts/config_reference.py --check    # exit 1 if it is out of date (tests/test_docs.py)
+    .venv/bin/python scripts/config_reference.py --check    # exit 1 if it is out of date (tests/repo/test_docs.py)
 
 The models are the one source: the training config's sections (``sentiment.config.Config``) and the
 options of the commands that take theirs from a model (evaluate, predict, export, serve).

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests drive, when they are not there yet: `chromium` for the
-# browser test of the serving page (tests/test_serve_page.py; Playwright drives this binary and
+# browser test of the serving page (tests/serve/test_page.py; Playwright drives this binary and
 # never downloads a browser of its own) and `redis-server` for the GCS fault-tolerance test
-# (tests/test_redis_gcs.py, ray_jobs/redis_gcs.py). Neither is started here.
+# (tests/ray_jobs/test_redis_gcs.py, ray_jobs/redis_gcs.py). Neither is started here.
 set -euo pipefail
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)

@@ -7,6 +7,7 @@ import ray_jobs  # noqa: F401  (imported before Ray: keeps the Rays tests start 
 # isort: split
 
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -101,3 +102,19 @@ def smoke_run(tiny_model_dir, small_imdb, tmp_path_factory):
     finally:
         if own_ray:
             ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def unlabelled(small_imdb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """small_imdb plus an ``unsupervised`` split (real unlabelled reviews when $IMDB_DATA_DIR is set)."""
+    folder = tmp_path_factory.mktemp("imdb-unlabelled")
+    for split in ("train", "test"):
+        shutil.copy(small_imdb / f"{split}.parquet", folder)
+    real = imdb_dir()
+    if real is not None:
+        df = pd.read_parquet(real / "unsupervised.parquet").sample(300, random_state=0)
+    else:
+        df = pd.DataFrame({"text": [f"an unlabelled review number {i} about a film " * (1 + i % 9) for i in range(300)],
+                           "label": -1})
+    df.to_parquet(folder / "unsupervised.parquet", index=False)
+    return folder

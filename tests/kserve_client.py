@@ -1,7 +1,7 @@
 """KServe's own REST client against an Open Inference Protocol v2 endpoint; runs in the kserve venv.
 
 KServe's package pins versions the project's environment cannot hold (psutil < 6), so
-tests/test_serve_http.py runs this file with the Python of a separate venv that has only kserve:
+tests/serve/test_http.py runs this file with the Python of a separate venv that has only kserve:
 ``python tests/kserve_client.py URL MODEL KEY TEXTS_JSON`` prints one JSON object: the probes,
 labels and probabilities by JSON and by binary input, and the status a request without the key got.
 """

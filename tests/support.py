@@ -23,7 +23,9 @@ import pytest
 import ray
 import requests
 import torch
+import uvicorn
 import yaml
+from pydantic import SecretStr
 from ray import serve
 from ray.dashboard.modules.dashboard_sdk import parse_runtime_env_args
 from ray.util.state import list_actors
@@ -32,11 +34,27 @@ from ray_jobs.local_ray import free_loopback_port, free_loopback_ports, init_ray
 from sentiment.config import Config, load_config
 from sentiment.model import build_model, load_tokenizer
 from sentiment.model_folder import save_model_dir
+from sentiment.predict import ExplainUnavailable, KeyToken, Prediction
+from serve.admission import Overloaded, RequestTooCostly
 from serve.app import build_app
-from serve.schemas import API_KEY_ENV
+from serve.http import make_api
+from serve.schemas import API_KEY_ENV, ServeArgs
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
+
+
+# 120 texts in windows of at most 64 tokens per window, micro-batch 4 on 2 workers: long enough epochs to
+# land a kill inside epoch 2.
+PRETRAIN_RUN = ("pretrain.max_texts=120", "pretrain.validation_texts=24", "data.max_seq_length=64", "train.epochs=3",
+       "train.batch_size=4", "train.lr=1e-3", "train.log_every_steps=20", "deepspeed.zero_stage=2",
+       "scaling.num_workers=2", "tracking.mode=offline", "run.max_failures=1")
+
+
+def pretrain_config(model: Path, data: Path, storage: Path, name: str, *extra: str) -> Config:
+    """configs/itpt-minilm.yaml shrunk to the tiny model and a few texts."""
+    return load_config(ROOT / "configs" / "itpt-minilm.yaml", [  # the in-domain pretraining config, shrunk
+        f"model.name_or_path={model}", f"data.path={data}", f"run.storage_path={storage}", f"run.name={name}", *PRETRAIN_RUN, *extra])
 
 
 def smoke_config(model_dir, data_dir, storage, name, *extra):
@@ -162,7 +180,7 @@ def make_checkpoint(tiny_model_dir: Path, folder: Path) -> Path:
 def start_serve(args: dict[str, Any]) -> str:
     """Start a loopback-only Ray and Serve, deploy ``build_app(args)`` at ``/``; return its URL.
 
-    No W&B lineage run unless ``args`` asks for one (tests/test_tracking.py covers it)."""
+    No W&B lineage run unless ``args`` asks for one (tests/ray_jobs/test_tracking.py covers it)."""
     init_ray(num_cpus=2)
     port = free_loopback_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -367,3 +385,64 @@ def shrink(name: str, model: Path, data: Path, storage: Path, *extra: str) -> tu
     if "pretrain" in raw:
         overrides += ["pretrain.splits=[train]", "pretrain.max_texts=48", "pretrain.validation_texts=16"]
     return load_config(ROOT / "configs" / f"{name}.yaml", [*overrides, *extra]), raw
+
+
+# --- serve.http over a stand-in model (tests/serve/conftest.py's ``api``) ---------------------------
+
+STAND_IN_KEY = "test-key-123"
+STAND_IN_BODY_TIMEOUT_S = 1.0
+STAND_IN_BUDGET = 7  # what the stand-in ingress states to the HAProxy in front
+
+
+class StandIn:
+    """A model that calls a text positive when it holds 'good' (its key token when explained);
+    records what it was asked."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[str]] = []
+        self.explains = True
+        self.statuses: list[tuple[int, str]] = []  # what the app's status recorder saw
+        self.saturated = False  # what overloaded() says: every prediction refused from the headers
+
+    async def predict(self, texts: list[str], explain: bool = False) -> list[Prediction]:
+        if explain and not self.explains:
+            raise ExplainUnavailable("explain needs gradients, which backend 'onnx-int8' cannot give")
+        if "overload" in texts:
+            raise Overloaded("overloaded: 40 windows in flight", retry_after_s=2)
+        if "costly" in texts:
+            raise RequestTooCostly("over max_request_windows=512 per request")
+        self.seen.append(texts)
+        return [Prediction("positive" if "good" in t else "negative", 0.9 if "good" in t else 0.6,
+                           {"negative": 0.1, "positive": 0.9} if "good" in t else {"negative": 0.6, "positive": 0.4},
+                           num_tokens=len(t.split()) + 2, truncated="long" in t,
+                           key_tokens=[KeyToken("good", 0.5)] if explain and "good" in t else [] if explain else None,
+                           logits=[-1.0, 1.2] if "good" in t else [0.2, -0.2])
+                for t in texts]
+
+    def overloaded(self) -> Overloaded | None:
+        return Overloaded("overloaded: 64 windows in flight", retry_after_s=3) if self.saturated else None
+
+    async def info(self) -> dict[str, Any]:
+        return {"checkpoint": "c", "path": "/p", "sha256": "0" * 64, "weights_sha256": "1" * 64,
+                "label_names": ["negative", "positive"], "metrics": {}, "config": {"max_seq_length": 64},
+                "device": "cpu", "dtype": "float32"}
+
+
+@contextmanager
+def stand_in_api() -> Iterator[tuple[str, StandIn]]:
+    """serve.http's FastAPI app over a StandIn on a real uvicorn on 127.0.0.1: its URL and the stand-in."""
+    backend = StandIn()
+    args = ServeArgs(checkpoint="c", max_text_chars=50, max_texts=3, max_body_bytes=2000, explain_max_texts=2,
+                     body_timeout_s=STAND_IN_BODY_TIMEOUT_S, min_body_rate=1_000_000)
+    port = free_loopback_port()
+    server = uvicorn.Server(uvicorn.Config(make_api(backend, args, SecretStr(STAND_IN_KEY), lambda *answer: backend.statuses.append(answer),
+                                                    budget=lambda: STAND_IN_BUDGET), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", backend
+    server.should_exit = True
+    thread.join(10)
