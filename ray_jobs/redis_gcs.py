@@ -7,7 +7,7 @@ restarted GCS reads them back, and raylets, replicas and HTTP proxies keep runni
 (they wait up to ``RAY_gcs_rpc_server_reconnect_timeout_s``, 60 s by default).
 
 ``python -m ray_jobs.redis_gcs --dir ~/ray-gcs-redis`` starts Debian's ``redis-server`` for the
-local recipe (README, "Head restarts"): bound to 127.0.0.1 only, ``requirepass`` from
+local recipe (docs/operations.md, "The head restarts"): bound to 127.0.0.1 only, ``requirepass`` from
 ``$RAY_REDIS_PASSWORD``, append-only persistence in ``--dir``. The password goes to Redis on its
 standard input, never on a command line, in a file or in a log line. On a cluster use a managed,
 replicated Redis instead (cluster.yaml).

@@ -6,9 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 installed=$(mktemp)
-trap 'rm -f "$installed"' EXIT
+locked=$(mktemp)
+trap 'rm -f "$installed" "$locked"' EXIT
 .venv/bin/pip freeze --exclude-editable | grep -v "^torch==" > "$installed"
 .venv/bin/python -m uv pip compile pyproject.toml --extra test --constraint "$installed" \
-  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-emit-package torch --no-annotate \
-  --custom-compile-command "bash scripts/lock.sh" | grep -vE "^(nvidia-|cuda-|triton==)" > constraints.txt
+  --python-version "$(.venv/bin/python -c 'import platform; print(platform.python_version())')" --python-platform x86_64-manylinux_2_28 --no-emit-package torch --no-annotate \
+  --custom-compile-command "bash scripts/lock.sh" | grep -vE "^(nvidia-|cuda-|triton==)" > "$locked"
+mv "$locked" constraints.txt  # only once resolved: a failed resolve leaves the old pins
 echo "lock: constraints.txt pins $(grep -c "==" constraints.txt) packages"

@@ -11,7 +11,7 @@
 #  3. installs the project and its test extras with the versions in constraints.txt (the ones the
 #     suite was written against), then JIT-compiles DeepSpeed's op and says which torch it got.
 # On a GPU machine, install the CUDA build of torch into .venv first and set TORCH_SPEC= (empty)
-# so it is kept (README, "One GPU").
+# so it is kept (docs/install.md, "One GPU").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

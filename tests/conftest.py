@@ -70,7 +70,7 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A loopback-only local Ray with 2 CPUs for one test module (one Ray at a time: see README)."""
+    """A loopback-only local Ray with 2 CPUs for one test module (one Ray at a time on 2 cores)."""
     import ray
 
     from ray_jobs.local_ray import init_ray

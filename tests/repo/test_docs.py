@@ -5,6 +5,7 @@ yet"), and every command, override and reference row they show exists."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -55,7 +56,8 @@ def test_the_check_leaves_the_products_own_words(line):
     assert not PROCESS.search(line), line
 
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "bench").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if not p.is_symlink()),
+        *sorted((ROOT / "bench").glob("*.md"))]
 SHOWN_MODULE = re.compile(r"python -m ((?:ray_jobs|tune|bench|serve|sentiment)\.\w+)")
 OVERRIDE = re.compile(r"\b(model|data|train|deepspeed|scaling|tracking|pretrain|run|sweep)\.(\w+)=")
 # Runs each module as `python -m <module> --help` would, in one process (the imports are paid once).
@@ -89,10 +91,10 @@ def test_every_override_the_docs_show_names_a_config_key():
     assert not unknown, unknown
 
 
-def test_the_readmes_serving_table_names_only_real_arguments():
+def test_the_serving_pages_table_names_only_real_arguments():
     from serve.schemas import ServeArgs
 
-    rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", (ROOT / "README.md").read_text(), re.MULTILINE))
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", (ROOT / "docs" / "serving.md").read_text(), re.MULTILINE))
     assert rows and set(rows) <= set(ServeArgs.model_fields), set(rows) - set(ServeArgs.model_fields)
 
 
@@ -106,3 +108,29 @@ def test_the_config_reference_is_generated_from_the_models_and_current():
     for section, field in Config.model_fields.items():
         for name in field.annotation.model_fields:
             assert f"| `{section}.{name}` |" in page
+
+
+def test_the_site_builds_with_every_link_and_anchor_resolved(tmp_path):
+    built = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert (tmp_path / "site" / "serving" / "index.html").is_file() and (tmp_path / "site" / "results" / "index.html").is_file()
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_readme_is_short_and_its_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    links = re.findall(r"\]\(([^)#]+)(?:#([^)]+))?\)", text)
+    local = [(target, anchor) for target, anchor in links if not target.startswith("http")]
+    assert len(local) >= 10 and ("bench/RESULTS.md", "training-throughput-cpu") in local
+    missing = [target for target, _ in local if not (ROOT / target).exists()]
+    assert not missing, missing
+    for target, anchor in local:
+        if anchor:
+            headings = re.findall(r"^#+ (.*)$", (ROOT / target).read_text(), re.MULTILINE)
+            assert anchor in {github_anchor(h) for h in headings}, f"{target}#{anchor}"
