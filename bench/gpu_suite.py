@@ -22,7 +22,7 @@ on one H100/H200), tested beforehand on CPU with ``--smoke``. Reviews come from
    with single-review requests at concurrency 64: reviews/s, p50, p99, and HTTP / in-process.
 
 Written: ``<out>/gpu_suite.json`` (device, date, commit, command and every figure). Printed last:
-the table of the figures the issue sets targets for.
+the table of the figures that have targets.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def serving(args: argparse.Namespace, checkpoint: str) -> list[dict[str, Any]]:
 
 
 def summary_table(result: dict[str, Any]) -> list[str]:
-    """The figures the issue sets targets for, one line each."""
+    """The figures that have targets, one line each."""
     train = {(r["shape"], r["path"]): r for r in result["training"]}
     eager, zero0 = train[("fixed", "plain eager")], train[("fixed", "project ZeRO-0")]
     lines = [f"{r['shape']:>5} | {r['path']:<14} | {r['samples_per_s']:8.1f} samples/s | {r['tokens_per_s']:9.0f} tokens/s | "
