@@ -116,7 +116,7 @@ def test_the_site_builds_with_every_link_and_anchor_resolved(tmp_path):
     built = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
                            cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert built.returncode == 0, built.stderr[-3000:]
-    assert (tmp_path / "site" / "serving" / "index.html").is_file() and (tmp_path / "site" / "results" / "index.html").is_file()
+    assert (tmp_path / "site" / "serving" / "index.html").is_file() and (tmp_path / "site" / "RESULTS" / "index.html").is_file()
 
 
 def github_anchor(heading: str) -> str:
