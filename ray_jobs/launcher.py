@@ -68,7 +68,7 @@ def teacher_logits(cfg: Config, texts: list[str]) -> np.ndarray:
 
     The teacher reads each review truncated, with its own ``max_seq_length`` and ``truncation``:
     like the student in training, one window per review, whatever ``long_reviews`` the teacher
-    predicts with (whole-review logits took 2.3x the time and did no better; bench/RESULTS.md,
+    predicts with (whole-review logits took longer and did no better: bench/RESULTS.md,
     "Recipe A/B tests").
     """
     teacher = check_teacher(cfg)

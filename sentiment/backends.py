@@ -7,8 +7,8 @@ run the graphs ``python -m ray_jobs.export`` wrote and verified beside the weigh
 transformer optimizer, the second with int8 weights. An export under an older name is refused with
 the command that re-makes it.
 ``auto`` picks the fastest verified one for the device: a GPU gets torch bf16; a CPU that runs
-bf16 natively gets torch bf16 for a checkpoint trained in bf16 (2.7x torch fp32 at the same
-accuracy, against 1.7x for the int8 export, on a 2-core Xeon with AMX: bench/RESULTS.md); any other
+bf16 natively gets torch bf16 for a checkpoint trained in bf16 (faster than the int8 export there,
+at the same accuracy: bench/RESULTS.md, "Inference backends"); any other
 CPU gets the int8 export when present, else the fp32 export, else torch.
 """
 

@@ -135,7 +135,8 @@ class DataConfig(_Section):
     chunk_stride: int | None = Field(
         None, ge=1,
         description="Content tokens from one window's start to the next in 'chunks' (None: the whole "
-        "window, no overlap; half the window measured no more accurate at 1.5x the cost); the last "
+        "window, no overlap; half the window measured no more accurate, at more cost: bench/RESULTS.md, "
+        "'Whole long reviews'); the last "
         "window ends with the review.",
     )
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of the training pool held out for validation (stratified).")
@@ -190,7 +191,7 @@ class TrainConfig(_Section):
     freeze_embeddings: bool = Field(
         False,
         description="Keep the embedding layer (word, position, type) at its pretrained weights: no gradient or "
-        "optimizer state for the vocabulary matrix (half of MiniLM's weights), ~1.3x faster steps on CPU.",
+        "optimizer state for the vocabulary matrix (half of MiniLM's weights), and faster steps.",
     )
     freeze_layers: int = Field(
         0, ge=0, description="Also keep the first N encoder layers at their pretrained weights (needs freeze_embeddings). "

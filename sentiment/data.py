@@ -220,8 +220,8 @@ def stratified_split(ds: Dataset, n_first: int, n_second: int, seed: int) -> tup
 
     The same rows in the same order as ``ds.train_test_split(train_size=n_first,
     test_size=n_second, stratify_by_column="label", seed=seed)``: the library's own index generator,
-    fed the label column read in one piece (``train_test_split`` reads it row by row, which took
-    about 20 s of the quickstart's data preparation on 2 cores with datasets 5).
+    fed the label column read in one piece (``train_test_split`` reads it row by row: most of the
+    quickstart's data preparation with datasets 5, bench/HISTORY.md, "Quickstart recipe").
 
     Raises:
         DataError: a label with a single example, or a part smaller than the number of labels.

@@ -108,8 +108,8 @@ def eval_frozen_bottom(model: PreTrainedModel, embeddings: bool, layers: int) ->
     """Put the frozen bottom (``freeze_bottom``'s arguments) in eval mode; call after ``model.train()``.
 
     Frozen layers keep their dropout off: they are a fixed function of the input, as they are when
-    predicting, and a step skips their dropout masks (measured on MiniLM, 4 of 6 layers frozen,
-    128 tokens, one thread: 1.04 s per step of 16 instead of 1.34 s).
+    predicting, and a step skips their dropout masks (faster steps: bench/HISTORY.md, "Quickstart
+    recipe").
     """
     for module in frozen_modules(model, embeddings, layers):
         module.eval()

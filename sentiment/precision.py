@@ -1,10 +1,9 @@
 """Which numeric precision a device runs fast: the one place ``precision: auto`` is decided.
 
-bf16 pays on a CPU only where the hardware multiplies in bf16 (AVX-512 BF16, AMX): on a 2-core
-Xeon with AMX the quickstart trained 1.7x the samples/s of fp32 under autocast, and predicted 4.5x
-the reviews/s with bf16 weights, at the same accuracy (bench/RESULTS.md "bf16 on CPUs that have
-it"). Elsewhere (AVX2 only, or AVX-512 without BF16) oneDNN emulates it, 6x slower than fp32 on the
-AVX2 VM, so ``auto`` keeps fp32 there.
+bf16 pays on a CPU only where the hardware multiplies in bf16 (AVX-512 BF16, AMX): there the
+quickstart trains and predicts faster at the same accuracy (bench/RESULTS.md, "bf16 on CPUs that
+have it"). Elsewhere (AVX2 only, or AVX-512 without BF16) oneDNN emulates it, far slower than fp32,
+so ``auto`` keeps fp32 there.
 """
 
 from __future__ import annotations

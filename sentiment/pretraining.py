@@ -125,7 +125,7 @@ class MaskedPositionsMLM(torch.nn.Module):
     The encoder sees every token as before; the head (a dense layer, layer norm and the
     ``hidden x vocabulary`` decoder) runs on the ~15% of positions that carry a label instead of
     all of them (at MiniLM's size the head over every position is about half of a forward pass's
-    arithmetic; measured: 2.1x faster training steps). The loss is the model's
+    arithmetic, so training steps run faster). The loss is the model's
     own (cross-entropy averaged over the masked tokens). Models whose head is not one module
     (``MLM_HEADS``) run whole. ``save_pretrained`` saves the wrapped model unchanged.
     """

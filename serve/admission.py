@@ -9,8 +9,8 @@ answers 503 with ``Retry-After``) instead of queueing. A floor of ``min_windows`
 always admitted, so a cold ingress with no measurement yet, or one big request, is never refused
 for want of a rate; and never more than ``max_windows``, what the model replicas hold at once
 (their ``max_ongoing_requests``): a text beyond that would wait in Serve's router, whose waiting
-calls retry with backoff in no set order, so some waited 5-9 s in a burst that answered half its
-requests within 0.7 s.
+calls retry with backoff in no set order, so in a burst some wait many times longer than the
+median (bench/RESULTS.md, "Serving under abuse").
 """
 
 from __future__ import annotations
