@@ -136,3 +136,21 @@ def test_the_readme_is_short_and_its_links_resolve():
         if anchor:
             headings = re.findall(r"^#+ (.*)$", (ROOT / target).read_text(), re.MULTILINE)
             assert anchor in {github_anchor(h) for h in headings}, f"{target}#{anchor}"
+
+
+RATIO = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)x\b")
+
+
+def test_measured_ratios_live_in_results_only():
+    """The pages, code comments, docstrings and config descriptions link a RESULTS section instead of
+    copying its figures (which then drift); a ratio there is a threshold the code applies."""
+    pages = [p for p in (ROOT / "docs").glob("*.md") if not p.is_symlink() and p.name != "configuration.md"]
+    code = [p for package in ("sentiment", "ray_jobs", "serve", "tune") for p in (ROOT / package).glob("*.py")]
+    found = []
+    for path in [*pages, *code, *(ROOT / "configs").glob("*.yaml")]:
+        text = path.read_text()
+        for m in RATIO.finditer(text):
+            before = text[max(0, m.start() - 12):m.start()]
+            if not re.search(r"(more than|>=|<=|over|under|above|below)\s$", before):
+                found.append(f"{path.relative_to(ROOT)}: ...{text[max(0, m.start() - 40):m.end() + 10]!r}")
+    assert not found, "\n".join(found)
