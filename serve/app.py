@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
@@ -38,6 +39,10 @@ from serve.metrics import IngressMetrics
 from serve.schemas import ServeArgs
 
 EXPLAIN_THREADS = 1  # an explainer takes at most one core from the predictions
+# What Serve's own router answers past the ingress's max_queued_requests (under Ray's HTTP proxy: a Ray
+# the project did not start, KubeRay): the ingress's 503 with the Retry-After every other refusal carries,
+# so that well-behaved clients back off instead of resending at once.
+ROUTER_REFUSAL = BackpressureConfig(status_code=503, retry_after_s=1)
 
 
 @serve.deployment
@@ -201,5 +206,6 @@ def build_app(args: ServeArgs) -> Application:
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=args.max_ongoing_requests * args.max_replicas + args.max_queued_requests,
         max_queued_requests=args.max_queued_requests,
+        backpressure_config=ROUTER_REFUSAL,
     )
     return ingress.bind(replicas, explainer, args, model, require_key)

@@ -1,4 +1,4 @@
-"""The endpoint behind Ray's own HTTP proxy, as the README's loopback recipe runs it: a ``ray start
+"""The endpoint behind Ray's own HTTP proxy, as the loopback recipe in docs/serving.md runs it: a ``ray start
 --head`` on 127.0.0.1 and ``serve run`` joining it through ``RAY_ADDRESS`` (HAProxy mode off).
 
 tests/system/test_serve_hostile.py runs the abuse phases in HAProxy mode (a Ray the project starts); here
@@ -9,8 +9,10 @@ an ordinary client must stay served.
 Then, on the same head, what KubeRay's operator does with k8s/rayservice.yaml: ``serve deploy`` of
 its ``serveConfigV2`` through the dashboard, and calls to the endpoint it makes. Changed for a
 loopback test: the host (127.0.0.1, not the pod network), the port, ``storage_path`` (a local folder
-whose ``best.json`` names the checkpoint, for the manifest's S3 bucket) and the replica counts and
-CPUs (2 cores); the rest is the manifest's.
+whose ``best.json`` names the checkpoint, for the manifest's S3 bucket), the replica counts and
+CPUs (2 cores), and queue limits small enough that a burst of 64 clients overflows the ingress, so
+that Serve's own router sheds some of it; the rest is the manifest's. Every 503 of that burst, the
+router's included, must carry ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ HAPROXY_MODE = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "
                 "SENTIMENT_HAPROXY_BINARY", "RAY_SERVE_HAPROXY_LOG_TARGET", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S")
 PHASE_S = 8.0  # ~300 ordinary requests: the p99 is not one request caught by the 200 connects at the start
 P99_FLOOR_S = 0.05  # as in tests/system/test_serve_hostile.py
+BURST_LIMITS = 8  # the ingress then holds 8 + 4 requests and Serve's router queues 4 more: a burst of 64 overflows
 
 
 def serve_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -50,7 +53,8 @@ def rayservice_config(port: int, storage: Path) -> dict:
     config = yaml.safe_load(manifest("rayservice.yaml")["spec"]["serveConfigV2"])
     config["http_options"].update(host="127.0.0.1", port=port)
     (app,) = config["applications"]
-    app["args"].update(storage_path=str(storage), num_cpus=0.5, min_replicas=1, max_replicas=1, ingress_replicas=1)
+    app["args"].update(storage_path=str(storage), num_cpus=0.5, min_replicas=1, max_replicas=1, ingress_replicas=1,
+                       max_ongoing_requests=BURST_LIMITS, max_batch_size=BURST_LIMITS, max_queued_requests=BURST_LIMITS // 2)
     return config
 
 
@@ -121,3 +125,7 @@ def deploy_the_rayservice_config_and_call_it(checkpoint: Path, tmp_path: Path, p
     assert reply.status_code == 200 and reply.json()["predictions"][0]["label"] in ("negative", "positive")
     model = requests.get(f"{url}/v1/model", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()
     assert Path(model["path"]) == checkpoint  # "best" under the manifest's storage_path
+    burst = abuse.summary(asyncio.run(abuse.run(url, KEY, 4.0, slow=0, burst=64, explainers=0, phases=("burst",))))["burst"]
+    print(f"\nburst of 64 behind Ray's proxy (tiny model, small queues): {burst}")
+    assert burst["others"]["statuses"].get("503", 0) > 0 and "200" in burst["others"]["statuses"], burst
+    assert set(burst["others"]["statuses"]) == {"200", "503"}, burst  # never a 503 without Retry-After, nothing else
