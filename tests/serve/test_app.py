@@ -42,6 +42,7 @@ KEY = "k-" + secrets.token_hex(16)
 FAST_METRICS_ENV = {
     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.1",
     "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.1",
+    "RAY_metrics_report_interval_ms": "1000",  # Prometheus sees the replicas' counters within a second, not ten
 }
 # downscale_delay_s outlasts a replica's start (~15 s of CPU-heavy imports on 2 cores, which slows
 # the ingress enough that the measured load dips): shorter, the autoscaler flaps 2 -> 1 -> 2.
