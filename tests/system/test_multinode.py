@@ -1,7 +1,7 @@
 """A real two-node Ray on one machine (127.0.0.1): ranks on different nodes, ZeRO-2 shards from both
 in shared storage, the gathered model loads, and the run matches one worker with the same global
 batch. Then the same job through the job server, with runtime_env.yaml's excludes (its uv env is
-tested in test_runtime_env)."""
+tested in tests/system/test_job_submit.py)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_job_submission_ships_code_but_not_excluded_files(two_nodes, tiny_model_
     (workdir / "data" / "train.parquet").write_bytes(b"\0" * (80 * 1024 * 1024))
     env = yaml.safe_load((ROOT / "runtime_env.yaml").read_text())
     env["working_dir"] = str(workdir)
-    # The uv env is tested in test_runtime_env. Here it would race: two "nodes" on one machine share
+    # The uv env is tested in tests/system/test_job_submit.py. Here it would race: two "nodes" on one machine share
     # one session folder, so the second node's agent deletes the first's half-built env (seen with
     # Ray 2.60: "No module named 'ray'" in a worker, then a registration timeout) and each clones the
     # 2 GB venv. On a real cluster every node has its own disk.
