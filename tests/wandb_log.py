@@ -49,3 +49,13 @@ def logged_keys(path: str | Path) -> tuple[set[str], set[str]]:
         elif kind == "summary":
             summary |= {i.key or "/".join(i.nested_key) for i in rec.summary.update}
     return history, summary
+
+
+def run_groups(folder: Path) -> dict[str, str]:
+    """Every offline run under ``folder``: its run id and the group it was logged in."""
+    groups = {}
+    for run_file in folder.glob("**/offline-run-*/run-*.wandb"):
+        for rec in records(run_file):
+            if rec.WhichOneof("record_type") == "run":
+                groups[rec.run.run_id] = rec.run.run_group
+    return groups

@@ -13,7 +13,7 @@ import pytest
 
 from sentiment.config import ConfigError, load_config
 from sentiment.data import EncodedSplit, check_folds, cross_validation_fold, load_splits
-from tests.wandb_log import records
+from tests.wandb_log import run_groups
 from tune.cv import cross_validate, cut_folds, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,11 +115,7 @@ def test_each_fold_trains_and_validates_on_its_own_part(validated):
 @pytest.mark.ray
 def test_one_wandb_run_per_fold_in_one_group(validated):
     cfg, storage, table = validated
-    runs = {}
-    for run_file in (storage / "cv2").glob("**/offline-run-*/run-*.wandb"):
-        for rec in records(run_file):
-            if rec.WhichOneof("record_type") == "run":
-                runs[rec.run.run_id] = rec.run.run_group
+    runs = run_groups(storage / "cv2")
     assert len(runs) == 3 and set(runs.values()) == {"cv2"}
     assert sum(run_id.endswith("summary") for run_id in runs) == 1
 

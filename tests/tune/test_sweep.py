@@ -11,7 +11,7 @@ import pytest
 from sentiment.config import ConfigError, load_config
 from sentiment.predict import Predictor
 from tests.support import sweep_config
-from tests.wandb_log import records
+from tests.wandb_log import run_groups
 from tune.sweep import concurrency, sweep, validate_space
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,11 +81,7 @@ def test_best_json_points_at_the_best_loadable_checkpoint(swept):
 @pytest.mark.ray
 def test_one_wandb_run_per_trial_in_one_group(swept):
     cfg, storage, best = swept
-    runs = {}
-    for run_file in (storage / "asha").glob("**/offline-run-*/run-*.wandb"):
-        for rec in records(run_file):
-            if rec.WhichOneof("record_type") == "run":
-                runs[rec.run.run_id] = rec.run.run_group
+    runs = run_groups(storage / "asha")
     trial_runs = {k: v for k, v in runs.items() if not k.endswith("summary")}
     assert len(trial_runs) == 4 and set(runs.values()) == {"asha"}
     assert "asha-summary" in runs
