@@ -34,6 +34,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.common import commit  # noqa: E402
+
 IMG = ROOT / "docs" / "img"
 REPORT_PLOTS = ("training_curves", "confusion_matrix", "confidence", "reliability", "accuracy_by_length", "top_words")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -43,11 +45,6 @@ def cpu_model() -> str:
     """The CPU's model name and core count, as /proc/cpuinfo says."""
     names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
     return f"{names[0] if names else platform.machine()}, {len(names) or '?'} cores"
-
-
-def commit() -> str:
-    """The commit the pictures are made at."""
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def report_plots(run: Path, out: Path) -> str:
