@@ -31,7 +31,9 @@ headers=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_paths()['include']
 stamp=".venv/.installed-$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing the project into .venv (a few minutes the first time)"
-  pip=(.venv/bin/pip install --quiet --disable-pip-version-check)
+  # --no-compile: Python compiles the modules a process imports when it first imports them, instead of
+  # pip compiling every file of every package here (about a minute of a 2-core machine's setup).
+  pip=(.venv/bin/pip install --quiet --disable-pip-version-check --no-compile)
   if [ -n "$TORCH_SPEC" ]; then
     "${pip[@]}" -c constraints.txt ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_SPEC"
   fi
