@@ -133,7 +133,7 @@ def flops_per_token(model_dir: Path) -> Callable[[float], float]:
 
 
 def training_throughput(args: argparse.Namespace, model_dir: Path, storage: Path, peak: float) -> list[dict[str, Any]]:
-    """Part 1: the four paths at both shapes (``--smoke``: the project's once per stage); one row per (shape, path)."""
+    """Part 1: the four paths at both shapes (``--smoke``: the project's at ZeRO-0 only); one row per (shape, path)."""
     shape_args = argparse.Namespace(model=str(model_dir), max_len=64 if args.smoke else 512, reviews=args.train_reviews,
                                     batch=8 if args.smoke else 32, threads=1 if args.smoke else 8)
     rows = []
@@ -146,7 +146,7 @@ def training_throughput(args: argparse.Namespace, model_dir: Path, storage: Path
             rows.append({"shape": shape, "path": path, "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
                          "padded_length": tokens / samples})
         length = rows[-2]["padded_length"]  # the eager loop's: the project trains the same batches
-        for stage in smoke_stages(shape) if args.smoke else (0, 2):
+        for stage in (0,) if args.smoke else (0, 2):  # smoke: ZeRO-0 (ZeRO-2 trains in every CI smoke run)
             samples_per_s = project_path(with_zero_stage(cfg, stage, shape), data)
             rows.append({"shape": shape, "path": f"project ZeRO-{stage}", "samples_per_s": samples_per_s,
                          "tokens_per_s": samples_per_s * length, "padded_length": length})
@@ -154,12 +154,6 @@ def training_throughput(args: argparse.Namespace, model_dir: Path, storage: Path
     for row in rows:
         row["mfu"] = row["tokens_per_s"] * flops(row["padded_length"]) / (peak * 1e12)
     return rows
-
-
-def smoke_stages(shape: str) -> tuple[int, ...]:
-    """The ZeRO stages a ``--smoke`` run takes the project path through at ``shape``: ZeRO-0 at both
-    (the summary compares them) and ZeRO-2 once, at real lengths: three launches, not four."""
-    return (0,) if shape == "fixed" else (0, 2)
 
 
 def with_zero_stage(cfg: Config, stage: int, shape: str) -> Config:

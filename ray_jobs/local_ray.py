@@ -5,12 +5,19 @@ addresses (169.254.169.254, metadata.google.internal) even with usage stats off.
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` and a ``~/ray_bootstrap_config.yaml`` that says
 ``provider: {type: local}``, every socket stays on loopback (checked by tests/ray_jobs/test_local_ray.py).
 On a real cluster (``RAY_ADDRESS`` set, e.g. under ``ray job submit``) we only join.
+
+    eval "$(python -m ray_jobs.local_ray)"   # then `ray start --head --node-ip-address=127.0.0.1 ...`
+
+prints the same environment for a Ray started with ``ray start`` (docs/serving.md's loopback recipe).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
+import secrets
+import shlex
 import socket
 from pathlib import Path
 
@@ -22,6 +29,12 @@ LOOPBACK = "127.0.0.1"
 PRIVATE_PORTS_LOW = 20000  # above Ray's default worker ports (10002-19999)
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 BOOTSTRAP = Path("~/ray_bootstrap_config.yaml")
+LOOPBACK_HOOK = "ray_jobs.local_ray.serve_grpc_on_loopback"
+# Where a Ray worker process finds its setup hook at start (ray/_private/ray_constants.py,
+# WORKER_PROCESS_SETUP_HOOK_ENV_VAR): what ``ray.init(runtime_env={"worker_process_setup_hook": ...})``
+# becomes; in a raylet's environment, every worker of that node runs the hook.
+SETUP_HOOK_VAR = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
+HEAD_ENV_PREFIXES = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED", "RAY_SERVE_", "SENTIMENT_HAPROXY_")
 
 
 def keep_ray_local() -> None:
@@ -98,7 +111,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         include_dashboard=True,
         dashboard_host=LOOPBACK,
         log_to_driver=True,
-        runtime_env={"worker_process_setup_hook": "ray_jobs.local_ray.serve_grpc_on_loopback"},
+        runtime_env={"worker_process_setup_hook": LOOPBACK_HOOK},
     )
 
 
@@ -144,3 +157,44 @@ def join_cluster(address: str) -> None:
             f"Ray version mismatch with the cluster at {address}: {detail} "
             f"Run the job with the cluster's Ray and Python (pyproject.toml pins ray)."
         ) from None
+
+
+def ensure_auth_token() -> Path | None:
+    """The token file Ray reads (``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``), written with
+    a new random token, readable by its owner only, when there is none; None when ``$RAY_AUTH_TOKEN``
+    holds the token itself."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    return path
+
+
+def head_env() -> dict[str, str]:
+    """The environment for ``ray start --head`` on 127.0.0.1 that gives it what ``init_ray`` gives a
+    Ray it starts in-process: loopback only and silent, Serve's HAProxy mode (``local_ray_env``),
+    each worker's Serve gRPC server on loopback (the setup hook, through the raylet's environment),
+    and token auth on with a token made if there is none."""
+    keep_ray_local()
+    ensure_auth_token()
+    env = {k: v for k, v in os.environ.items() if k.startswith(HEAD_ENV_PREFIXES)}
+    return env | {"RAY_AUTH_MODE": "token", SETUP_HOOK_VAR: LOOPBACK_HOOK}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print ``export`` lines of ``head_env()`` for a shell's ``eval``."""
+    argparse.ArgumentParser(
+        prog="python -m ray_jobs.local_ray",
+        description="Print the environment for a loopback `ray start --head` (use: eval \"$(python -m ray_jobs.local_ray)\"): "
+                    "loopback only, Serve's HAProxy mode, Serve's gRPC on loopback, token auth (a token is written to "
+                    "$RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, mode 600, when there is none).",
+    ).parse_args(argv)
+    for key, value in sorted(head_env().items()):
+        print(f"export {key}={shlex.quote(value)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -254,17 +255,26 @@ def submit_job(*args: str, env: dict, address: str) -> subprocess.CompletedProce
 def ray_head(head_only_env: dict[str, str] | None = None) -> Iterator[tuple[dict[str, str], str, str]]:
     """A `ray start --head` on 127.0.0.1 with free ports for every agent and its own temp folder.
 
-    ``head_only_env`` goes to the head's processes only (secrets a node holds). Yields the client
-    environment (token auth on, without ``head_only_env``), the dashboard address and the GCS
-    address; stops only this cluster's processes and deletes its temp folder (runtime envs live there).
+    Token auth is on with a token of its own, as cluster.yaml starts nodes: ``RAY_AUTH_MODE=token``
+    and the token in a file (``RAY_AUTH_TOKEN_PATH``); a plain ``ray start --head`` turns it on only
+    when ``~/.ray/auth_token`` already exists. ``head_only_env`` goes to the head's processes only
+    (secrets a node holds). Yields the client environment (the same token, without
+    ``head_only_env``), the dashboard address and the GCS address; stops only this cluster's
+    processes and deletes its temp folder (runtime envs and the token live there).
     """
     keep_ray_local()
+    temp = Path("/tmp") / f"rj-{uuid.uuid4().hex[:6]}"  # short: Ray's socket paths have a length limit
+    temp.mkdir()
+    token = temp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           **(head_only_env or {})}
+           **auth, **(head_only_env or {})}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN", None)
     # own ports for every agent: another Ray on this machine may hold the defaults
     dash, gcs_port, agent, metrics, runtime_env, client_server = free_loopback_ports(6)
-    temp = Path("/tmp") / f"rj-{uuid.uuid4().hex[:6]}"  # short: Ray's socket paths have a length limit
     started = ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
                    f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
@@ -272,7 +282,7 @@ def ray_head(head_only_env: dict[str, str] | None = None) -> Iterator[tuple[dict
                    "--disable-usage-stats", f"--temp-dir={temp}", env=env)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
-        client = {k: v for k, v in env.items() if k not in (head_only_env or {})} | {"RAY_AUTH_MODE": "token"}
+        client = {k: v for k, v in env.items() if k not in (head_only_env or {})}
         yield client, f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs_port}"
     finally:
         stop_cluster(temp, gcs_port)

@@ -19,7 +19,7 @@ def test_gpu_suite_smoke_measures_every_part_and_writes_one_json(small_imdb, tmp
     assert result["commit"] == "abc1234" and result["device"].startswith("CPU") and result["matmul_peak_tflops"] > 0
     paths = {(r["shape"], r["path"]) for r in result["training"]}
     assert paths == {(s, p) for s in ("fixed", "real") for p in ("plain eager", "plain compiled")} | \
-        {("fixed", "project ZeRO-0"), ("real", "project ZeRO-0"), ("real", "project ZeRO-2")}  # ZeRO-2 once in a smoke
+        {("fixed", "project ZeRO-0"), ("real", "project ZeRO-0")}  # ZeRO-2 on a GPU only
     assert all(r["samples_per_s"] > 0 and 0 < r["mfu"] < 1 for r in result["training"])
     fixed = [r["padded_length"] for r in result["training"] if r["shape"] == "fixed"]
     assert fixed == [64.0] * 3  # every batch padded to the maximum length

@@ -10,20 +10,39 @@ processes, so its sockets are checked too.
 """
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from ray_jobs.local_ray import HEAD_ENV_PREFIXES, LOOPBACK_HOOK, SETUP_HOOK_VAR
+from tests.support import ray_head
+
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
+
+START_IN_PROCESS = """
+from ray_jobs.local_ray import init_ray
+init_ray(num_cpus=1)
+processes = lambda: psutil.Process().children(recursive=True)
+"""
+
+JOIN_THE_HEAD = """
+ray.init()  # RAY_ADDRESS: the head `ray start` made
+gcs_port = ray.get_runtime_context().gcs_address.rsplit(":", 1)[1]
+def processes():  # the head's GCS and raylet (ray start leaves them to init), and all they started
+    ends = (f":{gcs_port}", f"={gcs_port}")
+    roots = [p for p in psutil.process_iter(["cmdline"]) if any(a.endswith(ends) for a in p.info["cmdline"] or ())]
+    return {c for r in roots for c in [r, *r.children(recursive=True)]}
+"""
 
 PROBE = """
 import json, socket, time, urllib.request, psutil, ray
 from ray import serve
-from ray_jobs.local_ray import init_ray
-init_ray(num_cpus=1)
+{start}
 ray.get(ray.remote(lambda: 1).remote())
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -39,7 +58,7 @@ serve.run(Echo.bind(), name="probe", route_prefix="/")
 assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).read() == b"ok"
 time.sleep(8)  # let the dashboard and its agents open their sockets
 addrs, names = set(), set()
-for proc in psutil.Process().children(recursive=True):
+for proc in processes():
     try:
         names.add(proc.name())
         for c in proc.net_connections(kind="inet"):
@@ -57,13 +76,37 @@ LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}  # wildcards (0.0.0.0, ::) a
 
 
 def test_project_ray_and_its_serve_replicas_use_loopback_only():
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    _assert_loopback_with_haproxy(_probe(START_IN_PROCESS, os.environ))
+    assert "type: local" in (Path.home() / "ray_bootstrap_config.yaml").read_text()
+
+
+def test_the_loopback_recipes_head_and_its_serve_replicas_use_loopback_only(tmp_path):
+    """docs/serving.md's recipe: ``eval "$(python -m ray_jobs.local_ray)"``, then ``ray start --head
+    --node-ip-address=127.0.0.1 ...`` and a driver joining it: the same sockets as a Ray the project
+    starts in-process (HAProxy mode, replicas' gRPC on loopback through the raylet's setup hook)."""
+    token = tmp_path / "auth_token"  # the printed environment writes the token here, not to ~/.ray
+    printed = subprocess.run(["bash", "-c", f'eval "$("{sys.executable}" -m ray_jobs.local_ray)" && env -0'], cwd=ROOT,
+                             env={**os.environ, "RAY_AUTH_TOKEN_PATH": str(token)}, capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    head = dict(line.split("=", 1) for line in printed.stdout.split("\0") if "=" in line)
+    assert head["RAY_AUTH_MODE"] == "token" and len(token.read_text()) == 64 and token.stat().st_mode & 0o777 == 0o600
+    assert head["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and head[SETUP_HOOK_VAR] == LOOPBACK_HOOK
+    recipe = {k: v for k, v in head.items() if k.startswith(HEAD_ENV_PREFIXES) or k in ("RAY_AUTH_MODE", SETUP_HOOK_VAR)}
+    with ray_head(recipe) as (client, _, gcs):  # its own token (the suite's), as the recipe's would be
+        _assert_loopback_with_haproxy(_probe(JOIN_THE_HEAD, {**client, **recipe, "RAY_ADDRESS": gcs}))
+
+
+def _probe(start: str, env: Mapping[str, str]) -> dict[str, list[str]]:
+    out = subprocess.run([sys.executable, "-c", PROBE.replace("{start}", start)], cwd=ROOT, env=dict(env),
+                         capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
-    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _assert_loopback_with_haproxy(seen: dict[str, list[str]]) -> None:
     assert "haproxy" in seen["names"], seen["names"]  # Serve's HAProxy mode is on, and its sockets are listed
     addrs = set(seen["addrs"])
     assert addrs and addrs <= LOOPBACK, addrs - LOOPBACK
-    assert "type: local" in (Path.home() / "ray_bootstrap_config.yaml").read_text()
 
 
 def test_free_ports_are_below_the_ephemeral_range_and_bindable():

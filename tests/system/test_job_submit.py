@@ -6,9 +6,10 @@ the module whose raylet holds the secrets in its environment, as cluster.yaml's 
   GPU recipe to a smoke run on 2 cores (tiny model, 128 reviews, 1 epoch, CPU, local storage for
   S3) and ``--working-dir .`` for the code the manifest's image holds; then an evaluation of its
   result; both SUCCEEDED, and a client without the token is refused.
-- runtime_env.yaml: the job's driver and its workers get what pyproject.toml lists and the cluster
-  lacks, installed by Ray's uv runtime env from the shipped pyproject (offline here: a local
-  wheel); the secrets the nodes hold reach the job while `ray job list` (the job table, what the
+- runtime_env.yaml: the job's driver and its workers get the working folder without what it
+  excludes (an 80 MB ``data/train.parquet`` stays behind) and what pyproject.toml lists and the
+  cluster lacks, installed by Ray's uv runtime env from the shipped pyproject (offline here: a
+  local wheel); the secrets the nodes hold reach the job while `ray job list` (the job table, what the
   dashboard shows) never holds their values.
 """
 
@@ -41,7 +42,8 @@ def info():
     import sentiment_probe  # only in the job's runtime env, from the shipped pyproject.toml
     digest = lambda k: hashlib.sha256(os.environ.get(k, "").encode()).hexdigest()[:16]
     return {"prefix": sys.prefix, "probe": sentiment_probe.VALUE,
-            "wandb": digest("WANDB_API_KEY"), "api": digest("SENTIMENT_API_KEY")}
+            "wandb": digest("WANDB_API_KEY"), "api": digest("SENTIMENT_API_KEY"),
+            "shipped": sorted(p for p in ("probe_env.py", "data/train.parquet") if os.path.exists(p))}
 
 ray.init()
 print("DRIVER " + json.dumps(info()))
@@ -82,6 +84,8 @@ def _project_needing_the_probe(tmp_path: Path) -> Path:
     assert "dependencies = [\n" in text
     pyproject.write_text(text.replace("dependencies = [\n", 'dependencies = [\n    "sentiment-probe==0.1",\n', 1))
     (workdir / "probe_env.py").write_text(PROBE)
+    (workdir / "data").mkdir()  # excluded by runtime_env.yaml (not by .gitignore): must not be shipped
+    (workdir / "data" / "train.parquet").write_bytes(b"\0" * (80 * 1024 * 1024))
     return workdir
 
 
@@ -127,6 +131,7 @@ def test_submitted_job_gets_pyproject_deps_and_node_secrets(head_with_secrets, t
         assert "/runtime_resources/uv/" in report["prefix"], (where, report["prefix"])  # Ray's uv env
         assert report["wandb"] == _digest(SECRETS["WANDB_API_KEY"]), where  # inherited from the raylet
         assert report["api"] == _digest(SECRETS["SENTIMENT_API_KEY"]), where
+        assert report["shipped"] == ["probe_env.py"], where  # the code, not the 80 MB excluded by runtime_env.yaml
     listed = ray_cli("job", "list", f"--address={address}", env=env)
     assert listed.returncode == 0 and job_id in listed.stdout, listed.stderr[-2000:]
     assert "uv_pip_install_options" in listed.stdout  # the job table shows the runtime env ...
@@ -155,9 +160,10 @@ def test_job_submit_runs_the_rayjobs_entrypoint_with_its_runtime_env(head_with_s
     from tests.support import rayjob_submission
 
     env, address, _ = head_with_secrets
-    refused = ray_cli("job", "list", f"--address={address}", env={**env, "RAY_AUTH_MODE": "disabled"})
-    assert refused.returncode != 0, "the job server answered a client without the token"  # token auth is on
-    client_env = {**env, "RAY_AUTH_MODE": "token"}  # `ray start --head` turned token auth on
+    for stranger in ({"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_TOKEN": "0" * 64}):  # no token, a wrong one
+        refused = ray_cli("job", "list", f"--address={address}", env={**env, **stranger})
+        assert refused.returncode != 0, f"the job server answered a client with {stranger}"
+    client_env = env  # the cluster's token
     job_id = f"smoke-{uuid.uuid4().hex[:8]}"
     storage = tmp_path / "runs"
     entrypoint, runtime_env = rayjob_submission()
