@@ -1,5 +1,7 @@
-"""The endpoint behind Ray's own HTTP proxy, as the loopback recipe in docs/serving.md runs it: a ``ray start
---head`` on 127.0.0.1 and ``serve run`` joining it through ``RAY_ADDRESS`` (HAProxy mode off).
+"""The endpoint behind Ray's own HTTP proxy: a ``ray start --head`` on 127.0.0.1 and ``serve run``
+joining it through ``RAY_ADDRESS``, with HAProxy mode off (``RAY_SERVE_ENABLE_HA_PROXY=0``, the
+choice of a user who wants Ray's proxy; docs/serving.md's loopback recipe turns HAProxy on, and
+tests/ray_jobs/test_local_ray.py checks that recipe's sockets).
 
 tests/system/test_serve_hostile.py runs the abuse phases in HAProxy mode (a Ray the project starts); here
 the same slow unauthenticated uploads go through Ray's proxy, which hands each request to the
