@@ -9,8 +9,10 @@ The commands (``ray_jobs.train``, ``ray_jobs.lr_find``, ``ray_jobs.pretrain``, `
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
+import uuid
 from typing import Any, Callable
 
 import numpy as np
@@ -152,6 +154,56 @@ def check_resources(cfg: Config) -> None:
             )
         if now + 1e-9 < need:
             print(f"warning: {need:g} {res} needed, {now:g} now: waiting for the autoscaler", file=sys.stderr, flush=True)
+
+
+@ray.remote(num_cpus=0)
+def _storage_problem_here(root: str, marker: str) -> tuple[str, str | None]:
+    """This node's hostname, and why it cannot read ``marker`` under ``root`` (None when it can)."""
+    try:
+        fs, _ = storage.filesystem(root)
+        if not storage.is_file(fs, marker):
+            return socket.gethostname(), ("it does not see what the driver wrote there: a folder on each node's own disk, "
+                                          "not shared storage (use s3://, gs:// or a filesystem every node mounts)")
+    except Exception as err:  # pyarrow's filesystems fail in their own types
+        return socket.gethostname(), f"{type(err).__name__}: {err}"
+    return socket.gethostname(), None
+
+
+def check_storage_from_every_node(cfg: Config, timeout_s: float = 120) -> None:
+    """On a cluster of several hosts, fail before training unless every node can read what the
+    driver writes to ``run.storage_path`` (a node that cannot reach the bucket, or a local folder
+    that is not shared); a single host needs nothing more than :func:`check_storage`.
+
+    Raises:
+        ConfigError: one line naming the first node that cannot (address, hostname) and why, or
+            saying that not every node answered within ``timeout_s``.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len({n["NodeManagerAddress"] for n in nodes}) < 2:
+        return
+    root = layout.storage_root(cfg)
+    fs, path = storage.filesystem(root)
+    created = not storage.exists(fs, path)
+    marker = storage.join(path, f".storage-check-{uuid.uuid4().hex[:12]}")
+    fs.create_dir(path, recursive=True)
+    storage.write_file(fs, marker, b"written by the driver")
+    try:
+        checks = [_storage_problem_here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                  .remote(root, marker) for n in nodes]
+        seen = ray.get(checks, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise ConfigError(f"run.storage_path={cfg.run.storage_path!r}: not every node answered the storage check "
+                          f"within {timeout_s:.0f} s") from None
+    finally:
+        fs.delete_file(marker)
+        if created:
+            fs.delete_dir(path)
+    for node, (hostname, problem) in sorted(zip(nodes, seen), key=lambda pair: pair[0]["NodeManagerAddress"]):
+        if problem:
+            raise ConfigError(f"run.storage_path={cfg.run.storage_path!r} cannot be used from the node at "
+                              f"{node['NodeManagerAddress']} ({hostname}): {problem}")
 
 
 def _autoscaler_ceiling() -> dict[str, float] | None:

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from pydantic import Field
 
-from ray_jobs.launcher import build_trainer, check_resources, check_storage, prepare_data, wandb_dir
+from ray_jobs.launcher import build_trainer, check_resources, check_storage, check_storage_from_every_node, prepare_data, wandb_dir
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import start_tracking
 from ray_jobs.worker import (
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = {"train": prepare_data(cfg)["train"]}
     init_ray()
     check_resources(cfg)
+    check_storage_from_every_node(cfg)
     t0 = time.perf_counter()
     found = find_lr(cfg, rng, output_name(cfg, "lr-find"), data)
     print(f"\nlr range test: {found['steps_run']} steps in {time.perf_counter() - t0:.0f}s, stopped: {found['stopped_because']}")

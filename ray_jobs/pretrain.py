@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForMaskedLM
 
-from ray_jobs.launcher import build_trainer, check_resources, check_storage
+from ray_jobs.launcher import build_trainer, check_resources, check_storage, check_storage_from_every_node
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import Tracker, start_tracking
 from ray_jobs.worker import (
@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     windows = prepare_windows(cfg)
     init_ray()
     check_resources(cfg)
+    check_storage_from_every_node(cfg)
     summary = launch(cfg, windows)
     root = layout.storage_root(cfg)
     model = storage.location_of(root, summary["model"])

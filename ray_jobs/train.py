@@ -18,7 +18,15 @@ import ray
 
 from ray_jobs.export import ExportConfig
 from ray_jobs.export import run as export_checkpoint
-from ray_jobs.launcher import check_resources, check_resume_from, check_storage, check_teacher, launch, prepare_data
+from ray_jobs.launcher import (
+    check_resources,
+    check_resume_from,
+    check_storage,
+    check_storage_from_every_node,
+    check_teacher,
+    launch,
+    prepare_data,
+)
 from ray_jobs.local_ray import init_ray
 from sentiment import layout, storage
 from sentiment.cli import TrainingCommand, parse_command
@@ -78,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = prepare_data(cfg)
     init_ray()
     check_resources(cfg)
+    check_storage_from_every_node(cfg)
     t0 = time.perf_counter()
     summary = launch(cfg, data)
     print(f"\ntraining + test took {time.perf_counter() - t0:.0f}s")

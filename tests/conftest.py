@@ -46,6 +46,18 @@ def tiny_long_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def deterministic_model(tmp_path_factory, tiny_model_dir):
+    """The tiny BERT without dropout, so 1- and 2-worker runs differ only by float summation order."""
+    from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-nodropout")
+    config = AutoConfig.from_pretrained(tiny_model_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def small_imdb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A parquet folder shaped like IMDB: real reviews when $IMDB_DATA_DIR is set, else synthetic."""
     folder = tmp_path_factory.mktemp("imdb-small")

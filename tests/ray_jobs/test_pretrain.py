@@ -52,13 +52,15 @@ def test_pretraining_checkpoints_every_epoch_and_its_model_is_fine_tuned_from(un
 
 
 @pytest.mark.ray
-def test_a_worker_killed_in_epoch_2_resumes_from_epoch_1_and_matches(uninterrupted, unlabelled, tiny_model_dir, tmp_path):
+def test_a_worker_killed_mid_run_resumes_from_its_last_checkpoint_and_matches(uninterrupted, unlabelled, tiny_model_dir, tmp_path):
+    """The kill comes once epoch 1's checkpoint is registered, in epoch 2 or (registration trails the
+    report by up to 2 s, and an epoch here takes about 2 s) in epoch 3: either way before the end."""
     reference, windows = uninterrupted
     run_dir = tmp_path / "killed"
     killer, seen = kill_a_worker_in_epoch_2(run_dir, lambda pids: pids[0])
     launch(pretrain_config(tiny_model_dir, unlabelled, tmp_path, "killed"), windows)
     killer.join(timeout=10)
-    assert seen.get("pid") and seen["epoch_2_done_at_kill"] is False, seen
+    assert seen.get("pid") and "epoch_003" not in seen["epochs_done_at_kill"], seen
     got = json.loads((run_dir / "epoch_003" / "train_state.json").read_text())
     want = json.loads((Path(reference["run_dir"]) / "epoch_003" / "train_state.json").read_text())
     assert got["starts"] == 2 and want["starts"] == 1 and got["global_step"] == want["global_step"]

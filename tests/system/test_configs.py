@@ -5,7 +5,7 @@ multiple, ZeRO stage, workers, schedule, precision where this CPU runs it, long-
 what it freezes, what it distils from or pretrains on) while the model, the data, the sizes and the
 device shrink: a GPU-only config runs on CPU. The others run where a test needs their kind of run: ``configs/bert-base.yaml`` in
 tests/ray_jobs/test_train.py (layer-wise decay), ``configs/itpt-minilm.yaml`` in tests/ray_jobs/test_pretrain.py,
-``configs/smoke.yaml`` in tests/system/test_multinode.py and tests/system/test_job_submit.py, and
+``configs/smoke.yaml`` in tests/system/test_hosts.py and tests/system/test_job_submit.py, and
 ``configs/serve.yaml``'s application is the one tests/serve/test_app.py deploys.
 """
 

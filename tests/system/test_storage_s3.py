@@ -14,11 +14,7 @@ import pytest
 from ray_jobs.launcher import check_storage, launch, prepare_data
 from ray_jobs.local_ray import free_loopback_port
 from sentiment.config import ConfigError, load_config
-from tests.support import smoke_config
-
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
-CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+from tests.support import S3_CREDENTIALS, s3_keys, s3_server, smoke_config
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +24,10 @@ def s3():
     The fake credentials go into this process's environment before the module's Ray starts, so
     the Ray workers inherit them (as cluster nodes would get an instance role).
     """
-    saved = {k: os.environ.get(k) for k in CREDS}
-    os.environ.update(CREDS)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="bucket")
-    yield endpoint, client
-    server.stop()
+    saved = {k: os.environ.get(k) for k in S3_CREDENTIALS}
+    os.environ.update(S3_CREDENTIALS)
+    with s3_server("127.0.0.1") as (endpoint, client):
+        yield endpoint, client
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -58,8 +48,7 @@ def trained_on_s3(s3, local_ray, tiny_model_dir, small_imdb):
 @pytest.mark.ray
 def test_training_writes_every_checkpoint_to_s3(s3, trained_on_s3):
     _, client = s3
-    keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="bucket", Prefix="runs/s3run/")
-            for o in page.get("Contents", [])}
+    keys = s3_keys(client, "runs/s3run/")
     for epoch in ("epoch_001", "epoch_002"):
         assert f"runs/s3run/{epoch}/model/model.safetensors" in keys
         for rank in (0, 1):

@@ -1,0 +1,306 @@
+"""A Ray cluster across separate hosts on this machine (tests/hosts.py: network namespaces on a private
+bridge, each host with its own hostname, /tmp, /dev/shm and home): the head and two workers started by
+cluster.yaml's own start commands (token auth, secrets from a stand-in Secrets Manager), a client
+host ("laptop") that reaches the cluster only over the bridge, and runs kept on a real S3 server
+(moto) on the bridge, the only storage the hosts share.
+
+cluster.yaml keeps the dashboard on the head's loopback, reached through the SSH tunnel that
+``ray dashboard cluster.yaml`` opens; these hosts have no SSH, so the head's dashboard listens on its
+private address instead, which the token then has to protect.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+from tests.hosts import BIN, HOME, ROOT, Host, Network, available, hosts
+from tests.support import S3_CREDENTIALS, s3_keys, s3_server, wait_until
+
+pytestmark = [pytest.mark.ray, pytest.mark.cluster,
+              pytest.mark.skipif(available() is not None, reason=f"no separate hosts here: {available()}")]
+
+DASHBOARD = 8265
+AGENT = 52365  # each node's dashboard agent (Ray's default port)
+MODEL = f"{HOME}/models/tiny"  # the base model, on every node (as a machine image or setup_commands put it)
+DATA = f"{HOME}/imdb"  # the data, on the head where the job's driver reads it (cluster.yaml's file_mounts)
+
+
+@dataclass
+class Cluster:
+    """The hosts, the cluster's token and the S3 every node reaches."""
+
+    net: Network
+    token: str
+    s3_endpoint: str
+    s3: object  # a boto3 client of the S3 server
+
+    @property
+    def head(self) -> Host:
+        return self.net["head"]
+
+    @property
+    def workers(self) -> list[Host]:
+        return [self.net["worker1"], self.net["worker2"]]
+
+    @property
+    def spare(self) -> Host:
+        """A worker host not started yet: the replacement the autoscaler brings for a lost one."""
+        return self.net["worker3"]
+
+    def start_worker(self, host: Host) -> None:
+        """Start Ray on a worker host as cluster.yaml does."""
+        _start_node(host, "worker_start_ray_commands", self.head.address, self.token, 1)
+
+    def json(self, key: str) -> dict:
+        """An object of the S3 bucket, parsed as JSON."""
+        return json.loads(self.s3.get_object(Bucket="bucket", Key=key)["Body"].read())
+
+    @property
+    def laptop(self) -> Host:
+        return self.net["laptop"]
+
+    def storage(self, prefix: str = "runs") -> str:
+        """A ``run.storage_path`` on the cluster's S3 (the endpoint in pyarrow's URI options)."""
+        return f"s3://bucket/{prefix}?endpoint_override={self.s3_endpoint.removeprefix('http://')}&scheme=http"
+
+    def client_env(self, token: str | None) -> dict[str, str]:
+        """The laptop's environment: the token as ``RAY_AUTH_TOKEN`` (None: no token at all)."""
+        auth = {} if token is None else {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+        return self.laptop.env(**auth)
+
+    def submit(self, entrypoint: str, token: str | None, *options: str, timeout: float = 300):
+        """``ray job submit`` from the laptop's copy of the checkout to the head's dashboard."""
+        return self.laptop.run([str(BIN / "ray"), "job", "submit", f"--address=http://{self.head.address}:{DASHBOARD}",
+                                *options, "--", *shlex.split(entrypoint)], self.client_env(token), timeout, cwd=str(ROOT))
+
+
+def _start_command(key: str, head_address: str) -> str:
+    """cluster.yaml's ``ray start`` line of ``key``, as the launcher would run it on such a host: the
+    autoscaler's bootstrap file is the launcher's own (left out), and the dashboard listens on the
+    head's private address (no SSH tunnel here)."""
+    (start,) = [c for c in yaml.safe_load((ROOT / "cluster.yaml").read_text())[key] if "ray start" in c]
+    start = start.replace(" --autoscaling-config=~/ray_bootstrap_config.yaml", "")
+    return start.replace("--dashboard-host=127.0.0.1", f"--dashboard-host={head_address}")
+
+
+def _give_secrets(host: Host, token: str) -> None:
+    """A stand-in ``aws`` on the host's PATH answering Secrets Manager lookups (the nodes' IAM role)."""
+    bin_dir = host.home / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    values = {"bert-sentiment/wandb-api-key": "stand-in-wandb-key", "bert-sentiment/serve-api-key": "stand-in-serve-key",
+              "bert-sentiment/ray-auth-token": token}
+    (bin_dir / "aws").write_text(f"""#!/usr/bin/env python3
+import sys
+secrets = {values!r}
+name = sys.argv[sys.argv.index("--secret-id") + 1]
+if name not in secrets:
+    sys.exit("An error occurred (ResourceNotFoundException): " + name)
+print(secrets[name])
+""")
+    (bin_dir / "aws").chmod(0o755)
+
+
+def _start_node(host: Host, key: str, head_address: str, token: str, cpus: int) -> None:
+    """Start Ray on ``host`` with cluster.yaml's commands; ``cpus`` is what its node type declares
+    (the launcher hands a node type's resources to ``ray start`` the same way)."""
+    _give_secrets(host, token)
+    env = host.env(RAY_HEAD_IP=head_address, RAY_OVERRIDE_RESOURCES=json.dumps({"CPU": cpus}), **S3_CREDENTIALS)
+    env["PATH"] = f"{HOME}/bin:{env['PATH']}"
+    started = host.bash(_start_command(key, head_address), env, timeout=180)
+    assert started.returncode == 0, f"{host.name}: {started.stdout[-2000:]}\n{started.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def cluster(deterministic_model, small_imdb) -> Iterator[Cluster]:
+    with hosts("head", "worker1", "worker2", "worker3", "laptop") as net, s3_server(net.gateway) as (endpoint, client):
+        token = secrets.token_hex(32)
+        for name in ("head", "worker1", "worker2", "worker3"):
+            shutil.copytree(deterministic_model, net[name].home / MODEL.removeprefix(f"{HOME}/"))
+        shutil.copytree(small_imdb, net["head"].home / DATA.removeprefix(f"{HOME}/"))
+        _start_node(net["head"], "head_start_ray_commands", net["head"].address, token, 0)  # cluster.yaml: CPU 0
+        ready = Cluster(net, token, endpoint, client)
+        for worker in ready.workers:
+            ready.start_worker(worker)
+        yield ready
+
+
+def _alive_nodes(cluster: Cluster) -> list[str]:
+    probe = cluster.submit("python -c \"import ray; ray.init(); "
+                           "print('NODES', sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']))\"",
+                           cluster.token)
+    assert probe.returncode == 0, probe.stdout[-2000:] + probe.stderr[-2000:]
+    return json.loads(re.search(r"NODES (\[.*\])", probe.stdout).group(1).replace("'", '"'))
+
+
+def test_the_three_hosts_form_one_cluster_with_the_token(cluster):
+    expected = sorted(h.address for h in (cluster.head, *cluster.workers))
+    wait_until(lambda: _alive_nodes(cluster) == expected, 90, "the three hosts' nodes to join")
+    for host in (cluster.head, *cluster.workers):
+        token_file = host.home / ".ray" / "auth_token"
+        assert token_file.read_text() == cluster.token and token_file.stat().st_mode & 0o777 == 0o600
+    assert not (cluster.laptop.home / ".ray").exists()  # the laptop holds the token in its environment only
+
+
+@pytest.mark.parametrize("token", [None, "wrong"], ids=["no token", "wrong token"])
+def test_a_job_without_the_clusters_token_is_refused(cluster, token):
+    refused = cluster.submit("echo should-not-run", token, timeout=120)
+    assert refused.returncode != 0 and "should-not-run" not in refused.stdout
+    assert "AuthenticationError: Authentication" in refused.stderr  # Ray's own client says why
+
+
+def _status(cluster: Cluster, method: str, url: str, token: str | None) -> int:
+    """The HTTP status the laptop gets for ``method url`` (a job's JSON as the body of a POST), with
+    the token as a bearer token or none."""
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    body = {"entrypoint": "touch /tmp/ran-without-the-token"} if method == "POST" else None
+    code = f"import requests; print(requests.request({method!r}, {url!r}, headers={headers!r}, json={body!r}, timeout=10).status_code)"
+    done = cluster.laptop.run([str(BIN / "python"), "-c", code])
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stdout.strip())
+
+
+def test_the_dashboard_and_every_nodes_agent_refuse_a_caller_without_the_token(cluster):
+    jobs = f"http://{cluster.head.address}:{DASHBOARD}/api/jobs/"
+    assert _status(cluster, "GET", jobs, None) == 401 and _status(cluster, "GET", jobs, "wrong") == 403
+    assert _status(cluster, "GET", jobs, cluster.token) == 200
+    for host in (cluster.head, *cluster.workers):  # each node's agent runs jobs handed to it directly
+        agent_jobs = f"http://{host.address}:{AGENT}/api/job_agent/jobs/"
+        assert _status(cluster, "POST", agent_jobs, None) == 401, host.name
+        assert _status(cluster, "POST", agent_jobs, "wrong") == 403, host.name
+        assert _status(cluster, "GET", f"http://{host.address}:{AGENT}/api/healthz", None) == 200  # Ray keeps it public
+    assert not [h.name for h in cluster.net.hosts.values() if (h.folder / "tmp" / "ran-without-the-token").exists()]
+
+
+def _runtime_env(cluster: Cluster) -> str:
+    """runtime_env.yaml without its uv env (the nodes have the project's venv, as cluster.yaml's
+    setup_commands install it; these hosts reach no package registry), on the laptop."""
+    env = yaml.safe_load((ROOT / "runtime_env.yaml").read_text())
+    env.pop("uv")
+    path = cluster.laptop.home / "runtime_env.yaml"
+    path.write_text(yaml.safe_dump(env))
+    return f"{HOME}/runtime_env.yaml"
+
+
+# 3 epochs of 300 reviews at a global batch of 2: 150 steps an epoch, long enough to lose a host
+# inside epoch 2 for sure (Ray Train registers a checkpoint up to a 2 s poll after the report).
+RUN = ("data.max_train_samples=300", "train.epochs=3", "train.log_every_steps=50", "run.max_failures=1")
+
+
+def _train(cluster: Cluster, name: str, *overrides: str) -> dict:
+    """The smoke config trained by Ray Train workers on the worker hosts, kept on S3 (:func:`_submit_train`);
+    returns its ``result.json`` read from S3."""
+    t0 = time.monotonic()
+    job = _submit_train(cluster, name, *overrides)
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+    stored = sum(o["Size"] for page in cluster.s3.get_paginator("list_objects_v2").paginate(Bucket="bucket", Prefix=f"runs/{name}/")
+                 for o in page.get("Contents", []))
+    print(f"\nrun {name}: job submitted to done {time.monotonic() - t0:.0f} s, {stored / 1e6:.1f} MB kept on S3")
+    return cluster.json(f"runs/{name}/result.json")
+
+
+def _submit_train(cluster: Cluster, name: str, *overrides: str):
+    """``ray job submit`` of the smoke config from the laptop (``run.storage_path`` on S3 unless overridden)."""
+    args = [f"model.name_or_path={MODEL}", f"data.path={DATA}", "train.lr=1e-3", "deepspeed.zero_stage=2",
+            "tracking.mode=disabled", f"run.storage_path={cluster.storage()}", f"run.name={name}", *RUN, *overrides]
+    return cluster.submit(shlex.join(["python", "-m", "ray_jobs.train", "--config", "configs/smoke.yaml", *args]),
+                          cluster.token, "--runtime-env", _runtime_env(cluster), "--working-dir", ".", timeout=600)
+
+
+def test_a_storage_path_on_each_nodes_own_disk_fails_before_training_naming_a_node(cluster):
+    job = _submit_train(cluster, "local", f"run.storage_path={HOME}/sentiment-runs")
+    assert job.returncode != 0
+    (line,) = {x for x in job.stdout.splitlines() if x.startswith("error:")}  # ray job submit shows it twice
+    assert re.fullmatch(rf"error: run\.storage_path='{HOME}/sentiment-runs' cannot be used from the node at "
+                        rf"{re.escape(cluster.workers[0].address)} \(worker1\): it does not see what the driver wrote there: .*", line)
+    assert not [h.name for h in cluster.net.hosts.values() if (h.home / "sentiment-runs").exists()]  # nothing left
+
+
+def test_a_worker_host_that_cannot_reach_s3_fails_before_training_naming_it(cluster):
+    worker = cluster.workers[0]
+    cut = ["ip", "netns", "exec", worker.netns, "ip", "route", "{}", "unreachable", f"{cluster.net.gateway}/32"]
+    subprocess.run([a.format("add") for a in cut], check=True)
+    try:
+        job = _submit_train(cluster, "unreachable")
+    finally:
+        subprocess.run([a.format("del") for a in cut], check=True)
+    assert job.returncode != 0
+    (line,) = {x for x in job.stdout.splitlines() if x.startswith("error:")}  # ray job submit shows it twice
+    assert line.startswith(f"error: run.storage_path='{cluster.storage()}' cannot be used from the node at "
+                           f"{worker.address} (worker1): ")
+    assert not s3_keys(cluster.s3, "runs/unreachable")
+
+
+@pytest.fixture(scope="module")
+def one_host_run(cluster) -> dict:
+    """The run on one worker host at the same global batch, uninterrupted: the reference."""
+    return _train(cluster, "one", "scaling.num_workers=1", "train.batch_size=2")
+
+
+def _registered(cluster: Cluster, run: str, checkpoint: str) -> bool:
+    """Whether Ray Train has registered ``checkpoint`` of ``run`` (its snapshot on S3 names it)."""
+    try:
+        snapshot = cluster.s3.get_object(Bucket="bucket", Key=f"runs/{run}/checkpoint_manager_snapshot.json")
+    except cluster.s3.exceptions.NoSuchKey:
+        return False
+    return f'"{checkpoint}"' in snapshot["Body"].read().decode()
+
+
+@pytest.mark.timeout(900)  # were the replacement never to join, the run would wait for it
+def test_a_run_across_hosts_loses_one_resumes_from_s3_and_matches_one_host(cluster, one_host_run):
+    """ZeRO-2 on the two worker hosts, one rank each, kept on S3 only. Every process of worker2 is
+    killed inside epoch 2 (a lost VM); with a failure left, Ray Train waits for a second worker's
+    CPU, the spare host joins, and the group restarts from epoch 1's checkpoint on S3. Every epoch,
+    the one before the loss and the two after, ends with the one-host run's metrics."""
+    seen: dict[str, object] = {}
+
+    def lose_a_host_in_epoch_2() -> None:
+        try:
+            wait_until(lambda: _registered(cluster, "lost", "epoch_001"), 600, "epoch 1 of the run")
+            seen["epoch_2_done_at_loss"] = _registered(cluster, "lost", "epoch_002")
+            cluster.workers[1].lose()
+            seen["lost_at"] = time.monotonic()
+            time.sleep(5)  # the run waits: one worker host has 1 CPU of the 2 needed
+            seen["epoch_2_done_while_waiting"] = _registered(cluster, "lost", "epoch_002")
+            cluster.start_worker(cluster.spare)
+            seen["joined_at"] = time.monotonic()
+            wait_until(lambda: _registered(cluster, "lost", "epoch_002"), 600, "epoch 2 after the restart")
+            seen["epoch_2_at"] = time.monotonic()
+        except Exception as err:  # surfaced by the assertions below
+            seen["error"] = repr(err)
+
+    loser = threading.Thread(target=lose_a_host_in_epoch_2, daemon=True)
+    loser.start()
+    lost = _train(cluster, "lost", "scaling.num_workers=2", "train.batch_size=1")
+    loser.join(timeout=60)
+    assert "error" not in seen and "epoch_2_at" in seen, seen
+    print(f"host lost -> spare host's node up {seen['joined_at'] - seen['lost_at']:.1f} s later (5 s of it the test's wait); "
+          f"epoch 2 registered {seen['epoch_2_at'] - seen['joined_at']:.1f} s after that")
+    assert seen["epoch_2_done_at_loss"] is False and seen["epoch_2_done_while_waiting"] is False
+
+    keys = s3_keys(cluster.s3, "runs/lost/")
+    for epoch in ("epoch_002", "epoch_003"):  # the two kept
+        assert f"runs/lost/{epoch}/model/model.safetensors" in keys
+        for rank in (0, 1):
+            assert f"runs/lost/{epoch}/deepspeed/state/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in keys
+    for host in cluster.net.hosts.values():  # nothing of the runs on any host's own disk
+        assert not list(host.folder.rglob("result.json")) and not list(host.folder.rglob("epoch_00*")), host.name
+
+    got, want = cluster.json("runs/lost/epoch_003/train_state.json"), cluster.json("runs/one/epoch_003/train_state.json")
+    assert got["starts"] == 2 and want["starts"] == 1 and got["global_step"] == want["global_step"] == 3 * 150
+    assert len(set(got["worker_nodes"])) == 2  # after the restart: worker1 and the spare
+    for g, w in zip(got["history"], want["history"], strict=True):  # epoch 2 repeated from epoch 1's checkpoint
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert g[key] == pytest.approx(w[key], abs=1e-4), (g["epoch"], key)
+    assert lost["test_metrics"]["test_loss"] == pytest.approx(one_host_run["test_metrics"]["test_loss"], abs=1e-4)
