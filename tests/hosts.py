@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SUBNET = "10.231.{net}"  # a private /24 per harness: 10.231.<net>.0/24; .1 is the bridge (this machine)
 BIN = Path(sys.executable).parent
 EXTENSIONS = Path(sys.prefix) / "torch_extensions"  # compiled ops (DeepSpeed's): each host keeps its own, writable
+HOSTS_BASE = Path("/var/tmp")  # the hosts' folders: outside /tmp, which each host replaces with its own
 HOME = "/home/ray"  # each host's home, its own folder (the machine's /root holds its Python)
 
 
@@ -66,15 +67,20 @@ class Host:
         """``argv`` wrapped to run on this host, in ``cwd``: in its network namespace, with its hostname,
         in a mount namespace of its own where ``/tmp``, ``/dev/shm``, ``/home`` and ``/etc/hosts`` are this
         host's and the checkout is read-only but for the venv's compiled ops (a node's own, as its venv is)."""
+        checkout = self.folder / "checkout"
         mounts = " && ".join([
             f"hostname {self.name}",
             f"mount --bind {self.folder / 'hosts'} /etc/hosts",
             f"mount --bind {self.folder / 'shm'} /dev/shm",
             f"mount --bind {self.folder / 'home'} /home",
-            f"mount --bind {ROOT} {ROOT}",
-            f"mount -o remount,bind,ro {ROOT}",
-            *([f"mount --bind {self.folder / 'torch_extensions'} {EXTENSIONS}"] if EXTENSIONS.is_dir() else []),
-            f"mount --bind {self.folder / 'tmp'} /tmp",  # last: the host folders live under /tmp
+            # The checkout, read-only, aside first: it may live under /tmp, which the host's own replaces.
+            f"mount --bind {ROOT} {checkout}",
+            f"mount -o remount,bind,ro {checkout}",
+            *([f"mount --bind {self.folder / 'torch_extensions'} {checkout / EXTENSIONS.relative_to(ROOT)}"]
+              if EXTENSIONS.is_dir() and EXTENSIONS.is_relative_to(ROOT) else []),
+            f"mount --bind {self.folder / 'tmp'} /tmp",
+            f"mkdir -p {ROOT}",  # a no-op unless the checkout lived under /tmp
+            f"mount --rbind {checkout} {ROOT}",
         ])
         return ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--uts", "--propagation", "private",
                 "bash", "-c", f'{mounts} && cd {shlex.quote(cwd)} && exec "$@"', self.name, *argv]
@@ -134,7 +140,7 @@ def _add_host(tag: str, index: int, name: str, net: int, bridge: str, base: Path
                 ["ip", "route", "add", "default", "dev", "eth0"]):
         _sh("ip", "netns", "exec", netns, *cmd)
     folder = base / name
-    for sub in ("tmp", "shm", "home/ray"):
+    for sub in ("tmp", "shm", "home/ray", "checkout"):
         (folder / sub).mkdir(parents=True)
     (folder / "tmp").chmod(0o1777)
     if EXTENSIONS.is_dir():
@@ -150,7 +156,7 @@ def _remove(network: Network, base: Path) -> None:
         subprocess.run(["umount", "-l", str(host.folder / "shm")], capture_output=True)
         subprocess.run(["ip", "netns", "del", host.netns], capture_output=True)
     subprocess.run(["ip", "link", "del", network.bridge], capture_output=True)
-    subprocess.run(["rm", "-rf", str(base)], capture_output=True)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(base)], capture_output=True)
 
 
 @contextlib.contextmanager
@@ -160,7 +166,7 @@ def hosts(*names: str) -> Iterator[Network]:
     tag = uuid.uuid4().hex[:4]
     net = 1 + int(tag, 16) % 250
     bridge, gateway = f"sjbr{tag}", f"{SUBNET.format(net=net)}.1"
-    base = Path("/tmp") / f"sjhosts-{tag}"
+    base = HOSTS_BASE / f"sjhosts-{tag}"
     network = Network(bridge, gateway, {})
     try:
         _sh("ip", "link", "add", bridge, "type", "bridge")
