@@ -304,18 +304,24 @@ def s3_server(ip_address: str) -> Iterator[tuple[str, Any]]:
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                              region_name="us-east-1")
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                              region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"])
         client.create_bucket(Bucket="bucket")
         yield endpoint, client
     finally:
         server.stop()
 
 
+def s3_objects(client: Any, prefix: str) -> dict[str, int]:
+    """Every object in ``bucket`` under ``prefix``: its key and size in bytes."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket="bucket", Prefix=prefix)
+    return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
+
+
 def s3_keys(client: Any, prefix: str) -> set[str]:
     """Every object key in ``bucket`` under ``prefix``."""
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket="bucket", Prefix=prefix)
-    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+    return set(s3_objects(client, prefix))
 
 
 def registered(run_dir: Path, checkpoint: str) -> bool:
@@ -328,7 +334,7 @@ def registered(run_dir: Path, checkpoint: str) -> bool:
 
 
 def kill_a_worker_in_epoch_2(run_dir: Path, pick: Callable[[list[int]], int]) -> tuple[threading.Thread, dict[str, object]]:
-    """Start a thread that SIGKILLs the worker ``pick`` chooses 0.5 s after ``run_dir``'s epoch 1 is
+    """Start a thread that SIGKILLs the worker ``pick`` chooses 0.1 s after ``run_dir``'s epoch 1 is
     registered; returns it and what it saw (``pid``, ``epochs_done_at_kill``: the epoch folders there were, or ``error``)."""
     seen: dict[str, object] = {}
 

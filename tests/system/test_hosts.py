@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from tests.hosts import BIN, HOME, ROOT, Host, Network, available, hosts
-from tests.support import S3_CREDENTIALS, s3_keys, s3_server, wait_until
+from tests.support import S3_CREDENTIALS, s3_keys, s3_objects, s3_server, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster,
               pytest.mark.skipif(available() is not None, reason=f"no separate hosts here: {available()}")]
@@ -204,8 +204,7 @@ def _train(cluster: Cluster, name: str, *overrides: str) -> dict:
     t0 = time.monotonic()
     job = _submit_train(cluster, name, *overrides)
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
-    stored = sum(o["Size"] for page in cluster.s3.get_paginator("list_objects_v2").paginate(Bucket="bucket", Prefix=f"runs/{name}/")
-                 for o in page.get("Contents", []))
+    stored = sum(s3_objects(cluster.s3, f"runs/{name}/").values())
     print(f"\nrun {name}: job submitted to done {time.monotonic() - t0:.0f} s, {stored / 1e6:.1f} MB kept on S3")
     return cluster.json(f"runs/{name}/result.json")
 
