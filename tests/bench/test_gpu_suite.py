@@ -10,7 +10,8 @@ import pytest
 
 from tests.support import run_module
 
-pytestmark = [pytest.mark.ray, pytest.mark.bench]
+# A training benchmark's smoke: run with the slow tier (-m slow) before the benchmark is rerun, to keep CI in its budget.
+pytestmark = [pytest.mark.ray, pytest.mark.bench, pytest.mark.slow]
 
 
 def test_gpu_suite_smoke_measures_every_part_and_writes_one_json(small_imdb, tmp_path):

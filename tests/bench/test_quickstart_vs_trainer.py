@@ -12,7 +12,8 @@ import torch
 from sentiment.precision import auto_precision
 from tests.support import run_module
 
-pytestmark = [pytest.mark.ray, pytest.mark.bench]
+# A training benchmark's smoke: run with the slow tier (-m slow) before the benchmark is rerun, to keep CI in its budget.
+pytestmark = [pytest.mark.ray, pytest.mark.bench, pytest.mark.slow]
 
 
 def test_quickstart_vs_trainer_smoke_prints_both_sides_and_the_ratios_last(small_imdb):

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_protocols_peer_checks_their_answers_and_prints_their_ratios_to_v1(tiny_model_dir: Path, tmp_path: Path,
                                                                                  small_imdb: Path) -> None:
     checkpoint = make_checkpoint(tiny_model_dir, tmp_path / "model")
-    # (Its in-process mode's deploy, load and in-process rate run in tests/bench/test_gpu_suite.py.)
+    # (Its in-process mode's deploy, load and in-process rate run in tests/bench/test_gpu_suite.py, slow tier.)
     out = subprocess.run(
         [sys.executable, "-m", "bench.serve_throughput", "--smoke", "--peer", "apis", "--checkpoint", str(checkpoint)],
         cwd=ROOT, env={**os.environ, "IMDB_DATA_DIR": str(small_imdb)}, capture_output=True, text=True, timeout=300,

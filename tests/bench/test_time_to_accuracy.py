@@ -13,8 +13,7 @@ from tests.support import run_module
 pytestmark = [pytest.mark.ray, pytest.mark.bench]
 
 
-# Its job (bench.common.run_job) runs in CI inside tests/bench/test_gpu_suite.py's smoke; this checks
-# the command's own output and runs with the soak (-m slow), to keep CI in its budget.
+# Like the other training benchmarks' smokes, it runs with the slow tier (-m slow), to keep CI in its budget.
 @pytest.mark.slow
 def test_time_to_accuracy_smoke_reports_accuracy_and_time_last(tiny_model_dir, small_imdb, tmp_path):
     lines = run_module("bench.time_to_accuracy", "--smoke", f"model.name_or_path={tiny_model_dir}",

@@ -10,7 +10,8 @@ import pytest
 
 from tests.support import run_module
 
-pytestmark = [pytest.mark.ray, pytest.mark.bench]
+# A training benchmark's smoke: run with the slow tier (-m slow) before the benchmark is rerun, to keep CI in its budget.
+pytestmark = [pytest.mark.ray, pytest.mark.bench, pytest.mark.slow]
 
 
 def test_train_throughput_smoke_prints_the_ratio_last(tiny_model_dir, small_imdb, tmp_path):

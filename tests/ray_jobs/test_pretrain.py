@@ -52,6 +52,7 @@ def test_pretraining_checkpoints_every_epoch_and_its_model_is_fine_tuned_from(un
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # the resume is ray_jobs.worker's, which CI checks on fine-tuning (test_train, test_hosts)
 def test_a_worker_killed_mid_run_resumes_from_its_last_checkpoint_and_matches(uninterrupted, unlabelled, tiny_model_dir, tmp_path):
     """The kill comes once epoch 1's checkpoint is registered, in epoch 2 or (registration trails the
     report by up to 2 s, and an epoch here takes about 2 s) in epoch 3: either way before the end."""

@@ -44,6 +44,7 @@ def uninterrupted(local_ray, tiny_model_dir, small_imdb, tmp_path_factory):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # CI runs the stronger form: a whole host lost mid-epoch 2, on S3 (tests/system/test_hosts.py)
 def test_worker_killed_in_epoch_2_restarts_from_epoch_1_and_matches_an_uninterrupted_run(
     uninterrupted, tiny_model_dir, small_imdb, tmp_path
 ):
