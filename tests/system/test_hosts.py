@@ -294,7 +294,6 @@ def test_a_run_across_hosts_loses_one_resumes_from_s3_and_matches_one_host(clust
     accuracy = {f"epoch_{h['epoch']:03d}": h["val_accuracy"] for h in got["history"]}
     dropped = set(accuracy) - kept  # Ray keeps the best two by run.metric (a tie either way) and the latest
     assert "epoch_003" in kept and all(sum(accuracy[e] >= accuracy[d] for e in kept) >= 2 for d in dropped), accuracy
-    assert len(kept - {"epoch_003"}) <= 2, kept
     for epoch in kept:  # each whole
         for rank in (0, 1):
             assert f"runs/lost/{epoch}/deepspeed/state/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in keys
