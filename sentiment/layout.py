@@ -49,6 +49,7 @@ import pyarrow.fs as pafs
 from sentiment.config import Config, ConfigError, RunConfig, config_from_dict, refuse_credentials
 from sentiment.storage import (
     READ_CHUNK,
+    child,
     exists,
     file_sha256,
     filesystem,
@@ -206,7 +207,7 @@ def resolve(reference: str | os.PathLike[str], which: str = "best", storage_path
     if storage_path is not None:
         _no_credentials(storage_path, "storage_path")
     if location == "best" and not Path("best").exists():
-        location = join(storage_path or RunConfig().storage_path, BEST_FILE)
+        location = child(storage_path or RunConfig().storage_path, BEST_FILE)
     fs, path = _checkpoint_filesystem(location)
     base = location
     for _ in range(8):  # best.json -> run folder -> epoch checkpoint: a few hops at most

@@ -69,7 +69,7 @@ def run_fold(params: dict[str, Any], base: dict[str, Any], folds: list[Any], cv_
 
 def build_tuner(cfg: Config, folds: list[Any], cv_name: str, storage_path: str, resume: bool) -> tune.Tuner:
     """A ``Tuner`` with one trial per fold, as many at once as the cluster holds, or one restored."""
-    cv_dir = storage.join(storage_path, cv_name)
+    cv_dir = storage.child(storage_path, cv_name)  # a URI keeps its query (?endpoint_override=...) at the end
     trainable = tune.with_resources(
         tune.with_parameters(run_fold, base=cfg.model_dump(mode="json"), folds=folds, cv_name=cv_name, cv_dir=cv_dir),
         {"cpu": cfg.sweep.driver_cpus},

@@ -143,7 +143,7 @@ def build_tuner(
     cfg: Config, data_ref: Any, sweep_name: str, storage_path: str, resume: bool, worker_env: dict[str, str]
 ) -> tune.Tuner:
     """A ``Tuner`` over :func:`run_trial`, or one restored from the sweep folder."""
-    sweep_dir = storage.join(storage_path, sweep_name)
+    sweep_dir = storage.child(storage_path, sweep_name)  # a URI keeps its query (?endpoint_override=...) at the end
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=cfg.model_dump(mode="json"), data=data_ref,
                              sweep_name=sweep_name, sweep_dir=sweep_dir, worker_env=worker_env),

@@ -2,7 +2,8 @@
 bridge, each host with its own hostname, /tmp, /dev/shm and home): the head and two workers started by
 cluster.yaml's own start commands (token auth, secrets from a stand-in Secrets Manager), a client
 host ("laptop") that reaches the cluster only over the bridge, and runs kept on a real S3 server
-(moto) on the bridge, the only storage the hosts share.
+(moto) on the bridge, the only storage the hosts share. From the laptop: token refusals, bad storage
+named per host, a 2-trial sweep with a trial on each worker host, and a 2-rank run that loses a host.
 
 cluster.yaml keeps the dashboard on the head's loopback, reached through the SSH tunnel that
 ``ray dashboard cluster.yaml`` opens; these hosts have no SSH, so the head's dashboard listens on its
@@ -241,10 +242,51 @@ def test_a_worker_host_that_cannot_reach_s3_fails_before_training_naming_it(clus
     assert not s3_keys(cluster.s3, "runs/unreachable")
 
 
+# Two trials side by side, one worker each at the lost run's global batch: a trial is 1 CPU (0.99 for
+# its worker, sweep.driver_cpus' 0.01 for its driver) and each worker host has 1, so Tune places them
+# on different hosts. The lr 1e-3 trial is the lost run's uninterrupted one-host reference.
+SWEEP_SPACE = "sweep.space={train.lr: {type: grid, values: [1.0e-3, 3.0e-3]}}"
+
+
 @pytest.fixture(scope="module")
-def one_host_run(cluster) -> dict:
-    """The run on one worker host at the same global batch, uninterrupted: the reference."""
-    return _train(cluster, "one", "scaling.num_workers=1", "train.batch_size=2")
+def swept(cluster) -> dict[float, dict]:
+    """A 2-trial sweep submitted from the laptop, kept on S3: each trial's ``result.json`` by its lr."""
+    t0 = time.monotonic()
+    args = [f"model.name_or_path={MODEL}", f"data.path={DATA}", "deepspeed.zero_stage=2", "tracking.mode=disabled",
+            f"run.storage_path={cluster.storage()}", *RUN, "scaling.num_workers=1", "scaling.cpus_per_worker=0.99",
+            "train.batch_size=2", "sweep.name=sweep", "sweep.search=random", "sweep.num_samples=1", "sweep.scheduler=fifo", SWEEP_SPACE]
+    job = cluster.submit(shlex.join(["python", "-m", "tune.sweep", "--config", "configs/smoke.yaml", *args]),
+                         cluster.token, "--runtime-env", _runtime_env(cluster), "--working-dir", ".", timeout=600)
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+    # each trial's run folder is sweep-<trial id> (Tune keeps its own result.json files beside them)
+    results = [cluster.json(k) for k in s3_keys(cluster.s3, "runs/sweep/sweep-") if k.count("/") == 3 and k.endswith("/result.json")]
+    print(f"\nsweep: job submitted to done {time.monotonic() - t0:.0f} s, "
+          f"{sum(s3_objects(cluster.s3, 'runs/sweep/').values()) / 1e6:.1f} MB kept on S3")
+    return {r["config"]["train"]["lr"]: r for r in results}
+
+
+def test_a_sweep_runs_its_trials_on_both_worker_hosts_and_best_resolves_from_s3(cluster, swept):
+    assert sorted(swept) == [1e-3, 3e-3]
+    nodes = [cluster.json(r["last_checkpoint"].removeprefix("bucket/") + "/train_state.json")["worker_nodes"]
+             for r in swept.values()]
+    assert len({n for (n,) in nodes}) == 2  # one trial on each worker host (the head declares no CPU)
+    best = cluster.json("runs/best.json")
+    assert best == cluster.json("runs/sweep/best.json") and best["checkpoint"] in {r["best_checkpoint"] for r in swept.values()}
+    code = ("from sentiment.layout import resolve; m = resolve('best', storage_path=%r); print('RESOLVED', m.epoch_dir)"
+            % cluster.storage())
+    resolved = cluster.laptop.run([str(BIN / "python"), "-c", code], cluster.laptop.env(**S3_CREDENTIALS), cwd=str(ROOT))
+    assert resolved.returncode == 0, resolved.stdout[-2000:] + resolved.stderr[-2000:]
+    (line,) = [x for x in resolved.stdout.splitlines() if x.startswith("RESOLVED s3://")]
+    assert line.split("?")[0] == f"RESOLVED s3://{best['checkpoint']}"  # the laptop finds the best trial's epoch on S3
+    for host in cluster.net.hosts.values():  # nothing of the sweep on any host's own disk
+        assert not list(host.folder.rglob("results.csv")) and not list(host.folder.rglob("best.json")), host.name
+
+
+@pytest.fixture(scope="module")
+def one_host_run(swept) -> dict:
+    """The run on one worker host at the same global batch, uninterrupted: the reference (the sweep's
+    lr 1e-3 trial: the same config as the lost run but for its workers and micro-batch)."""
+    return swept[1e-3]
 
 
 def _registered(cluster: Cluster, run: str, checkpoint: str) -> bool:
@@ -297,8 +339,9 @@ def test_a_run_across_hosts_loses_one_resumes_from_s3_and_matches_one_host(clust
     for epoch in kept:  # each whole
         for rank in (0, 1):
             assert f"runs/lost/{epoch}/deepspeed/state/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in keys
-    for host in cluster.net.hosts.values():  # nothing of the runs on any host's own disk
-        assert not list(host.folder.rglob("result.json")) and not list(host.folder.rglob("epoch_00*")), host.name
+    for host in cluster.net.hosts.values():  # nothing of the runs on any host's own disk ...
+        on_disk = [p for p in (*host.folder.rglob("result.json"), *host.folder.rglob("epoch_00*")) if "/tmp/ray/" not in str(p)]
+        assert not on_disk, host.name  # ... outside Ray's session folder, where Tune stages trial progress it uploads
 
     assert got["starts"] == 2 and want["starts"] == 1 and got["global_step"] == want["global_step"] == 3 * 150
     assert len(set(got["worker_nodes"])) == 2  # after the restart: worker1 and the spare

@@ -59,6 +59,19 @@ def test_training_writes_every_checkpoint_to_s3(s3, trained_on_s3):
 
 
 @pytest.mark.ray
+def test_best_resolves_through_a_best_json_on_s3(s3, trained_on_s3):
+    """``checkpoint=best`` with an S3 ``storage_path`` whose URI has a query: best.json goes under the
+    path, the query stays at the end (a sweep on S3 writes it there)."""
+    from sentiment.layout import resolve
+
+    endpoint, client = s3
+    client.put_object(Bucket="bucket", Key="runs/best.json", Body=json.dumps({"checkpoint": trained_on_s3["best_checkpoint"]}))
+    query = f"endpoint_override={endpoint.removeprefix('http://')}&scheme=http"
+    model = resolve("best", storage_path=f"s3://bucket/runs?{query}")
+    assert model.epoch_dir == f"s3://{trained_on_s3['best_checkpoint']}?{query}"
+
+
+@pytest.mark.ray
 def test_serve_and_evaluate_read_the_run_from_s3(s3, trained_on_s3, small_imdb, monkeypatch):
     import ray
 
