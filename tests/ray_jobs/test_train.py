@@ -85,7 +85,7 @@ def test_auto_precision_is_recorded_as_what_ran_on_this_cpu(trained):
 def test_resume_continues_at_the_saved_step_with_the_same_result(trained, tiny_model_dir, small_imdb):
     cfg, summary = trained
     run = Path(summary["run_dir"])
-    resumed_cfg = smoke_config(tiny_model_dir, small_imdb, cfg.run.storage_path, "resumed",
+    resumed_cfg = smoke_config(tiny_model_dir, small_imdb, cfg.run.storage_path, "resumed", "tracking.mode=disabled",
                                f"run.resume_from={run / 'epoch_001'}")
     resumed = launch(resumed_cfg, prepare_data(resumed_cfg))
     new_run = Path(resumed["run_dir"])
@@ -104,7 +104,8 @@ def test_corrupt_resume_checkpoint_fails_with_a_clear_error(trained, tiny_model_
     shutil.copytree(Path(summary["run_dir"]) / "epoch_001", broken)
     for f in (broken / "deepspeed" / "state").glob("*model_states.pt"):
         f.write_bytes(b"not a checkpoint")
-    bad = smoke_config(tiny_model_dir, small_imdb, tmp_path / "runs", "broken", f"run.resume_from={broken}")
+    bad = smoke_config(tiny_model_dir, small_imdb, tmp_path / "runs", "broken", "tracking.mode=disabled",
+                       f"run.resume_from={broken}")
     with pytest.raises(Exception, match="cannot resume from checkpoint"):
         launch(bad, prepare_data(bad))
 
@@ -164,7 +165,8 @@ def test_a_shallower_student_distils_from_the_smoke_run_with_teacher_logits_from
     from sentiment.predict import Predictor
 
     teacher = trained[1]["run_dir"]
-    student = ["train.epochs=1", f"train.teacher={teacher}", "model.num_hidden_layers=1", "deepspeed.zero_stage=0"]
+    student = ["train.epochs=1", f"train.teacher={teacher}", "model.num_hidden_layers=1", "deepspeed.zero_stage=0",
+               "tracking.mode=disabled"]
     hard = smoke_config(tiny_model_dir, small_imdb, tmp_path, "alpha0", *student, "train.distill_alpha=0")
     soft = smoke_config(tiny_model_dir, small_imdb, tmp_path, "alpha1", *student, "train.distill_alpha=1")
     data = prepare_data(hard)  # the teacher scores the training reviews once; both runs share them

@@ -79,17 +79,17 @@ class _RunsCode:
 
 
 @pytest.mark.ray
-def test_resume_never_unpickles_code_from_a_tampered_optimizer_shard(uninterrupted, tiny_model_dir, small_imdb, tmp_path):
-    reference, data = uninterrupted
-    tampered = tmp_path / "epoch_003"
+def test_resume_never_unpickles_code_from_a_tampered_optimizer_shard(local_ray, smoke_run, tiny_model_dir, small_imdb, tmp_path):
+    _, reference = smoke_run  # a 2-worker ZeRO-2 run: its last checkpoint has each rank's optimizer shard
+    tampered = tmp_path / "epoch_002"
     shutil.copytree(reference["last_checkpoint"], tampered)
     marker = tmp_path / "code-ran"
     shard = tampered / "deepspeed" / "state" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
     torch.save({"optimizer_state_dict": _RunsCode(marker)}, shard)  # a real torch file, with a payload
-    cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path, "tampered", *FAULT_RUN, "run.max_failures=0",
+    cfg = smoke_config(tiny_model_dir, small_imdb, tmp_path, "tampered", "tracking.mode=disabled",
                        f"run.resume_from={tampered}")
     with pytest.raises(Exception, match="Weights only load failed"):
-        launch(cfg, ray.put(data))
+        launch(cfg, prepare_data(cfg))
     assert not marker.exists()
 
 
