@@ -22,7 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here: fai
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 # Ray Train's controller polls its workers every 2 s by default: each start, report and finish of
-# the suite's ~35 short training runs waits up to one poll. Every Ray the tests start inherits this.
+# the suite's ~35 short training runs waits up to one poll. Rays started from this environment inherit
+# this (the separate hosts of tests/system/test_hosts.py get a clean environment of their own).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
