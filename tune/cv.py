@@ -23,7 +23,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search import BasicVariantGenerator
 
-from ray_jobs.launcher import check_storage, launch, tokenized_splits, wandb_dir
+from ray_jobs.launcher import check_storage, check_storage_from_every_node, launch, tokenized_splits, wandb_dir
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import start_tracking
 from sentiment import layout, storage
@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     check_storage(cfg)
     folds = cut_folds(cfg)
     init_ray()
+    check_storage_from_every_node(cfg)
     table = cross_validate(cfg, output_name(cfg, "cv"), folds, resume=args.resume)
     if (table["status"].isin(["errored", "no result"])).any():
         sys.exit(1)

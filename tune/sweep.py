@@ -32,7 +32,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from ray_jobs.launcher import launch, prepare_data, wandb_dir
+from ray_jobs.launcher import check_storage, check_storage_from_every_node, launch, prepare_data, wandb_dir
 from ray_jobs.local_ray import init_ray
 from ray_jobs.tracking import shared_service, start_tracking
 from sentiment import layout, storage
@@ -300,7 +300,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.resume and not (cfg.sweep.name or cfg.run.name):
         raise ConfigError("--resume needs sweep.name or run.name (the sweep folder to continue)")
     validate_space(cfg)
+    check_storage(cfg)
     init_ray()
+    check_storage_from_every_node(cfg)
     return sweep(cfg, resume=args.resume)
 
 

@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 
+from ray_jobs import train
 from ray_jobs.launcher import check_storage, launch, prepare_data
 from ray_jobs.local_ray import free_loopback_port
 from sentiment.config import ConfigError, load_config
 from tests.support import S3_CREDENTIALS, s3_keys, s3_server, smoke_config
+from tune import cv, sweep
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +121,12 @@ def test_storage_uri_without_an_installed_filesystem_fails_before_training():
     cfg = load_config(None, ["run.storage_path=nosuchfs://bucket/runs"])
     with pytest.raises(ConfigError, match=r"run\.storage_path='nosuchfs://bucket/runs' cannot be used"):
         check_storage(cfg)
+
+
+@pytest.mark.parametrize("command, options", [(train.main, []), (sweep.main, []), (cv.main, ["--folds", "2"])],
+                         ids=["train", "sweep", "cv"])
+def test_every_training_command_checks_the_storage_before_it_starts_ray(command, options):
+    """Each then checks it from every node once Ray is up (tests/system/test_hosts.py: train)."""
+    with pytest.raises(ConfigError, match=r"run\.storage_path='nosuchfs://bucket/runs' cannot be used"):
+        command([*options, "run.storage_path=nosuchfs://bucket/runs", "sweep.space={train.lr: {type: choice, values: [0.001]}}"])
+    assert not ray.is_initialized()
