@@ -28,6 +28,7 @@ from ray.serve.config import ProxyLocation
 from ray.serve.schema import ServeDeploySchema
 
 from sentiment.config import load_config, refuse_credentials
+from serve.app import SentimentAPI
 from serve.schemas import ServeArgs
 from tests.support import K8S, manifest, rayjob_submission
 
@@ -126,6 +127,8 @@ def test_the_rayservice_serves_a_valid_serve_config_with_the_key_from_a_secret()
     assert app.import_path == "serve.app:build_app" and config.http_options.host == "0.0.0.0"
     assert config.proxy_location == ProxyLocation.EveryNode  # each pod behind the Service answers
     ServeArgs.model_validate(app.args)  # "api_key" would be refused here: the key is never an arg
+    (ingress,) = app.deployments  # build_app's ingress, spread: a lost node leaves the other replica answering
+    assert (ingress.name, ingress.max_replicas_per_node) == (SentimentAPI.name, 1) and app.args["ingress_replicas"] == 2
     for container in containers(service["spec"]["rayClusterConfig"]):
         (key,) = [e for e in container["env"] if e["name"] == "SENTIMENT_API_KEY"]
         assert "secretKeyRef" in key["valueFrom"]

@@ -2,8 +2,10 @@
 bridge, each host with its own hostname, /tmp, /dev/shm and home): the head and two workers started by
 cluster.yaml's own start commands (token auth, secrets from a stand-in Secrets Manager), a client
 host ("laptop") that reaches the cluster only over the bridge, and runs kept on a real S3 server
-(moto) on the bridge, the only storage the hosts share. From the laptop: token refusals, bad storage
-named per host, a 2-trial sweep with a trial on each worker host, and a 2-rank run that loses a host.
+(moto) on the bridge, the only storage the hosts share. A worker host with a wrong token is refused;
+from the laptop: token refusals, bad storage named per host, a 2-trial sweep with a trial on each
+worker host, a 2-rank run that loses a host, and the RayService config serving the sweep's best on
+both worker hosts while one of them is lost.
 
 cluster.yaml keeps the dashboard on the head's loopback, reached through the SSH tunnel that
 ``ray dashboard cluster.yaml`` opens; these hosts have no SSH, so the head's dashboard listens on its
@@ -23,11 +25,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psutil
 import pytest
 import yaml
 
 from tests.hosts import BIN, HOME, ROOT, Host, Network, available, hosts
-from tests.support import S3_CREDENTIALS, s3_keys, s3_objects, s3_server, wait_until
+from tests.support import S3_CREDENTIALS, manifest, s3_keys, s3_objects, s3_server, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster,
               pytest.mark.skipif(available() is not None, reason=f"no separate hosts here: {available()}")]
@@ -113,13 +116,18 @@ print(secrets[name])
     (bin_dir / "aws").chmod(0o755)
 
 
-def _start_node(host: Host, key: str, head_address: str, token: str, cpus: int) -> None:
-    """Start Ray on ``host`` with cluster.yaml's commands; ``cpus`` is what its node type declares
-    (the launcher hands a node type's resources to ``ray start`` the same way)."""
+def _ray_start(host: Host, key: str, head_address: str, token: str, cpus: int) -> subprocess.CompletedProcess:
+    """Run cluster.yaml's commands of ``key`` on ``host`` with ``token`` in its secrets; ``cpus`` is what
+    its node type declares (the launcher hands a node type's resources to ``ray start`` the same way)."""
     _give_secrets(host, token)
     env = host.env(RAY_HEAD_IP=head_address, RAY_OVERRIDE_RESOURCES=json.dumps({"CPU": cpus}), **S3_CREDENTIALS)
     env["PATH"] = f"{HOME}/bin:{env['PATH']}"
-    started = host.bash(_start_command(key, head_address), env, timeout=180)
+    return host.bash(_start_command(key, head_address), env, timeout=180)
+
+
+def _start_node(host: Host, key: str, head_address: str, token: str, cpus: int) -> None:
+    """Start Ray on ``host`` as cluster.yaml does (:func:`_ray_start`); fail unless it started."""
+    started = _ray_start(host, key, head_address, token, cpus)
     assert started.returncode == 0, f"{host.name}: {started.stdout[-2000:]}\n{started.stderr[-3000:]}"
 
 
@@ -152,6 +160,18 @@ def test_the_three_hosts_form_one_cluster_with_the_token(cluster):
         token_file = host.home / ".ray" / "auth_token"
         assert token_file.read_text() == cluster.token and token_file.stat().st_mode & 0o777 == 0o600
     assert not (cluster.laptop.home / ".ray").exists()  # the laptop holds the token in its environment only
+
+
+def test_a_worker_host_with_a_wrong_token_does_not_join(cluster):
+    spare = cluster.spare
+    try:
+        started = _ray_start(spare, "worker_start_ray_commands", cluster.head.address, secrets.token_hex(32), 1)
+        assert started.returncode != 0  # the head's GCS refuses the node: ray start says so and gives up
+        said = started.stdout + started.stderr
+        assert "AuthenticationError: RPC error: InvalidAuthToken" in said, said[-2000:]
+        assert spare.address not in _alive_nodes(cluster)
+    finally:
+        spare.lose()  # whatever it left; the lost-host test starts it again, with the cluster's token
 
 
 @pytest.mark.parametrize("token", [None, "wrong"], ids=["no token", "wrong token"])
@@ -349,3 +369,144 @@ def test_a_run_across_hosts_loses_one_resumes_from_s3_and_matches_one_host(clust
         for key in ("train_loss", "val_loss", "val_accuracy"):
             assert g[key] == pytest.approx(w[key], abs=1e-4), (g["epoch"], key)
     assert lost["test_metrics"]["test_loss"] == pytest.approx(one_host_run["test_metrics"]["test_loss"], abs=1e-4)
+
+
+
+SERVE_KEY = "stand-in-serve-key"  # what the stand-in Secrets Manager gives each node's ray start
+SERVE_PORT = 8000
+# The laptop's client: `threads` closed loops of single-review predictions through the head's proxy for
+# `seconds`. A request that is not answered 200 is retried once, after its Retry-After (1 s if none), as
+# docs/operations.md asks of clients (it advises up to 4); prints one JSON line: per request, its start (this machine's monotonic
+# clock) and the outcome of each attempt.
+LOAD = r"""
+import json, sys, threading, time
+import requests
+url, key, seconds, threads = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+end, lock, requests_seen = time.monotonic() + seconds, threading.Lock(), []
+def attempt(session):
+    try:
+        r = session.post(url, json={"text": "A quietly moving film with two fine performances."}, timeout=60)
+        return r.status_code, float(r.headers.get("Retry-After", 1))
+    except requests.RequestException as err:
+        return type(err).__name__, 1.0
+def loop():
+    session = requests.Session()
+    session.headers["Authorization"] = "Bearer " + key
+    while time.monotonic() < end:
+        start, outcomes = time.monotonic(), []
+        for _ in range(2):
+            status, wait = attempt(session)
+            outcomes.append(status)
+            if status == 200:
+                break
+            time.sleep(wait)
+        with lock:
+            requests_seen.append([start, outcomes])
+workers = [threading.Thread(target=loop) for _ in range(threads)]
+for w in workers: w.start()
+for w in workers: w.join()
+print("LOAD " + json.dumps(requests_seen))
+"""
+
+READY = """
+import sys, time, requests
+url, deadline, last = sys.argv[1], time.monotonic() + float(sys.argv[2]), None
+while time.monotonic() < deadline:
+    try:
+        last = requests.get(url, timeout=5)
+        if last.status_code == 200:
+            sys.exit(0)
+    except requests.RequestException as err:
+        last = err
+    time.sleep(0.5)
+print(repr(last), getattr(last, "text", "")[:500])
+sys.exit(1)
+"""
+
+
+def _processes(host: Host, title: str) -> list[int]:
+    """PIDs on ``host`` whose command line holds ``title`` (Ray names its worker processes ``ray::<actor>``)."""
+    found = []
+    for pid in host.pids():
+        try:
+            if title in " ".join(psutil.Process(pid).cmdline()):
+                found.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _cpu_s(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def _cached_models(host: Host) -> list:
+    """The model folders in ``host``'s node cache (sentiment.node_cache: one per downloaded checkpoint)."""
+    return list((host.home / ".cache" / "sentiment" / "models").glob("*/model"))
+
+
+def _deploy_rayservice_config(cluster: Cluster) -> subprocess.CompletedProcess:
+    """k8s/rayservice.yaml's serveConfigV2 (proxies on every node), ``serve deploy``-ed from the laptop
+    through the head's dashboard with the token, as KubeRay's operator does. Changed for these hosts:
+    ``storage_path`` (the cluster's S3) and one model replica of 1 CPU on each worker host (min = max = 2)."""
+    config = yaml.safe_load(manifest("rayservice.yaml")["spec"]["serveConfigV2"])
+    (app,) = config["applications"]
+    app["args"].update(storage_path=cluster.storage(), num_cpus=1, min_replicas=2, max_replicas=2)
+    (cluster.laptop.home / "serve.yaml").write_text(yaml.safe_dump(config))
+    return cluster.laptop.run([str(BIN / "serve"), "deploy", f"{HOME}/serve.yaml", f"--address=http://{cluster.head.address}:{DASHBOARD}"],
+                              cluster.client_env(cluster.token), timeout=180, cwd=str(ROOT))
+
+
+@pytest.mark.timeout(600)
+def test_serve_deploys_best_from_s3_on_both_worker_hosts_and_a_lost_host_loses_no_request(cluster, swept):
+    """The RayService config serves the sweep's ``best`` from S3: a model replica on each running
+    worker host, each host with one copy in its own node cache, proxies on every node. The laptop
+    calls the head's address; both hosts' replicas work (CPU time); then one host is lost under that
+    load and no request fails beyond the one documented retry."""
+    workers = [h for h in (*cluster.workers, cluster.spare) if _processes(h, "/raylet")]  # the spare, after a lost host
+    assert len(workers) == 2, [h.name for h in workers]
+    t0 = time.monotonic()
+    deployed = _deploy_rayservice_config(cluster)
+    assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-3000:]
+    replicas = lambda: {h.name: _processes(h, "ServeReplica:sentiment:SentimentModel") for h in workers}  # noqa: E731
+    wait_until(lambda: all(len(p) == 1 for p in replicas().values()), 300, "a model replica on each worker host")
+    url = f"http://{cluster.head.address}:{SERVE_PORT}"
+    ready = cluster.laptop.run([str(BIN / "python"), "-c", READY, f"{url}/v2/health/ready", "240"], timeout=300)
+    if ready.returncode:
+        status = cluster.laptop.run([str(BIN / "serve"), "status", f"--address=http://{cluster.head.address}:{DASHBOARD}"],
+                                    cluster.client_env(cluster.token), cwd=str(ROOT))
+        pytest.fail(f"not ready through the head: {ready.stdout[-1000:]}\n{status.stdout[-4000:]}")
+    print(f"\nserve: deployed to ready through the head in {time.monotonic() - t0:.0f} s")
+    for host in (cluster.head, *workers):  # proxy_location: EveryNode
+        assert _processes(host, "ProxyActor"), host.name
+    copies = {h.name: _cached_models(h) for h in cluster.net.hosts.values()}
+    assert all(len(copies[h.name]) == 1 for h in workers) and all(len(c) <= 1 for c in copies.values()), copies
+    moved = sum(f.stat().st_size for c in copies.values() for d in c for f in d.rglob("*") if f.is_file())
+    print(f"serve: {sum(map(len, copies.values()))} hosts downloaded the model from S3, {moved / 1e6:.1f} MB in all")
+
+    ingress_by_host = lambda: {h.name: len(_processes(h, "ServeReplica:sentiment:SentimentAPI")) for h in (cluster.head, *workers)}  # noqa: E731
+    wait_until(lambda: sorted(ingress_by_host().values()) == [0, 1, 1], 60, "the 2 ingress replicas on 2 hosts (max_replicas_per_node: 1)")
+    ingress = ingress_by_host()
+    lost_host = next(h for h in workers if ingress[h.name])  # a host with a model replica and an ingress replica
+    pids = {name: p for name, (p,) in replicas().items()}
+    cpu_before = {name: _cpu_s(pid) for name, pid in pids.items()}
+    load = subprocess.Popen(cluster.laptop.command([str(BIN / "python"), "-c", LOAD, f"{url}/v1/predict", SERVE_KEY, "30", "8"]),
+                            env=cluster.laptop.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(10)
+    worked = {name: _cpu_s(pid) - cpu_before[name] for name, pid in pids.items()}
+    lost_at = time.monotonic()
+    lost_host.lose()
+    out, err = load.communicate(timeout=180)
+    assert load.returncode == 0, err[-3000:]
+    seen = json.loads(out.split("LOAD ", 1)[1])
+    before = [o for start, o in seen if start < lost_at - 1]
+    after = [o for start, o in seen if start >= lost_at + 5]  # once the lost host's calls are over
+    retried = [o for _, o in seen if len(o) > 1]
+    print(f"serve: ingress replicas by host {ingress}, {lost_host.name} lost; replica CPU s in the first 10 s of load "
+          f"{worked}; {len(seen)} requests ({len(before)} before the loss, {len(after)} from 5 s after), {len(retried)} "
+          f"retried (first answers {sorted({str(o[0]) for o in retried})}), {sum(o[-1] != 200 for _, o in seen)} lost")
+    assert all(w > 1.0 for w in worked.values()), worked  # each host's replica answered its share
+    assert before and all(o == [200] for o in before)
+    assert len(after) >= 20 and all(o == [200] for o in after)  # the other hosts answer at once
+    assert all(o[-1] == 200 for _, o in seen), [o for _, o in seen if o[-1] != 200][:5]
