@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import sentiment.export
 from ray_jobs import export
@@ -31,9 +32,15 @@ TEXTS = ["A fun brain candy movie...good dialog.", "What a waste of time. " * 40
 
 
 def plain_checkpoint(tiny_model_dir: Path, folder: Path) -> Path:
-    """The tiny BERT at its default initialisation: near-constant outputs, which int8 keeps."""
+    """The tiny BERT at its default initialisation (seeded), its head biased to one class by a margin
+    far above int8's error: near-constant outputs, which int8 keeps on any CPU (an unbiased head sits
+    at the decision boundary, where int8 rounding flips a few of the 40 check reviews)."""
     cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "data.max_seq_length=64"])
-    return save_model_dir(build_model(cfg.model), load_tokenizer(str(tiny_model_dir)), cfg, {}, folder)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([2.0, -2.0]))
+    return save_model_dir(model, load_tokenizer(str(tiny_model_dir)), cfg, {}, folder)
 
 
 @pytest.fixture(scope="module")
