@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 
 from ray_jobs import train
 from ray_jobs.launcher import check_storage, launch, prepare_data
