@@ -73,12 +73,16 @@ def run_arm(cfg: Config) -> tuple[dict, float]:
 
 
 def correct_per_review(run_dir: str, cfg: Config) -> np.ndarray:
-    """Whether the run's best model gets each of the config's test reviews right (as it predicts)."""
-    test = load_splits(cfg.data, cfg.model.label_names)["test"]
+    """Whether the run's best model gets each of the config's test reviews right (as it predicts; a
+    multi-label model: every label of the review right)."""
+    test = load_splits(cfg.data, cfg.model.label_names, cfg.model.multi_label)["test"]
     predictor = Predictor.load(run_dir)
     logits = predictor.logits(predictor.encode(test["text"]), 32)
     predictor.close()
-    return logits.argmax(1) == np.asarray(test["label"])
+    labels = np.asarray(test["label"])
+    if predictor.multi_label:
+        return ((predictor.probabilities(logits) > predictor.thresholds[None, :]) == labels).all(axis=1)
+    return logits.argmax(1) == labels
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -23,6 +23,7 @@ from sentiment.progress import Progress
 ROW = "_row"
 TEXT = "_text"
 PREDICTED = "predicted_label"
+PREDICTED_LABELS = "predicted_labels"
 SCORE = "score"
 NUM_TOKENS = "num_tokens"
 TRUNCATED = "truncated"
@@ -79,6 +80,8 @@ class ReviewScorer:
         proba = p.probabilities(logits)
         out = {ROW: block[ROW].to_numpy(), PREDICTED: [p.label_names[i] for i in proba.argmax(axis=1)],
                SCORE: proba.max(axis=1)}
+        if p.multi_label:  # the labels above their thresholds, as a list (none: empty)
+            out[PREDICTED_LABELS] = p.decide(proba)
         out.update({probability_column(n): proba[:, i] for i, n in enumerate(p.label_names)})
         out.update({logit_column(n): logits[:, i] for i, n in enumerate(p.label_names)})
         if self.compare:

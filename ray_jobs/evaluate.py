@@ -47,7 +47,7 @@ from sentiment.backends import choose_backend
 from sentiment.cli import parse_command
 from sentiment.config import Config, ConfigError
 from sentiment.data import DataError, load_splits
-from sentiment.evaluation import confident_mistakes, evaluate_predictions, fit_temperature, headline
+from sentiment.evaluation import confident_mistakes, evaluate_multi_label, evaluate_predictions, fit_temperature, headline
 from sentiment.layout import (
     CALIBRATION_FILE,
     EVAL_METRICS_FILE,
@@ -121,8 +121,14 @@ def load_split(cfg: Config, args: EvaluateConfig) -> tuple[pd.DataFrame, pd.Data
         update.update(path=args.data, source="auto")
     if args.max_samples:
         update.update(max_test_samples=args.max_samples, max_val_samples=args.max_samples)
-    splits = load_splits(cfg.data.model_copy(update=update), cfg.model.label_names)
+    splits = load_splits(cfg.data.model_copy(update=update), cfg.model.label_names, cfg.model.multi_label)
     return splits[args.split].to_pandas(), splits["validation"].to_pandas()
+
+
+def label_array(split: pd.DataFrame) -> np.ndarray:
+    """The split's labels: ``(n,)`` class ids, or a multi-label split's ``(n, k)`` multi-hot rows."""
+    column = split["label"]
+    return np.stack(column.to_numpy()).astype(np.int64) if len(column) and np.ndim(column.iloc[0]) else column.to_numpy()
 
 
 def save_temperature(model: ResolvedModel, temperature: float, n: int) -> ResolvedModel:
@@ -138,10 +144,16 @@ def save_temperature(model: ResolvedModel, temperature: float, n: int) -> Resolv
 
 
 def scenario_examples(predictor: Predictor) -> list[Example]:
-    """The seed's three reviews with what the model says."""
+    """The seed's three reviews with what the model says (a multi-label model: the labels it gives,
+    expected none of them, and its most probable label's probability)."""
     texts = [t for t, _ in SCENARIOS]
-    return [Example(text, expected, p.label, p.score)
+    return [Example(text, "" if predictor.multi_label else expected, joined(p.labels) if predictor.multi_label else p.label, p.score)
             for (text, expected), p in zip(SCENARIOS, predictor.predict_details(texts))]
+
+
+def joined(names: list[str] | None) -> str:
+    """A multi-label text's labels as one cell, ``plot, acting`` (``(none)`` for none)."""
+    return ", ".join(names or []) or "(none)"
 
 
 def attribution_target(label_names: list[str]) -> int:
@@ -159,12 +171,12 @@ def log_to_wandb(tracker: Tracker, metrics: dict[str, Any], plots: dict[str, Pat
 
     tracker.summary(headline(metrics) | link)
     images = {f"eval/{name}": wandb.Image(str(path), caption=TITLES[name]) for name, path in plots.items() if name in TITLES}
-    truth = [label_names.index(x) for x in table["label"]]
-    preds = [label_names.index(x) for x in table["predicted"]]
-    tracker.log(images | {
-        "eval/confusion_matrix_plot": wandb.plot.confusion_matrix(y_true=truth, preds=preds, class_names=label_names),
-        "eval/predictions": wandb.Table(dataframe=table[["text", "label", "predicted", "confidence"]]),
-    })
+    logged = images | {"eval/predictions": wandb.Table(dataframe=table[["text", "label", "predicted", "confidence"]])}
+    if "micro_f1" not in metrics:  # a single-label model's confusion matrix (a multi-label one's per label is a plot)
+        truth = [label_names.index(x) for x in table["label"]]
+        preds = [label_names.index(x) for x in table["predicted"]]
+        logged["eval/confusion_matrix_plot"] = wandb.plot.confusion_matrix(y_true=truth, preds=preds, class_names=label_names)
+    tracker.log(logged)
     artifact = wandb.Artifact(f"evaluated-{link['checkpoint_artifact'].replace(':', '-')}", type="evaluation", metadata=link)
     artifact.add_reference(link["checkpoint_uri"], checksum=False)
     tracker.run.log_artifact(artifact)
@@ -176,6 +188,9 @@ def calibrate(
     """Fit a temperature on the validation split (scored by ``backend``, long reviews as ``long_reviews``
     says) and save it with the model folder; returns it and ``model`` expecting the new calibration file."""
     names = model.config.model.label_names
+    if model.config.model.multi_label:
+        raise ConfigError("--calibrate fits a softmax temperature: a multi-label model has one sigmoid per label, whose "
+                          "decision thresholds training tuned on the validation split; evaluate it without --calibrate")
     scores, _ = score_texts(validation["text"].tolist(), model, workers, use_gpu, batch_size, "calibrate", backend,
                             long_reviews=long_reviews)
     temperature = fit_temperature(scores[[logit_column(n) for n in names]].to_numpy(), validation["label"].to_numpy())
@@ -184,15 +199,39 @@ def calibrate(
     return temperature, model
 
 
-def predictions_table(split: pd.DataFrame, scores: pd.DataFrame, names: list[str], temperature: float | None) -> pd.DataFrame:
+def predictions_table(split: pd.DataFrame, scores: pd.DataFrame, predictor: Predictor, temperature: float | None) -> pd.DataFrame:
     """One row per review: text, label, prediction, confidence, probabilities (temperature-scaled
-    when there is one), tokens and truncation."""
-    proba = softmax(scores[[logit_column(n) for n in names]].to_numpy(np.float64) / (temperature or 1.0))
+    when there is one), tokens and truncation. A multi-label model's label and prediction cells list
+    the labels (:func:`joined`), and its confidence is that of its least sure label decision."""
+    names = predictor.label_names
+    logits = scores[[logit_column(n) for n in names]].to_numpy(np.float64)
+    if predictor.multi_label:
+        proba = predictor.probabilities(logits)
+        truth = [joined([n for n, on in zip(names, row) if on]) for row in label_array(split)]
+        decided, confidence = [joined(d) for d in predictor.decide(proba)], np.maximum(proba, 1 - proba).min(1)
+    else:
+        proba = softmax(logits / (temperature or 1.0))
+        truth, decided, confidence = [names[i] for i in split["label"]], [names[i] for i in proba.argmax(1)], proba.max(1)
     return pd.DataFrame({
-        "text": split["text"], "label": [names[i] for i in split["label"]], "predicted": [names[i] for i in proba.argmax(1)],
-        "confidence": proba.max(1), **{probability_column(n): proba[:, i] for i, n in enumerate(names)},
+        "text": split["text"], "label": truth, "predicted": decided,
+        "confidence": confidence, **{probability_column(n): proba[:, i] for i, n in enumerate(names)},
         "num_tokens": scores["num_tokens"], "truncated": scores["truncated"], "windows": scores["windows"],
     })
+
+
+def decision_views(proba: np.ndarray, labels: np.ndarray, predictor: Predictor) -> dict[str, np.ndarray]:
+    """What the report plots: each decision's ``confidence`` and whether it is ``correct`` (a review's
+    class; a multi-label model's every text-label decision), and the reviews with a wrong decision,
+    the most confident first (``mistakes``)."""
+    if not predictor.multi_label:
+        return {"confidence": proba.max(1), "correct": proba.argmax(1) == labels,
+                "mistakes": confident_mistakes(proba, labels, len(labels))}
+    decided = proba > predictor.thresholds[None, :]
+    sure = np.maximum(proba, 1 - proba)
+    worst = np.where(decided != labels, sure, -1.0).max(axis=1)  # the most confident wrong decision of each text
+    wrong = np.flatnonzero(worst >= 0)
+    return {"confidence": sure.reshape(-1), "correct": (decided == labels).reshape(-1),
+            "mistakes": wrong[np.argsort(-worst[wrong], kind="stable")]}
 
 
 def word_scores(predictor: Predictor, texts: pd.Series, samples: int, steps: int) -> dict[str, Any] | None:
@@ -259,7 +298,9 @@ def run(args: EvaluateConfig) -> dict[str, Any]:
         metrics = write_evaluation(args, model, cfg, predictor, split, scores, temperature, meta, out)
     finally:
         predictor.close()
-    print(f"evaluate: accuracy {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f}, ROC AUC {metrics['roc_auc']:.4f}, "
+    micro = f", micro F1 {metrics['micro_f1']:.4f}, Hamming loss {metrics['hamming_loss']:.4f}" if "micro_f1" in metrics else ""
+    accuracy = "subset accuracy" if "micro_f1" in metrics else "accuracy"
+    print(f"evaluate: {accuracy} {metrics['accuracy']:.4f}, F1 {metrics['f1']:.4f}{micro}, ROC AUC {metrics['roc_auc']:.4f}, "
           f"ECE {metrics['ece']:.4f}; report: {storage.child(out, 'report.html')}", flush=True)
     return metrics
 
@@ -270,17 +311,23 @@ def write_evaluation(
 ) -> dict[str, Any]:
     """Metrics, predictions, report and W&B run from the scores; published to ``out`` when complete."""
     names = cfg.model.label_names
-    labels = split["label"].to_numpy()
+    labels = label_array(split)
     num_tokens = scores["num_tokens"].to_numpy()
     plain = [logit_column(n, truncated=True) for n in names]
-    metrics = evaluate_predictions(scores[[logit_column(n) for n in names]].to_numpy(np.float64), labels, names,
-                                   num_tokens, num_tokens > cfg.data.max_seq_length, temperature,
-                                   scores[plain].to_numpy(np.float64) if plain[0] in scores else None)
-    table = predictions_table(split, scores, names, temperature)
+    logits = scores[[logit_column(n) for n in names]].to_numpy(np.float64)
+    truncated = scores[plain].to_numpy(np.float64) if plain[0] in scores else None
+    if predictor.multi_label:
+        metrics = evaluate_multi_label(logits, labels, names, predictor.thresholds.tolist(), num_tokens,
+                                       num_tokens > cfg.data.max_seq_length, truncated)
+    else:
+        metrics = evaluate_predictions(logits, labels, names, num_tokens, num_tokens > cfg.data.max_seq_length, temperature,
+                                       truncated)
+    table = predictions_table(split, scores, predictor, temperature)
     proba = table[[probability_column(n) for n in names]].to_numpy()
     words = word_scores(predictor, split["text"], args.attribution_samples, args.ig_steps)
+    views = decision_views(proba, labels, predictor)
     mistakes = [Example(table.text[i], table.label[i], table.predicted[i], float(table.confidence[i]))
-                for i in confident_mistakes(proba, labels, args.mistakes)]
+                for i in views["mistakes"][:args.mistakes]]
     link = checkpoint_link(model)
     meta = {
         "checkpoint": model.location, "run": link["run"], "split": args.split, "model": cfg.model.name_or_path,
@@ -289,9 +336,8 @@ def write_evaluation(
         "attribution_reviews": min(args.attribution_samples, len(split)),
     }
     with storage.publish_dir(out) as folder:
-        plots = write_report(folder, metrics, names, run_history(model.epoch_dir) if model.epoch_dir else [], {
-            "confidence": proba.max(1), "correct": proba.argmax(1) == labels,
-        }, scenario_examples(predictor), mistakes, words, meta)
+        plots = write_report(folder, metrics, names, run_history(model.epoch_dir) if model.epoch_dir else [],
+                             {k: views[k] for k in ("confidence", "correct")}, scenario_examples(predictor), mistakes, words, meta)
         storage.write_local_json(folder / EVAL_METRICS_FILE, metrics | {"meta": meta})
         table.to_parquet(folder / EVAL_PREDICTIONS_FILE, index=False)
         tracker = start_tracking(cfg, f"eval-{link['run']}-{args.split}-{dt.datetime.now():%Y%m%d-%H%M%S}",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from sentiment import layout, storage
@@ -49,11 +50,12 @@ def check_data(model: ResolvedModel, tokenizer: Any, args: ExportConfig) -> Chec
     update: dict[str, Any] = {"max_train_samples": None, "max_val_samples": args.check_reviews}
     if args.data:
         update.update(path=args.data, source="auto")
-    validation = load_splits(cfg.data.model_copy(update=update), cfg.model.label_names)["validation"]
+    validation = load_splits(cfg.data.model_copy(update=update), cfg.model.label_names, cfg.model.multi_label)["validation"]
     specials, data = SpecialTokens.of(tokenizer), cfg.data
     ids = [fit_to_length(c, specials, data.max_seq_length, data.truncation, data.head_fraction)
            for c in encode_texts(tokenizer, list(validation["text"]))]
-    return CheckData(ids, validation["label"])
+    thresholds = np.asarray(cfg.model.decision_thresholds) if cfg.model.multi_label else None
+    return CheckData(ids, np.asarray(validation["label"]), thresholds)
 
 
 def run(args: ExportConfig) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def tokenized_splits(cfg: Config) -> dict[str, EncodedSplit]:
     Ray this starts or joins), once for the whole run.
     """
     t0 = time.perf_counter()
-    splits = load_splits(cfg.data, cfg.model.label_names)
+    splits = load_splits(cfg.data, cfg.model.label_names, cfg.model.multi_label)
     encoded = encode_splits(load_tokenizer(cfg.model.name_or_path), splits)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in encoded.items())
     print(f"data: {sizes} reviews, tokenized in {time.perf_counter() - t0:.1f}s", flush=True)
@@ -52,7 +52,7 @@ def check_teacher(cfg: Config) -> ResolvedModel | None:
     """Resolve ``train.teacher`` and check that it predicts the student's labels.
 
     Raises:
-        ConfigError: the teacher is not a usable checkpoint, or its labels differ.
+        ConfigError: the teacher is not a usable checkpoint, is multi-label, or its labels differ.
     """
     if cfg.train.teacher is None:
         return None
@@ -60,6 +60,8 @@ def check_teacher(cfg: Config) -> ResolvedModel | None:
         teacher = layout.resolve(cfg.train.teacher, storage_path=layout.storage_root(cfg))
     except layout.CheckpointError as err:
         raise ConfigError(f"train.teacher: {err}") from None
+    if teacher.config.model.multi_label:
+        raise ConfigError(f"train.teacher: {teacher.location} is a multi-label model; distillation needs a single-label teacher")
     check_teacher_labels(cfg.train.teacher, teacher.config.model.label_names, cfg.model.label_names)
     return teacher
 
@@ -95,8 +97,9 @@ def prepare_data(cfg: Config) -> dict[str, EncodedSplit]:
         encoded = cross_validation_fold(encoded["train"], cfg.data)
     if note := imbalance(encoded["train"].labels, cfg.model.label_names):
         weighed = loss_class_weights(cfg.train.class_weights, encoded["train"].labels, cfg.model.num_labels) is not None
-        print(f"data: {note}: " + ("class weights on (train.class_weights=none turns them off)" if weighed
-                                   else "no class weights (train.class_weights=auto or balanced weighs the classes)"), flush=True)
+        weights = "label positive weights" if cfg.model.multi_label else "class weights"
+        print(f"data: {note}: " + (f"{weights} on (train.class_weights=none turns them off)" if weighed
+                                   else f"no {weights} (train.class_weights=auto or balanced weighs them)"), flush=True)
     return encoded
 
 

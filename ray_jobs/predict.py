@@ -5,7 +5,9 @@
 
 Input: ``.parquet``, ``.csv`` or ``.jsonl`` with a text column (``--text-column``, default
 ``text``). Output (``.parquet``, ``.csv`` or ``.jsonl``): every input column, in input order, plus
-``predicted_label``, ``score``, ``prob_<label>`` (temperature-scaled if the checkpoint has one),
+``predicted_label``, ``score``, ``prob_<label>`` (temperature-scaled if the checkpoint has one; a multi-label
+model's are one sigmoid per label, and ``predicted_labels`` lists the labels above their thresholds: a
+JSON list in CSV),
 ``logit_<label>``, ``num_tokens`` (the review's full length), ``truncated`` and ``windows`` (how
 many windows of the review were scored: more than one with ``--long-reviews chunks``); with ``--explain``
 also ``key_tokens``, each review's top words toward its predicted label as JSON
@@ -17,6 +19,7 @@ existing output is refused without ``--overwrite``; the output appears only when
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import uuid
@@ -128,13 +131,20 @@ def write_table(df: pd.DataFrame, path: str) -> None:
         fmt = file_format(path, "output")
         if fmt == ".parquet":
             df.to_parquet(tmp, index=False)
-        elif fmt == ".csv":
-            df.to_csv(tmp, index=False)
+        elif fmt == ".csv":  # lists (a multi-label model's predicted_labels) as JSON, as data reads them
+            df.apply(json_lists).to_csv(tmp, index=False)
         else:
             df.to_json(tmp, orient="records", lines=True, force_ascii=False)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def json_lists(column: pd.Series) -> pd.Series:
+    """A column of lists (Ray Data hands them back as arrays) as JSON strings; any other column unchanged."""
+    if not column.map(lambda v: isinstance(v, list | tuple | np.ndarray)).any():
+        return column
+    return column.map(lambda v: json.dumps(list(v)) if isinstance(v, list | tuple | np.ndarray) else v)
 
 
 def check_output(path: str, overwrite: bool) -> None:

@@ -44,6 +44,10 @@ def outcome_line(cfg: Config, summary: dict[str, Any]) -> str:
         best = summary["best_metrics"]
         return (f"cross-validation fold {cfg.data.cv_fold + 1}/{cfg.data.cv_folds}: {cfg.run.metric} "
                 f"{best[cfg.run.metric]:.4f} at epoch {best['epoch']} (the test split is not used)")
+    if cfg.model.multi_label:
+        return (f"test micro F1: {test['test_micro_f1']:.4f} on {test['test_count']} held-out texts (macro F1 "
+                f"{test['test_f1']:.4f}, subset accuracy {test['test_accuracy']:.4f}, Hamming loss "
+                f"{test['test_hamming_loss']:.4f}, best epoch {test['test_epoch']})")
     return (f"test accuracy: {test['test_accuracy']:.4f} on {test['test_count']} held-out reviews "
             f"(macro F1 {test['test_f1']:.4f}, best epoch {test['test_epoch']})")
 
@@ -54,7 +58,8 @@ def weak_classes_line(cfg: Config, summary: dict[str, Any]) -> str | None:
     weak = weak_classes(test["test_confusion_matrix"], cfg.model.label_names) if test else {}
     if not weak:
         return None
-    return f"warning: weak classes on the test split (F1 under {WEAK_F1}): " + "; ".join(
+    kind = "labels" if cfg.model.multi_label else "classes"
+    return f"warning: weak {kind} on the test split (F1 under {WEAK_F1}): " + "; ".join(
         f"{name!r}: {why}" for name, why in weak.items())
 
 

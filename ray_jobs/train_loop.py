@@ -60,7 +60,8 @@ def _autocast(cfg: Config, device: torch.device) -> torch.autocast:
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, split: Split, cfg: Config, collate: Any, device: torch.device, prefix: str) -> dict[str, Any]:
-    """Metrics over the whole split: each rank scores its share, logits are gathered to all ranks."""
+    """Metrics over the whole split: each rank scores its share, logits are gathered to all ranks. A
+    multi-label model decides with ``model.thresholds``, or with thresholds tuned on this split."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     model.eval()
@@ -77,7 +78,7 @@ def evaluate(model: torch.nn.Module, split: Split, cfg: Config, collate: Any, de
     logits = np.concatenate([lg for _, lg in gathered])[np.argsort(order)]
     if split.owners is not None:
         logits = mean_by_owner(logits, split.owners, len(split.labels))
-    return compute_metrics(logits, split.labels, cfg.model.label_names, prefix=prefix)
+    return compute_metrics(logits, split.labels, cfg.model.label_names, prefix=prefix, thresholds=cfg.model.fixed_thresholds)
 
 
 def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: WorkerContext, tracker: Tracker) -> tuple[float, float]:
@@ -103,7 +104,10 @@ def train_epoch(engine: Any, split: Split, cfg: Config, state: TrainState, ctx: 
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         labels = batch.pop("labels")
         logits = engine(**batch).logits
-        epoch_correct.add_((logits.detach().argmax(dim=-1) == labels).sum())
+        if cfg.model.multi_label:  # every label right, deciding at probability 0.5
+            epoch_correct.add_(((logits.detach() > 0) == labels.bool()).all(dim=-1).sum())
+        else:
+            epoch_correct.add_((logits.detach().argmax(dim=-1) == labels).sum())
         return training_loss(logits, labels, None if teacher is None else teacher[idx].to(device), cfg, ctx.class_weights)
 
     progress = ProgressWindow(cfg, state, rank, world, ctx.total_steps, tracker, prefix="train")
@@ -130,7 +134,8 @@ def test_best_model(cfg: Config, splits: dict[str, Split], state: TrainState, ct
             storage.download(fs, model_dir, tmp)
         dtype = inference_dtype(cfg.train.precision, ctx.device)  # scored as Predictor will predict on this device
         model = AutoModelForSequenceClassification.from_pretrained(local, use_safetensors=True, dtype=dtype).to(ctx.device)
-        metrics = evaluate(model, splits["test"], cfg, ctx.collate, ctx.device, prefix="test_")
+        tested = model_folder.read_config(local) if cfg.model.multi_label else cfg  # the thresholds it was saved with
+        metrics = evaluate(model, splits["test"], tested, ctx.collate, ctx.device, prefix="test_")
         metrics["test_epoch"], metrics["test_checkpoint"] = state.best_epoch, state.best_checkpoint
         if ctx.rank == 0:
             model_folder.write_test_metrics(fs, ctx.run_dir, metrics)  # and the tested folder's model card
@@ -204,7 +209,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                    "train_samples_per_s": steps_per_epoch * cfg.train.grad_accum_steps * cfg.train.batch_size * world / train_time}
         state.history.append(scalars)
         log_rank0(rank, f"epoch {state.epoch}/{cfg.train.epochs}: train_loss {train_loss:.4f} | " +
-             " | ".join(f"{k} {metrics[k]:.4f}" for k in ("val_loss", "val_accuracy", "val_f1")) +
+             " | ".join(f"{k} {metrics[k]:.4f}" for k in ("val_loss", "val_accuracy", "val_f1", "val_micro_f1") if k in metrics) +
              (" | early stop" if stop else ""))
         validation = {f"val/{k.removeprefix('val_')}": v for k, v in scalar_metrics(metrics).items()}
         tracker.log(validation | {"epoch": state.epoch, "train/epoch_loss": train_loss, "train/epoch_accuracy": train_accuracy},

@@ -162,7 +162,11 @@ def class_weight_tensor(cfg: Config, labels: np.ndarray, device: torch.device) -
 def training_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None, cfg: Config,
                   class_weights: torch.Tensor | None) -> torch.Tensor:
     """The loss a micro-batch trains with: cross-entropy (class-weighted when ``class_weights``), or
-    with ``train.teacher`` the distillation loss against the teacher's logits for these rows."""
+    with ``train.teacher`` the distillation loss against the teacher's logits for these rows; a
+    multi-label model's is binary cross-entropy per label (``class_weights`` weigh each label's
+    positives: ``pos_weight``)."""
+    if cfg.model.multi_label:
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=class_weights)
     if teacher_logits is None:
         return torch.nn.functional.cross_entropy(logits.float(), labels, weight=class_weights)
     return distillation_loss(logits, labels, teacher_logits, cfg.train.distill_alpha, cfg.train.distill_temperature, class_weights)
@@ -198,9 +202,17 @@ def save_checkpoint(engine: Any, tokenizer: Any, cfg: Config, state: TrainState,
     params = list(engine.module.parameters()) if cfg.deepspeed.zero_stage == 3 else []
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=bool(params)):
         if rank == 0:
-            save_model_dir(engine.module, tokenizer, cfg, metrics, folder / MODEL_DIR)
+            save_model_dir(engine.module, tokenizer, with_thresholds(cfg, metrics), metrics, folder / MODEL_DIR)
     if rank == 0:
         storage.write_local_json(folder / STATE_FILE, asdict(state))
+
+
+def with_thresholds(cfg: Config, metrics: dict[str, Any]) -> Config:
+    """``cfg`` as an epoch's model folder records it: a multi-label model's ``model.thresholds`` are the
+    ones its validation metrics used (tuned on that split unless the config fixed them)."""
+    if not cfg.model.multi_label:
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"thresholds": metrics["val_thresholds"]})})
 
 
 def report_epoch(engine: Any, tokenizer: Any, cfg: Config, state: TrainState, metrics: dict[str, Any],

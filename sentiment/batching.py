@@ -83,10 +83,11 @@ def iterate(
     batches: list[list[int]],
     collate: DataCollatorWithPadding,
 ) -> Iterator[tuple[list[int], dict[str, Any]]]:
-    """Yield ``(indices, padded batch)`` for each planned batch; ``labels`` become ``labels``."""
+    """Yield ``(indices, padded batch)`` for each planned batch; ``labels`` become ``labels`` (class ids,
+    or with ``(n, num_labels)`` multi-hot labels a float tensor of them)."""
     for idx in batches:
         features: list[dict[str, Any]] = [{"input_ids": inputs[i]} for i in idx]
         if labels is not None:
             for f, i in zip(features, idx):
-                f["labels"] = int(labels[i])
+                f["labels"] = int(labels[i]) if labels.ndim == 1 else [float(v) for v in labels[i]]
         yield idx, collate(features)

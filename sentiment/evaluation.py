@@ -12,7 +12,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
-from sentiment.metrics import compute_metrics, softmax, weak_classes
+from sentiment.metrics import compute_metrics, sigmoid, softmax, weak_classes
 
 # Review-length buckets, in tokens (special tokens included): [0,128), [128,256) ... [1024, inf).
 LENGTH_EDGES = (0, 128, 256, 384, 512, 768, 1024)
@@ -170,6 +170,64 @@ def evaluate_predictions(
     return out
 
 
+def decision_view(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A multi-label model's every text-label decision as a two-class prediction: ``(n * k, 2)``
+    probabilities (without, with the label) and ``(n * k,)`` truths, for the calibration figures."""
+    flat = proba.reshape(-1)
+    return np.stack([1 - flat, flat], axis=1), labels.reshape(-1).astype(np.int64)
+
+
+def evaluate_multi_label(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    label_names: list[str],
+    thresholds: list[float],
+    num_tokens: np.ndarray,
+    long: np.ndarray,
+    truncated_logits: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Every number of a multi-label model's evaluation report; the arguments as
+    :func:`evaluate_predictions`'s, with ``(n, k)`` multi-hot ``labels`` and each label's decision
+    ``thresholds`` (the model's own).
+
+    Returns:
+        :func:`sentiment.metrics.multi_label_metrics`'s (``accuracy`` is subset accuracy, ``f1``
+        macro, ``micro_f1``, ``hamming_loss``, ``thresholds``, per-label ``confusion_matrix``) with
+        ``log_loss`` (mean binary cross-entropy), ``roc_auc`` (macro over the labels both present and
+        absent), ``per_class`` (per label: precision, recall, F1, support, ROC AUC, threshold),
+        ``weak_classes``; ``ece`` and ``reliability`` over every text-label decision; ``by_length`` and
+        ``by_fit`` of subset accuracy; ``count``.
+    """
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    base = compute_metrics(logits, labels, label_names, thresholds=thresholds)
+    proba = sigmoid(logits)
+    correct = ((proba > np.asarray(thresholds)[None, :]) == labels).all(axis=1)
+    aucs = [float(roc_auc_score(labels[:, j], proba[:, j])) if 0 < labels[:, j].sum() < len(labels) else float("nan")
+            for j in range(labels.shape[1])]
+    pairs, truth = decision_view(proba, labels)
+    out: dict[str, Any] = {k: base[k] for k in ("count", "accuracy", "precision", "recall", "f1", "micro_f1", "hamming_loss",
+                                               "thresholds", "confusion_matrix")}
+    out |= {
+        "log_loss": base["loss"],
+        "roc_auc": float(np.nanmean(aucs)) if not np.isnan(aucs).all() else float("nan"),
+        "ece": expected_calibration_error(pairs, truth),
+        "per_class": {
+            name: {"precision": base[f"precision_{name}"], "recall": base[f"recall_{name}"], "f1": base[f"f1_{name}"],
+                   "support": int(labels[:, j].sum()), "roc_auc": aucs[j], "threshold": thresholds[j]}
+            for j, name in enumerate(label_names)
+        },
+        "weak_classes": weak_classes(base["confusion_matrix"], label_names),
+        "reliability": calibration_bins(pairs, truth),
+        "by_length": by_length(correct, np.asarray(num_tokens)),
+        "by_fit": by_fit(correct, np.asarray(long, dtype=bool)),
+    }
+    if truncated_logits is not None:
+        plain = ((sigmoid(truncated_logits) > np.asarray(thresholds)[None, :]) == labels).all(axis=1)
+        out["truncated_scoring"] = {"accuracy": float(plain.mean()), "by_length": by_length(plain, np.asarray(num_tokens)),
+                                    "by_fit": by_fit(plain, np.asarray(long, dtype=bool))}
+    return out
+
+
 def confident_mistakes(proba: np.ndarray, labels: np.ndarray, k: int = 10) -> np.ndarray:
     """Indices of the ``k`` wrong predictions made with the highest confidence, most confident first."""
     wrong = np.flatnonzero(proba.argmax(axis=1) != labels)
@@ -178,8 +236,8 @@ def confident_mistakes(proba: np.ndarray, labels: np.ndarray, k: int = 10) -> np
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
     """The scalar metrics (for W&B's summary and the report's first table)."""
-    keys = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece", "count")
-    out = {k: metrics[k] for k in keys}
+    keys = ("accuracy", "precision", "recall", "f1", "micro_f1", "hamming_loss", "roc_auc", "log_loss", "ece", "count")
+    out = {k: metrics[k] for k in keys if k in metrics}
     for name, cls in metrics["per_class"].items():
         out.update({f"{m}_{name}": cls[m] for m in ("precision", "recall", "f1")})
     if "calibrated" in metrics:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from sentiment.layout import EXPORT_FILE, ONNX_FILES
-from sentiment.metrics import softmax
+from sentiment.metrics import sigmoid, softmax
 from sentiment.storage import write_local_json
 
 if TYPE_CHECKING:
@@ -57,10 +57,26 @@ class ExportError(ValueError):
 
 @dataclass(frozen=True)
 class CheckData:
-    """Reviews to verify an export on: model-ready ids and their labels."""
+    """Reviews to verify an export on: model-ready ids and their labels; a multi-label model's
+    labels are multi-hot and its decisions use ``thresholds`` (one per label)."""
 
     ids: list[list[int]]
     labels: np.ndarray
+    thresholds: np.ndarray | None = None
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """What the model's outputs mean: softmax, or one sigmoid per label."""
+        logits = logits.astype(np.float64)
+        return softmax(logits) if self.thresholds is None else sigmoid(logits)
+
+    def decisions(self, logits: np.ndarray) -> np.ndarray:
+        """The class of each review, or each review's label decisions."""
+        return logits.argmax(1) if self.thresholds is None else self.probabilities(logits) > self.thresholds[None, :]
+
+    def accuracy(self, logits: np.ndarray) -> float:
+        """Share of right decisions: reviews classified right, or (multi-label) text-label
+        decisions right (1 - Hamming loss)."""
+        return float((self.decisions(logits) == np.asarray(self.labels)).mean())
 
 
 def export_model(
@@ -85,12 +101,12 @@ def export_model(
         _fuse(raw, fp32, model.config)
         fp32_logits = _onnx_logits(fp32, check, collate)
         record: dict[str, Any] = {"exports": {}, "rejected": {}, "check_reviews": len(check.ids), "inputs": inputs}
-        diff = float(np.abs(softmax(fp32_logits.astype(np.float64)) - softmax(reference.astype(np.float64))).max())
+        diff = float(np.abs(check.probabilities(fp32_logits) - check.probabilities(reference)).max())
         if diff > FP32_TOLERANCE:
             raise ExportError(f"the fp32 export's probabilities differ from torch's by {diff:.2e} (> {FP32_TOLERANCE}); not written")
-        fp32_accuracy = _accuracy(fp32_logits, check.labels)
+        fp32_accuracy = check.accuracy(fp32_logits)
         record["exports"]["onnx"] = _entry(fp32, {"max_probability_diff_vs_torch": diff, "accuracy": fp32_accuracy,
-                                                  "torch_accuracy": _accuracy(reference, check.labels)})
+                                                  "torch_accuracy": check.accuracy(reference)})
         if int8:
             _add_int8(record, fp32, fp32_logits, check, collate, Path(scratch))
         for entry in record["exports"].values():
@@ -102,14 +118,14 @@ def export_model(
 def _add_int8(record: dict[str, Any], fp32: Path, fp32_logits: np.ndarray, check: CheckData, collate: Any, scratch: Path) -> None:
     """Quantize with each recipe until one is within INT8_MAX_DROP of fp32; record it or the failures."""
     tried = []
-    fp32_accuracy, fp32_labels = _accuracy(fp32_logits, check.labels), fp32_logits.argmax(1)
+    fp32_accuracy, fp32_decisions = check.accuracy(fp32_logits), check.decisions(fp32_logits)
     for name, settings in INT8_RECIPES:
         out = scratch / ONNX_FILES["onnx-int8"]
         _quantize(fp32, out, settings)
         logits = _onnx_logits(out, check, collate)
-        accuracy = _accuracy(logits, check.labels)
+        accuracy = check.accuracy(logits)
         figures = {"recipe": name, "accuracy": accuracy, "fp32_accuracy": fp32_accuracy, "drop": fp32_accuracy - accuracy,
-                   "label_agreement_vs_fp32": float((logits.argmax(1) == fp32_labels).mean())}
+                   "label_agreement_vs_fp32": float((check.decisions(logits) == fp32_decisions).mean())}
         if fp32_accuracy - accuracy <= INT8_MAX_DROP:
             record["exports"]["onnx-int8"] = _entry(out, figures)
             return
@@ -183,7 +199,3 @@ def _onnx_logits(path: Path, check: CheckData, collate: Any) -> np.ndarray:
     for idx, logits in parts:
         out[idx] = logits
     return out
-
-
-def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(1) == np.asarray(labels)).mean())

@@ -152,7 +152,8 @@ def layer_lr_scales(model: PreTrainedModel, decay: float) -> dict[str, float]:
 
 
 def build_model(cfg: ModelConfig) -> PreTrainedModel:
-    """A sequence classifier with ``cfg.num_labels`` outputs and the label names in its config.
+    """A sequence classifier with ``cfg.num_labels`` outputs and the label names in its config
+    (``problem_type`` ``multi_label_classification`` for a multi-label model).
 
     A checkpoint without a classification head (a bare encoder such as the packaged MiniLM) gets a
     freshly initialised head.
@@ -162,6 +163,8 @@ def build_model(cfg: ModelConfig) -> PreTrainedModel:
         extra["classifier_dropout"] = cfg.dropout
     if cfg.num_hidden_layers is not None:  # the bottom layers' weights load; the rest are left out
         extra["num_hidden_layers"] = cfg.num_hidden_layers
+    if cfg.multi_label:  # transformers' own name: its pipelines then apply a sigmoid per label
+        extra["problem_type"] = "multi_label_classification"
     return AutoModelForSequenceClassification.from_pretrained(
         resolve_model_path(cfg.name_or_path),
         num_labels=cfg.num_labels,

@@ -31,6 +31,9 @@ HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # Test metrics in the model-index: (key in test_metrics.json without "test_", name, metric args).
 TEST_RESULTS = (("accuracy", "Accuracy", None), ("f1", "F1 (macro)", {"average": "macro"}),
                 ("precision", "Precision (macro)", {"average": "macro"}), ("recall", "Recall (macro)", {"average": "macro"}))
+# A multi-label model's (its accuracy is subset accuracy: every label of a text right).
+MULTI_LABEL_RESULTS = (("accuracy", "Subset accuracy", None), ("micro_f1", "F1 (micro)", {"average": "micro"}),
+                       ("f1", "F1 (macro)", {"average": "macro"}), ("hamming_loss", "Hamming loss", None))
 TRUNCATION = {"head": "its start", "tail": "its end", "head_tail": "its start and end ({head:.0%} / {tail:.0%} of the tokens)"}
 VARIANTS = {"onnx": "fp32, fused by ONNX Runtime's transformer optimizer",
             "onnx-int8": "int8 weights, ONNX Runtime's dynamic quantization of the fused graph"}
@@ -80,7 +83,7 @@ def model_card(cfg: Config, metrics: dict[str, Any], test: dict[str, Any] | None
         EvalResult(task_type="text-classification", task_name="Text Classification", dataset_type=dataset or "local",
                    dataset_name=data_name, dataset_split="test", metric_type=key, metric_name=name, metric_args=args,
                    metric_value=float(test[f"test_{key}"]))
-        for key, name, args in TEST_RESULTS if test and f"test_{key}" in test
+        for key, name, args in (MULTI_LABEL_RESULTS if cfg.model.multi_label else TEST_RESULTS) if test and f"test_{key}" in test
     ]
     data = ModelCardData(
         library_name="transformers", pipeline_tag="text-classification", base_model=base, datasets=[dataset] if dataset else None,
@@ -97,8 +100,8 @@ def model_card(cfg: Config, metrics: dict[str, Any], test: dict[str, Any] | None
 {data.to_yaml()}
 ---
 
-# {model_name}: text classification ({labels})
-
+# {model_name}: {"multi-label " if cfg.model.multi_label else ""}text classification ({labels})
+{_multi_label_note(cfg)}
 Fine-tuned with bert-sentiment from `{base or cfg.model.name_or_path}` on {f"`{dataset}`" if dataset else data_name}:
 {t.epochs} epoch(s), learning rate {t.lr}, batch {t.batch_size} per worker, {d.max_seq_length} tokens per text
 (special tokens included; a longer text kept {kept}). HTML line breaks (`<br />`) became spaces
@@ -127,6 +130,17 @@ a longer text; this project's `Predictor` and Serve keep {kept}{
 `calibration.json`'s temperature when the folder has one. Served with its tokenization and labels by
 `serve run serve.app:build_app checkpoint=<this folder>`.
 {_onnx_section(exports, export or {})}""")
+
+
+def _multi_label_note(cfg: Config) -> str:
+    """What a multi-label model's outputs mean (nothing for a single-label model)."""
+    if not cfg.model.multi_label:
+        return ""
+    thresholds = ", ".join(f"`{n}` {t}" for n, t in zip(cfg.model.label_names, cfg.model.decision_thresholds))
+    return (f"\nA text may have any of the labels, or none: one sigmoid per label (`problem_type` "
+            f"`multi_label_classification` in `config.json`, which transformers' pipeline reads), and a label applies "
+            f"when its probability is above its threshold ({thresholds}: `model.thresholds` in `train_config.json`, "
+            "tuned on the validation split).\n")
 
 
 def _score_rows(metrics: dict[str, Any]) -> str:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from sentiment.config import Config
+from sentiment.config import Config, config_from_dict
 from sentiment.layout import CONFIG_FILE, METRICS_FILE, MODEL_DIR, TEST_METRICS_FILE, TOKENIZER_CONFIG_FILE
 from sentiment.model_card import write_model_card
-from sentiment.storage import atomic_dir, join, write_json, write_local_json
+from sentiment.storage import atomic_dir, join, read_json, write_json, write_local_json
 
 
 def save_model_dir(model: Any, tokenizer: Any, cfg: Config, metrics: dict[str, Any], dest: str | os.PathLike[str]) -> Path:
@@ -32,6 +32,15 @@ def save_model_dir(model: Any, tokenizer: Any, cfg: Config, metrics: dict[str, A
         write_local_json(tmp / METRICS_FILE, metrics)
         write_model_card(pafs.LocalFileSystem(), str(tmp.resolve()))
     return Path(dest)
+
+
+def read_config(folder: str | os.PathLike[str]) -> Config:
+    """The config a local model folder was saved with (``train_config.json``).
+
+    Raises:
+        FileNotFoundError: no such file. ConfigError: it holds no valid config.
+    """
+    return config_from_dict(read_json(pafs.LocalFileSystem(), str(Path(folder).resolve() / CONFIG_FILE)), f"{folder}/{CONFIG_FILE}")
 
 
 def write_test_metrics(fs: pafs.FileSystem, run_dir: str, metrics: dict[str, Any]) -> None:

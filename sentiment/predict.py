@@ -15,7 +15,7 @@ from sentiment.batching import eval_batches, iterate, make_collator
 from sentiment.config import Config, DataConfig
 from sentiment.data import SpecialTokens, chunked_inputs, encode_texts, fit_to_length, mean_by_owner
 from sentiment.layout import WEIGHTS_FILE, CheckpointError, ResolvedModel, read_temperature, resolve
-from sentiment.metrics import softmax
+from sentiment.metrics import sigmoid, softmax
 from sentiment.node_cache import LocalModel, open_local, verify_files
 from sentiment.precision import inference_dtype
 
@@ -35,7 +35,12 @@ class KeyToken:
 
 @dataclass
 class Prediction:
-    """One text's prediction; ``key_tokens`` only when explained (``sentiment.attribution.explain``)."""
+    """One text's prediction; ``key_tokens`` only when explained (``sentiment.attribution.explain``).
+
+    ``label`` and ``score`` are the most probable label and its probability. A multi-label model's
+    ``probabilities`` are one sigmoid per label (they need not sum to 1) and ``labels`` the labels
+    above their thresholds (maybe none); a single-label model's ``labels`` is None.
+    """
 
     label: str
     score: float
@@ -45,6 +50,7 @@ class Prediction:
     windows: int = 1
     key_tokens: list[KeyToken] | None = None
     logits: list[float] | None = None  # raw, before the temperature, in label order
+    labels: list[str] | None = None
 
 
 @dataclass
@@ -168,6 +174,8 @@ class Predictor:
         self.encoder = TextEncoder(tokenizer, self.cfg.data)  # :meth:`load` may override its long_reviews
         self.path = str(local.path)
         self.label_names = list(self.cfg.model.label_names)
+        self.multi_label = self.cfg.model.multi_label
+        self.thresholds = np.asarray(self.cfg.model.decision_thresholds)  # used by a multi-label model
         self.collate = make_collator(tokenizer, self.cfg.data.pad_to_multiple_of)
 
     @classmethod
@@ -279,14 +287,23 @@ class Predictor:
         return chunked, logits, truncated
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Class probabilities from raw logits, with the checkpoint's temperature applied."""
-        return softmax(np.asarray(logits, dtype=np.float64) / self.temperature)
+        """Class probabilities from raw logits, with the checkpoint's temperature applied (a
+        multi-label model's: one sigmoid per label)."""
+        scaled = np.asarray(logits, dtype=np.float64) / self.temperature
+        return sigmoid(scaled) if self.multi_label else softmax(scaled)
 
-    def predict(self, texts: list[str], return_proba: bool = False, batch_size: int = 64) -> list[str] | np.ndarray:
-        """Label names for ``texts``, or an ``(n, num_labels)`` probability array with ``return_proba``."""
+    def decide(self, proba: np.ndarray) -> list[list[str]]:
+        """A multi-label model's labels for each row of ``probabilities``: those above their threshold."""
+        return [[n for n, above in zip(self.label_names, row) if above] for row in proba > self.thresholds[None, :]]
+
+    def predict(self, texts: list[str], return_proba: bool = False, batch_size: int = 64) -> list[str] | list[list[str]] | np.ndarray:
+        """Label names for ``texts`` (a multi-label model: a list of them per text, maybe empty), or an
+        ``(n, num_labels)`` probability array with ``return_proba``."""
         proba = self.probabilities(self.logits(self.encode(texts), batch_size))
         if return_proba:
             return proba
+        if self.multi_label:
+            return self.decide(proba)
         return [self.label_names[i] for i in proba.argmax(axis=1)]
 
     def predict_details(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
@@ -297,8 +314,9 @@ class Predictor:
         """:meth:`predict_details` for texts already encoded by :meth:`encode`."""
         logits = self.logits(encoded, batch_size)
         proba = self.probabilities(logits)
+        decided = self.decide(proba) if self.multi_label else [None] * len(proba)
         results = []
-        for p, raw, seen, truncated, windows in zip(proba, logits, encoded.seen, encoded.truncated, encoded.counts):
+        for p, raw, seen, truncated, windows, labels in zip(proba, logits, encoded.seen, encoded.truncated, encoded.counts, decided):
             top = int(p.argmax())
             results.append(
                 Prediction(
@@ -309,6 +327,8 @@ class Predictor:
                     truncated=bool(truncated),
                     windows=int(windows),
                     logits=[float(v) for v in raw],
+                    labels=labels,
                 )
             )
         return results
+

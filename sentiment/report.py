@@ -35,6 +35,7 @@ SCENARIOS = (
 TITLES = {
     "training_curves": "Training and validation loss and accuracy per epoch",
     "confusion_matrix": "Confusion matrix",
+    "per_label": "Precision, recall and F1 of each label",
     "confidence": "Confidence of correct and incorrect predictions",
     "reliability": "Reliability diagram",
     "accuracy_by_length": "Accuracy by review length",
@@ -91,6 +92,37 @@ def plot_confusion_matrix(matrix: list[list[int]], label_names: list[str], path:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     return _save(fig, path, TITLES["confusion_matrix"])
+
+
+def plot_label_confusion(matrices: list[list[list[int]]], label_names: list[str], path: Path) -> Path:
+    """A multi-label model's 2x2 counts per label (without or with it: true rows, predicted columns),
+    side by side."""
+    fig, axes = plt.subplots(1, len(label_names), figsize=(2.6 * len(label_names) + 0.6, 3.2), squeeze=False)
+    for ax, name, matrix in zip(axes[0], label_names, matrices):
+        cm = np.asarray(matrix)
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), count in np.ndenumerate(cm):
+            ax.text(j, i, f"{count}", ha="center", va="center", color="white" if count > cm.max() / 2 else "black")
+        ax.set_xticks([0, 1], ["without", "with"])
+        ax.set_yticks([0, 1], ["without", "with"])
+        ax.set_title(name)
+        ax.set_xlabel("predicted")
+    axes[0][0].set_ylabel("true")
+    return _save(fig, path, TITLES["confusion_matrix"])
+
+
+def plot_per_label(per_class: dict[str, dict[str, float]], path: Path) -> Path:
+    """Precision, recall and F1 of each label as grouped bars, its support under its name."""
+    names = list(per_class)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(names) + 2), 4))
+    for k, (metric, color) in enumerate((("precision", "#4c72b0"), ("recall", "#dd8452"), ("f1", "#55a868"))):
+        ax.bar(x + (k - 1) * 0.27, [per_class[n][metric] for n in names], 0.27, label=metric, color=color)
+    ax.axhline(WEAK_F1, color="grey", linestyle=":", label=f"weak F1 ({WEAK_F1})")
+    ax.set_xticks(x, [f"{n}\n{per_class[n]['support']} texts" for n in names])
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path, TITLES["per_label"])
 
 
 def plot_confidence(confidence: np.ndarray, correct: np.ndarray, path: Path) -> Path:
@@ -197,7 +229,11 @@ def write_report(
     plots: dict[str, Path] = {}
     if history:
         plots["training_curves"] = plot_training_curves(history, out_dir / "training_curves.png")
-    plots["confusion_matrix"] = plot_confusion_matrix(metrics["confusion_matrix"], label_names, out_dir / "confusion_matrix.png")
+    if "micro_f1" in metrics:  # a multi-label model's
+        plots["confusion_matrix"] = plot_label_confusion(metrics["confusion_matrix"], label_names, out_dir / "confusion_matrix.png")
+        plots["per_label"] = plot_per_label(metrics["per_class"], out_dir / "per_label.png")
+    else:
+        plots["confusion_matrix"] = plot_confusion_matrix(metrics["confusion_matrix"], label_names, out_dir / "confusion_matrix.png")
     plots["confidence"] = plot_confidence(predictions["confidence"], predictions["correct"], out_dir / "confidence.png")
     plots["reliability"] = plot_reliability(metrics, out_dir / "reliability.png")
     plots["accuracy_by_length"] = plot_accuracy_by_length(metrics, meta["max_seq_length"], out_dir / "accuracy_by_length.png")

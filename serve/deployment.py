@@ -69,6 +69,8 @@ class SentimentModel:
             "config": {
                 "name_or_path": cfg.model.name_or_path,
                 "num_labels": cfg.model.num_labels,
+                "problem_type": cfg.model.problem_type,
+                "thresholds": self.predictor.thresholds.tolist() if self.predictor.multi_label else None,
                 "max_seq_length": cfg.data.max_seq_length,
                 "truncation": cfg.data.truncation,
                 "head_fraction": cfg.data.head_fraction,

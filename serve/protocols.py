@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sentiment.metrics import softmax
 from sentiment.predict import Prediction
 from serve.schemas import BODY_ERRORS, ServeArgs, errors, not_blank
 
@@ -76,19 +77,25 @@ class TEIPredictRequest(BaseModel):
             texts.append(item if isinstance(item, str) else item[0])
         return texts
 
-    def scoring(self) -> tuple[Function, int | None]:
-        """The function applied to the logits and ``top_k``, wherever the client put them."""
+    def scoring(self, multi_label: bool = False) -> tuple[Function, int | None]:
+        """The function applied to the logits and ``top_k``, wherever the client put them; by default
+        the model's own (``sigmoid`` for a multi-label model, as TEI reads it from its config)."""
         params = self.parameters or TEIParameters()
-        function = "none" if self.raw_scores else params.function_to_apply or self.function_to_apply or "softmax"
+        default: Function = "sigmoid" if multi_label else "softmax"
+        function = "none" if self.raw_scores else params.function_to_apply or self.function_to_apply or default
         return function, params.top_k or self.top_k
 
 
 def scores(prediction: Prediction, labels: list[str], function: Function, top_k: int | None) -> list[dict[str, Any]]:
-    """Every label (or the ``top_k`` best) as ``{label, score}``, highest first. ``softmax`` is the
-    prediction's own probabilities (with the checkpoint's calibration temperature); ``sigmoid`` and
-    ``none`` start from its raw logits."""
-    if function == "softmax":
+    """Every label (or the ``top_k`` best) as ``{label, score}``, highest first. The model's own
+    function (``softmax``, or ``sigmoid`` for a multi-label model) gives the prediction's own
+    probabilities (with the checkpoint's calibration temperature); the other one and ``none``
+    start from its raw logits."""
+    multi_label = prediction.labels is not None
+    if function == ("sigmoid" if multi_label else "softmax"):
         values = [prediction.probabilities[name] for name in labels]
+    elif function == "softmax":
+        values = softmax(np.asarray([prediction.logits], dtype=np.float64))[0].tolist()
     else:
         logits = np.asarray(prediction.logits, dtype=np.float64)
         values = (1 / (1 + np.exp(-logits)) if function == "sigmoid" else logits).tolist()
@@ -147,7 +154,7 @@ def tei_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]]
         if body.truncate is False and any(p.truncated for p in predictions):
             raise invalid_inputs("inputs: a text is longer than the checkpoint's max_seq_length and truncate=false")
         labels = list(predictions[0].probabilities)
-        function, top_k = body.scoring()
+        function, top_k = body.scoring(multi_label=predictions[0].labels is not None)
         rows = [scores(p, labels, function, top_k) for p in predictions]
         single = isinstance(body.inputs, str)
         return [rows[0]] if single and body.parameters is not None else rows[0] if single else rows
@@ -224,6 +231,7 @@ class V2InferRequest(BaseModel):
 
 
 V2_OUTPUTS = ("label", "probabilities")
+V2_DECISIONS = "decisions"  # a multi-label model's only: BOOL [n, k], each label above its threshold
 
 
 class V2ErrorBody(BaseModel):
@@ -322,11 +330,14 @@ def v2_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]],
     async def metadata(model: str) -> dict[str, Any]:
         """The model's inputs and outputs."""
         known(model)
-        labels = (await model_info())["label_names"]
+        info = await model_info()
+        labels = info["label_names"]
+        multi_label = info["config"].get("problem_type") == "multi_label"
         return {"name": name, "versions": ["1"], "platform": "pytorch",
                 "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
                 "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]}],
+                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]},
+                            *([{"name": V2_DECISIONS, "datatype": "BOOL", "shape": [-1, len(labels)]}] if multi_label else [])],
                 "parameters": {"labels": labels}}
 
     @router.post("/models/{model}/infer", responses={
@@ -335,7 +346,9 @@ def v2_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]],
         **v2_errors(e400="Not one BYTES tensor 'text' of strings, a shape that does not hold them, an unknown "
                     "output, or a body that is no inference request.", e404="Another model name.")})
     async def infer(model: str, request: Request) -> dict[str, Any]:
-        """Labels and every label's probability (in the order of ``/v2/models/{name}``'s ``labels``).
+        """Labels and every label's probability (in the order of ``/v2/models/{name}``'s ``labels``); a
+        multi-label model's probabilities are sigmoids, and it also answers ``decisions`` (each label
+        above its threshold).
 
         The body is JSON whatever its Content-Type (Triton's client sends none), optionally followed
         by binary tensor data after the first ``Inference-Header-Content-Length`` bytes."""
@@ -351,8 +364,8 @@ def v2_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]],
             raise V2Error(400, f"the request is not an inference request: {problems}") from None
         except ValueError as err:
             raise V2Error(400, str(err)) from None
-        wanted = [o.name for o in body.outputs] if body.outputs else list(V2_OUTPUTS)
-        if unknown := sorted(set(wanted) - set(V2_OUTPUTS)):
+        wanted = [o.name for o in body.outputs] if body.outputs else None
+        if unknown := sorted(set(wanted or []) - {*V2_OUTPUTS, V2_DECISIONS}):
             raise V2Error(400, f"outputs: unknown {unknown}; this model gives {list(V2_OUTPUTS)}")
         try:
             check_texts(texts, args)
@@ -365,6 +378,12 @@ def v2_router(predict_texts: Callable[[list[str]], Awaitable[list[Prediction]]],
             "probabilities": {"name": "probabilities", "datatype": "FP32", "shape": [len(texts), len(labels)],
                               "data": [p.probabilities[n] for p in predictions for n in labels]},
         }
+        if predictions[0].labels is not None:  # a multi-label model
+            tensors[V2_DECISIONS] = {"name": V2_DECISIONS, "datatype": "BOOL", "shape": [len(texts), len(labels)],
+                                     "data": [n in (p.labels or []) for p in predictions for n in labels]}
+        if V2_DECISIONS in (wanted or []) and V2_DECISIONS not in tensors:
+            raise V2Error(400, f"outputs: {V2_DECISIONS!r} is a multi-label model's; this model gives {list(V2_OUTPUTS)}")
+        wanted = wanted or list(tensors)
         return {"model_name": name, "model_version": "1", **({"id": body.id} if body.id else {}),
                 "outputs": [tensors[n] for n in wanted]}
 

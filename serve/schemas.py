@@ -220,9 +220,12 @@ class KeyTokenScore(BaseModel):
 class TextPrediction(BaseModel):
     """The prediction for one text."""
 
-    label: str
+    label: str = Field(description="The most probable label.")
     score: float = Field(description="Probability of the predicted label.")
-    probabilities: dict[str, float] = Field(description="Every label's probability.")
+    probabilities: dict[str, float] = Field(description="Every label's probability (a multi-label model's: one "
+                                            "sigmoid per label, not summing to 1).")
+    labels: list[str] | None = Field(None, description="Only for a multi-label model: the labels whose probability "
+                                     "is above their threshold (saved with the model), maybe none.")
     num_tokens: int = Field(description="Tokens of the text the model saw (special tokens counted once).")
     truncated: bool = Field(description="Part of the text was not scored: it was longer than the checkpoint's "
                             "max_seq_length and long texts are truncated.")

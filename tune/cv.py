@@ -34,7 +34,7 @@ from sentiment.layout import CV_RESULTS_FILES
 from sentiment.model import check_against_model
 from tune.sweep import concurrency, write_results
 
-METRICS = ("val_accuracy", "val_f1", "val_precision", "val_recall", "val_loss")
+METRICS = ("val_accuracy", "val_f1", "val_precision", "val_recall", "val_loss", "val_micro_f1", "val_hamming_loss")  # last 2: multi-label
 
 
 def fold_run_name(cv_name: str, fold: int) -> str:
@@ -100,7 +100,7 @@ def fold_row(result: Any) -> dict[str, Any]:
     last = history.iloc[-1]
     best = history[history["epoch"] == last["best_epoch"]].iloc[-1]
     return row | {"best_epoch": int(last["best_epoch"]), "epochs_run": int(history["epoch"].max())} | {
-        m: float(best[m]) for m in METRICS
+        m: float(best[m]) for m in METRICS if m in best
     } | {"wall_time_s": round(float(history["time_total_s"].max()), 1)}
 
 

@@ -81,7 +81,8 @@ function showKeyTokens(pred, text) {
 
 function showPrediction(pred, text) {
   $("error").hidden = true;
-  $("label").textContent = pred.label;
+  // a multi-label model: every label above its threshold (maybe none); else the one class
+  $("label").textContent = Array.isArray(pred.labels) ? (pred.labels.join(", ") || "none of the labels") : pred.label;
   $("label").dataset.label = pred.label;
   $("score").textContent = (100 * pred.score).toFixed(1) + "%";
   $("uncertain").hidden = !pred.uncertain;

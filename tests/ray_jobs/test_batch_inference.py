@@ -168,15 +168,17 @@ def test_evaluate_writes_metrics_report_and_wandb_for_a_trained_run(run_dir, sma
     html = (out / "report.html").read_text()
     for key in ("accuracy", "f1", "roc_auc", "log_loss", "ece"):
         assert f'id="m-{key}">{metrics[key]:.4f}<' in html
-    for name, title in TITLES.items():
+    plotted = {name: title for name, title in TITLES.items() if name != "per_label"}  # per label: multi-label models
+    for name, title in plotted.items():
         assert Image.open(out / f"{name}.png").info["Title"] == title
+    assert not (out / "per_label.png").exists()
     assert html.count("<tr><td>") >= 2  # the training history table: both epochs
     shutil.copy(out / "report.html", artifacts / "evaluation_report_trained.html")
     # W&B: summary metrics, every plot, W&B's confusion matrix, the predictions table, the checkpoint link
     [run_file] = (out / "wandb").glob("wandb/offline-run-*/run-*.wandb")
     history, summary = logged_keys(run_file)
     assert {"accuracy", "roc_auc", "ece", "calibrated_temperature", "checkpoint_artifact"} <= summary
-    logged = {f"eval/{name}" for name in TITLES} | {"eval/predictions", "eval/confusion_matrix_plot_table"}
+    logged = {f"eval/{name}" for name in plotted} | {"eval/predictions", "eval/confusion_matrix_plot_table"}
     assert {f"{key}/_type" for key in logged} <= history  # images and tables (W&B logs them as nested keys)
     artifacts_logged = [r.artifact for r in records(run_file) if r.WhichOneof("record_type") == "artifact"]
     assert any(a.type == "evaluation" and "evaluated-model-smoke-epoch" in a.name for a in artifacts_logged)

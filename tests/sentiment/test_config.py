@@ -139,3 +139,22 @@ def test_every_command_names_its_output_by_run_name_else_command_and_timestamp()
 
     assert output_name(load_config(None, ["run.name=mine"]), "lr-find") == "mine"
     assert re.fullmatch(r"cv-\d{8}-\d{6}", output_name(load_config(None, []), "cv"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.thresholds=0.3"], "model.thresholds applies to model.problem_type=multi_label only"),
+    (["model.problem_type=multi_label", "model.thresholds=[0.3, 0.4, 0.5]"], "model.thresholds has 3 values for 2 labels"),
+    (["model.problem_type=multi_label", "model.thresholds=1.0"], "must lie strictly between 0 and 1"),
+    (["run.metric=val_micro_f1"], "run.metric 'val_micro_f1' is not one of"),
+    (["model.problem_type=multi_label", "train.teacher=/somewhere"], "distillation trains single_label models only"),
+])
+def test_multi_label_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+
+
+def test_a_multi_label_config_ranks_by_its_own_metrics():
+    cfg = load_config(None, ["model.problem_type=multi_label", "run.metric=val_hamming_loss", "run.mode=min",
+                             "model.thresholds=[0.4, 0.6]"])
+    assert cfg.model.multi_label and cfg.model.thresholds == [0.4, 0.6]
+    assert not load_config(None, []).model.multi_label

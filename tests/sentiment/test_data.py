@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -256,3 +257,59 @@ def test_class_weights_auto_weighs_only_an_imbalanced_split():
     assert loss_class_weights("auto", even, 2) is None
     assert loss_class_weights("none", skewed, 2) is None and loss_class_weights(None, skewed, 2) is None
     assert loss_class_weights([1.0, 3.0], even, 2) == [1.0, 3.0]
+
+
+ATTRIBUTES = ["plot", "acting", "music"]
+
+
+def _label_sets(n: int) -> list[list[str]]:
+    """Every subset of ATTRIBUTES in turn, the empty one included."""
+    return [[name for bit, name in enumerate(ATTRIBUTES) if i % 8 >> bit & 1] for i in range(n)]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])
+def test_multi_label_files_become_multi_hot_rows(tmp_path, fmt):
+    for split, n in (("train", 40), ("test", 16)):
+        frame = pd.DataFrame({"text": [f"text {i}" for i in range(n)], "label": _label_sets(n)})
+        if fmt == "parquet":
+            frame.to_parquet(tmp_path / f"{split}.parquet")
+        elif fmt == "jsonl":
+            frame.to_json(tmp_path / f"{split}.jsonl", orient="records", lines=True)
+        else:  # names separated by data.label_separator, or a JSON list ("[]": none; an empty cell is a missing row)
+            frame["label"] = [json.dumps(s) if i % 2 or not s else ";".join(s) for i, s in enumerate(frame["label"])]
+            frame.to_csv(tmp_path / f"{split}.csv", index=False)
+    cfg = _cfg(tmp_path, validation_fraction=0.25, label_separator=";")
+    splits = load_splits(cfg, ATTRIBUTES, multi_label=True)
+    assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == (30, 10, 16)
+    test = np.asarray(splits["test"]["label"])
+    assert test.shape == (16, 3) and test.tolist()[:4] == [[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]]
+    seen = {t: tuple(lab) for part in ("train", "validation") for t, lab in zip(splits[part]["text"], splits[part]["label"])}
+    assert len(seen) == 40 and seen["text 7"] == (1, 1, 1)  # every row once, its labels with it
+    again = load_splits(cfg, ATTRIBUTES, multi_label=True)
+    assert again["validation"]["text"] == splits["validation"]["text"]  # seeded
+
+
+@pytest.mark.parametrize("cell, message", [
+    (["plot", "drama"], "train split, row 3: label 'drama' in column 'label' is not one of ['plot', 'acting', 'music']"),
+    (None, "train split, row 3: no labels in column 'label'"),
+    (7, "train split, row 3: column 'label' holds 7, not a list of labels"),
+])
+def test_a_bad_multi_label_row_is_named(tmp_path, cell, message):
+    labels = _label_sets(10)
+    labels[3] = cell
+    pd.DataFrame({"text": [f"t {i}" for i in range(10)], "label": pd.Series(labels, dtype=object)}).to_json(
+        tmp_path / "train.jsonl", orient="records", lines=True)
+    pd.DataFrame({"text": ["t"], "label": [["plot"]]}).to_json(tmp_path / "test.jsonl", orient="records", lines=True)
+    with pytest.raises(DataError, match=re.escape(message)):
+        load_splits(_cfg(tmp_path), ATTRIBUTES, multi_label=True)
+
+
+def test_multi_label_imbalance_weighs_each_labels_positives():
+    labels = np.array([[1, 0, 1]] * 2 + [[0, 1, 1]] * 2 + [[0, 0, 1]] * 4)  # plot 2/8, acting 2/8, music 8/8
+    assert loss_class_weights("balanced", labels, 3) == [3.0, 3.0, 1.0]  # music on every text: nothing to balance
+    assert loss_class_weights("auto", labels, 3) == [3.0, 3.0, 1.0]
+    assert loss_class_weights("none", labels, 3) is None
+    assert imbalance(labels, ATTRIBUTES) == ("the training split has imbalanced labels (texts with each: plot 2 (25%), "
+                                             "acting 2 (25%), music 8 (100%))")
+    even = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    assert loss_class_weights("auto", even, 2) is None and imbalance(even, ["a", "b"]) is None

@@ -107,3 +107,25 @@ def test_headline_holds_the_scalars(fixed):
     h = headline(evaluate_predictions(logits, labels, NAMES, tokens, cut, temperature=1.3))
     assert {"accuracy", "roc_auc", "ece", "f1_positive", "recall_negative", "calibrated_temperature"} <= set(h)
     assert all(isinstance(v, (int, float)) for v in h.values())
+
+
+def test_multi_label_evaluation_against_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    from sentiment.evaluation import evaluate_multi_label
+    from sentiment.metrics import sigmoid
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, (400, 3))
+    labels[:, 2] = 1  # always present: no AUC for it, left out of the macro mean
+    logits = rng.normal(0, 1.0, (400, 3)) + np.where(labels == 1, 1.0, -1.0)
+    tokens = np.where(np.arange(400) < 100, 500, 100)
+    m = evaluate_multi_label(logits, labels, ["a", "b", "c"], [0.5, 0.6, 0.5], tokens, tokens > 256)
+    proba = sigmoid(logits)
+    aucs = [roc_auc_score(labels[:, j], proba[:, j]) for j in (0, 1)]
+    assert m["roc_auc"] == pytest.approx(np.mean(aucs)) and np.isnan(m["per_class"]["c"]["roc_auc"])
+    right = ((proba > [0.5, 0.6, 0.5]) == labels).all(axis=1)
+    assert m["accuracy"] == pytest.approx(right.mean())
+    assert m["by_fit"]["longer"] == {"count": 100, "accuracy": pytest.approx(right[:100].mean())}
+    assert m["per_class"]["b"]["support"] == labels[:, 1].sum() and m["thresholds"] == [0.5, 0.6, 0.5]
+    assert sum(b["count"] for b in m["reliability"]) == 1200  # every text-label decision

@@ -170,3 +170,33 @@ def test_a_bf16_trained_checkpoint_predicts_in_bf16_only_where_the_cpu_runs_it(t
         np.testing.assert_allclose(got, want, atol=0.05)
     else:
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_multi_label_model_predicts_the_labels_above_their_thresholds(tiny_model_dir, tmp_path):
+    import torch
+
+    from sentiment.config import load_config
+    from sentiment.metrics import sigmoid
+    from sentiment.model import build_model, load_tokenizer
+    from sentiment.model_folder import save_model_dir
+
+    names = ["plot", "acting", "music"]
+    cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "data.max_seq_length=64", "model.problem_type=multi_label",
+                             "model.num_labels=3", f"model.label_names={names}", "model.thresholds=[0.5, 0.3, 0.7]"])
+    model = build_model(cfg.model)
+    assert model.config.problem_type == "multi_label_classification"  # transformers' pipelines apply a sigmoid
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in (p for p in model.parameters() if p.ndim == 2):
+            weight.normal_(0.0, 0.2)
+    folder = save_model_dir(model, load_tokenizer(str(tiny_model_dir)), cfg, {}, tmp_path / "model")
+    predictor = Predictor.load(folder)
+    texts = [f"{word} review {i}" for i, word in enumerate(["great", "awful", "plot", "music", "fine", "dull"] * 4)]
+    details = predictor.predict_details(texts)
+    proba = predictor.predict(texts, return_proba=True)
+    assert np.allclose(proba, sigmoid(np.asarray([d.logits for d in details])))  # one sigmoid per label
+    assert not np.allclose(proba.sum(axis=1), 1.0)
+    chosen = predictor.predict(texts)
+    assert chosen == [[n for n, p, t in zip(names, row, (0.5, 0.3, 0.7)) if p > t] for row in proba]
+    assert [d.labels for d in details] == chosen and len({tuple(c) for c in chosen}) > 1  # the texts differ
+    assert all(d.label == names[int(np.argmax(row))] for d, row in zip(details, proba))

@@ -8,11 +8,12 @@ import pytest
 from PIL import Image
 
 from sentiment.attribution import WordScore
-from sentiment.evaluation import evaluate_predictions
-from sentiment.metrics import softmax
+from sentiment.evaluation import evaluate_multi_label, evaluate_predictions
+from sentiment.metrics import sigmoid, softmax
 from sentiment.report import SCENARIOS, TITLES, Example, write_report
 
 NAMES = ["negative", "positive"]
+SINGLE_LABEL_PLOTS = [name for name in TITLES if name != "per_label"]  # per_label: a multi-label model's
 SECTIONS = ("summary", "curves", "confusion", "confidence", "reliability", "length", "words", "examples", "mistakes")
 
 
@@ -39,9 +40,7 @@ def report(tmp_path_factory):
     return files, metrics
 
 
-@pytest.mark.parametrize("name", list(TITLES))
-def test_each_png_is_the_plot_it_claims_and_not_blank(report, name):
-    files, _ = report
+def assert_is_the_plot(files: dict, name: str) -> None:
     path = files[name]
     assert path.name == f"{name}.png" and path.stat().st_size > 10_000
     image = Image.open(path)
@@ -50,6 +49,13 @@ def test_each_png_is_the_plot_it_claims_and_not_blank(report, name):
     pixels = np.asarray(image.convert("L"), dtype=float)
     assert pixels.std() > 10  # not a blank canvas
     assert (pixels < 128).mean() > 0.005  # some ink: lines, bars, text
+
+
+@pytest.mark.parametrize("name", SINGLE_LABEL_PLOTS)
+def test_each_png_is_the_plot_it_claims_and_not_blank(report, name):
+    files, _ = report
+    assert_is_the_plot(files, name)
+    assert "per_label" not in files
 
 
 def test_report_numbers_equal_the_metrics(report):
@@ -77,7 +83,7 @@ def test_report_opens_in_chromium_with_every_section(browser, report, artifacts)
     for section in SECTIONS:
         assert page.locator(f"section#{section}").is_visible(), section
     widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
-    assert len(widths) == len(TITLES) and all(w > 0 for w in widths)
+    assert len(widths) == len(SINGLE_LABEL_PLOTS) and all(w > 0 for w in widths)
     assert page.locator("#m-accuracy").inner_text() == f"{metrics['accuracy']:.4f}"
     assert page.locator("section#examples tr").count() == 1 + len(SCENARIOS)
     page.screenshot(path=str(artifacts / "evaluation_report.png"), full_page=True)
@@ -98,3 +104,25 @@ def test_the_report_flags_a_weak_class_and_only_then(report, tmp_path):
                            [], [], {}, meta)
     html = written["report"].read_text()
     assert 'id="weak-classes"' in html and "<b>mid</b>: never predicted (40 of its reviews went to other classes)" in html
+
+
+def test_a_multi_label_report_plots_each_label_and_shows_its_metrics(tmp_path):
+    names = ["plot", "acting", "music"]
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, (300, 3))
+    logits = rng.normal(0, 1.0, (300, 3)) + np.where(labels == 1, 1.5, -1.5)
+    logits[:, 2] = -4.0  # music never predicted: flagged
+    tokens = rng.integers(30, 600, 300)
+    metrics = evaluate_multi_label(logits, labels, names, [0.5, 0.4, 0.5], tokens, tokens > 256)
+    assert metrics["per_class"]["acting"]["threshold"] == 0.4 and metrics["count"] == 300
+    meta = {"checkpoint": "c", "run": "r", "split": "test", "model": "tiny", "max_seq_length": 256, "truncation": "head",
+            "workers": 1, "device": "CPU", "reviews_per_s": 1.0, "skipped": 0}
+    sure = np.maximum(sigmoid(logits), 1 - sigmoid(logits))
+    files = write_report(tmp_path, metrics, names, [], {"confidence": sure.reshape(-1), "correct": np.ones(900, bool)},
+                         [], [], {}, meta)
+    for name in ("confusion_matrix", "per_label", "reliability", "confidence", "accuracy_by_length"):
+        assert_is_the_plot(files, name)
+    html = files["report"].read_text()
+    for key in ("accuracy", "f1", "micro_f1", "hamming_loss", "roc_auc", "log_loss", "ece"):
+        assert f'id="m-{key}">{metrics[key]:.4f}<' in html
+    assert "<th>subset accuracy</th>" in html and "Weak labels" in html and "<b>music</b>: never predicted" in html

@@ -163,3 +163,20 @@ def test_v2_infer_json_shape(api):
     reply = requests.post(f"{url}/v2/models/sentiment/infer", json=body, headers=AUTH, timeout=10).json()
     assert reply["id"] == "r1" and reply["model_name"] == "sentiment"
     assert reply["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [1, 2], "data": [0.1, 0.9]}]
+
+
+def test_a_multi_label_prediction_scores_with_its_sigmoids_by_default():
+    from sentiment.predict import Prediction
+    from serve.protocols import TEIPredictRequest, scores
+
+    names = ["plot", "acting"]
+    logits = [2.0, -1.0]
+    sigmoids = {"plot": 1 / (1 + math.exp(-2.0)), "acting": 1 / (1 + math.exp(1.0))}
+    prediction = Prediction(label="plot", score=sigmoids["plot"], probabilities=sigmoids, num_tokens=5, truncated=False,
+                            logits=logits, labels=["plot"])
+    function, _ = TEIPredictRequest(inputs="x").scoring(multi_label=True)
+    assert function == "sigmoid" and TEIPredictRequest(inputs="x").scoring()[0] == "softmax"
+    assert scores(prediction, names, "sigmoid", None) == [{"label": "plot", "score": sigmoids["plot"]},
+                                                           {"label": "acting", "score": sigmoids["acting"]}]
+    softmax = scores(prediction, names, "softmax", None)  # asked for: from the logits, summing to 1
+    assert softmax[0]["score"] == pytest.approx(1 / (1 + math.exp(-3.0))) and sum(r["score"] for r in softmax) == pytest.approx(1)
