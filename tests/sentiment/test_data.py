@@ -6,12 +6,15 @@ import pandas as pd
 import pytest
 from datasets import ClassLabel, Dataset
 
-from sentiment.config import DataConfig
+from sentiment.config import ConfigError, DataConfig
 from sentiment.data import (
     DataError,
+    EncodedSplit,
     SpecialTokens,
+    check_folds,
     chunk_windows,
     clean_text,
+    cross_validation_fold,
     encode_texts,
     fit_to_length,
     imbalance,
@@ -313,3 +316,18 @@ def test_multi_label_imbalance_weighs_each_labels_positives():
                                              "acting 2 (25%), music 8 (100%))")
     even = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
     assert loss_class_weights("auto", even, 2) is None and imbalance(even, ["a", "b"]) is None
+
+
+def test_multi_label_folds_partition_the_pool():
+    labels = np.array([[i % 2, i % 3 == 0, 1] for i in range(30)], dtype=np.int64)
+    pool = EncodedSplit([np.array([i]) for i in range(30)], labels)
+    check_folds(labels, 3, ATTRIBUTES)
+    with pytest.raises(ConfigError, match="--folds 31 is more than the training pool's 30 texts"):
+        check_folds(labels, 31, ATTRIBUTES)
+    seen = []
+    for k in range(3):
+        fold = cross_validation_fold(pool, DataConfig(cv_folds=3, cv_fold=k))
+        assert len(fold["validation"]) == 10 and fold["validation"].labels.shape == (10, 3)
+        seen += [int(ids[0]) for ids in fold["validation"].ids]
+        assert not {int(i[0]) for i in fold["train"].ids} & {int(i[0]) for i in fold["validation"].ids}
+    assert sorted(seen) == list(range(30))  # each text validates in exactly one fold
