@@ -1,5 +1,8 @@
 """bench.batch_inference runs Ray Data against a single-process loop in CI-sized form and prints the ratio
-last (a smoke run: no timing is asserted)."""
+last (a smoke run: no timing is asserted).
+
+Slow tier (``bash scripts/test.sh -m slow``): CI runs Ray Data batch inference itself in
+tests/ray_jobs/test_batch_inference.py; this smoke checks the benchmark script around it."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import pytest
 
 from tests.support import make_checkpoint
 
-pytestmark = [pytest.mark.ray, pytest.mark.bench]
+pytestmark = [pytest.mark.ray, pytest.mark.bench, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -1,5 +1,8 @@
 """bench.serve_throughput in CI-sized form: the endpoint's TEI and v2 routes against its /v1, answers
-checked, ratios printed last (a smoke run: no timing is asserted)."""
+checked, ratios printed last (a smoke run: no timing is asserted).
+
+Slow tier (``bash scripts/test.sh -m slow``): CI checks the TEI and v2 routes' answers against /v1 in
+tests/serve/; this smoke checks the benchmark script around them."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import pytest
 
 from tests.support import make_checkpoint
 
-pytestmark = [pytest.mark.ray, pytest.mark.bench]
+pytestmark = [pytest.mark.ray, pytest.mark.bench, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 

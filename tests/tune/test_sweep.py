@@ -85,18 +85,3 @@ def test_one_wandb_run_per_trial_in_one_group(swept):
     trial_runs = {k: v for k, v in runs.items() if not k.endswith("summary")}
     assert len(trial_runs) == 4 and set(runs.values()) == {"asha"}
     assert "asha-summary" in runs
-
-
-@pytest.mark.ray
-def test_tied_epochs_make_best_json_name_the_checkpoint_ray_kept(local_ray, tiny_model_dir, small_imdb, tmp_path):
-    # lr 1e-12 leaves the weights as they were: both epochs score exactly the same. Ray keeps one
-    # checkpoint and, on a tie, the later; best.json must name that one, not the deleted first.
-    cfg = sweep_config(tiny_model_dir, small_imdb, tmp_path, "tie", "sweep.space={train.lr: {type: choice, values: [1.0e-12]}}",
-                       "sweep.scheduler=fifo", "run.metric=val_accuracy", "run.mode=max", "run.checkpoints_to_keep=1")
-    best = sweep(cfg)
-    run = Path(best["checkpoint"]).parent
-    states = [json.loads((run / e / "train_state.json").read_text()) for e in ("epoch_002",)]
-    assert [h["val_accuracy"] for h in states[0]["history"]][0] == states[0]["history"][1]["val_accuracy"]  # a tie
-    assert best["epoch"] == 2 and Path(best["checkpoint"]).name == "epoch_002"
-    assert not (run / "epoch_001").exists()  # Ray's retention removed the earlier epoch
-    assert Predictor.load("best", storage_path=str(tmp_path)).path == str(run / "epoch_002" / "model")

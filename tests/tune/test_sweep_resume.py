@@ -1,5 +1,6 @@
 """A sweep whose driver is killed (SIGKILL) part way resumes with --resume and does not redo
-finished trials; a trial that raises is recorded as errored while the others finish."""
+finished trials; a trial that raises is recorded as errored while the others finish; on tied
+epochs, best.json names the checkpoint Ray kept."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 import ray
 
 from ray_jobs.local_ray import init_ray
+from sentiment.predict import Predictor
 from tests.support import sweep_config
 from tune.sweep import sweep
 
@@ -26,9 +28,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tiny_model_dir, small_imdb, tmp_path):
     storage = tmp_path / "sweeps"
     overrides = [
-        "train.epochs=1", "sweep.scheduler=fifo", "sweep.max_concurrent_trials=1",
+        "sweep.scheduler=fifo", "sweep.max_concurrent_trials=1",
         # 4096 makes no full step of 96 reviews: that trial raises and must be recorded as errored.
         "sweep.space={train.batch_size: {type: grid, values: [16, 4096]}}",
+        # lr 1e-12 leaves the weights as they were: both epochs of the finished trial score the same.
+        # Ray keeps one checkpoint and, on a tie, the later; best.json must name that one.
+        "train.lr=1e-12", "run.metric=val_accuracy", "run.mode=max", "run.checkpoints_to_keep=1",
     ]
     cfg = sweep_config(tiny_model_dir, small_imdb, storage, "resumable", *overrides)
     child = subprocess.Popen(
@@ -51,7 +56,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tiny_model_
 
     init_ray(num_cpus=2)  # only now: two Rays on one machine confuse Train's placement-group cleaner
     try:
-        sweep(cfg, resume=True)
+        best = sweep(cfg, resume=True)
     finally:
         ray.shutdown()
     table = pd.read_csv(storage / "resumable" / "results.csv")
@@ -59,6 +64,16 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tiny_model_
     assert table.set_index("train.batch_size")["status"].to_dict() == {16: "ok", 4096: "errored"}
     assert {p: p.stat().st_mtime for p in finished} == before  # finished trials were not rerun
     assert {p.parent.name.rsplit("-", 1)[-1] for p in finished} <= set(table["trial_id"])
+    _assert_best_names_the_kept_checkpoint_of_a_tie(best, storage)
+
+
+def _assert_best_names_the_kept_checkpoint_of_a_tie(best: dict, storage: Path) -> None:
+    run = Path(best["checkpoint"]).parent
+    history = json.loads((run / "epoch_002" / "train_state.json").read_text())["history"]
+    assert history[0]["val_accuracy"] == history[1]["val_accuracy"]  # a tie
+    assert best["epoch"] == 2 and Path(best["checkpoint"]).name == "epoch_002"
+    assert not (run / "epoch_001").exists()  # Ray's retention removed the earlier epoch
+    assert Predictor.load("best", storage_path=str(storage)).path == str(run / "epoch_002" / "model")
 
 
 def _cli_overrides(cfg) -> list[str]:
