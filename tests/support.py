@@ -414,6 +414,19 @@ def alive_actors(class_name: str) -> dict[str, int]:
     return {a.actor_id: a.pid for a in actors}
 
 
+SHAPE = [("data", "max_seq_length"), ("data", "truncation"), ("data", "pad_to_multiple_of"), ("data", "long_reviews"),
+         ("deepspeed", "zero_stage"), ("scaling", "num_workers"), ("train", "schedule"), ("train", "freeze_embeddings")]
+
+
+def kept_shape(model_dir: Path, raw: dict) -> dict:
+    """The config saved with a ``shrink``-ed run's model; each shape key the file sets is what the run used."""
+    saved = json.loads((model_dir / "train_config.json").read_text())
+    for section, key in SHAPE:
+        if key in raw.get(section, {}):
+            assert saved[section][key] == raw[section][key], f"{section}.{key}"
+    return saved
+
+
 def shrink(name: str, model: Path, data: Path, storage: Path, *extra: str) -> tuple[Config, dict]:
     """``configs/<name>.yaml`` on the tiny model and data, one epoch of a few reviews on CPU; and the file."""
     raw = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())

@@ -17,7 +17,7 @@ from sentiment.config import ConfigError, load_config
 from sentiment.precision import auto_precision
 from sentiment.predict import Predictor
 from tests.conftest import imdb_dir
-from tests.support import shrink, smoke_config
+from tests.support import kept_shape, shrink, smoke_config
 from tests.wandb_log import logged_keys, records
 
 pytestmark = pytest.mark.ray
@@ -158,20 +158,21 @@ def test_layer_lr_decay_and_gradient_checkpointing_train_on_ray(local_ray, tiny_
     assert saved["layer_lr_decay"] == 0.5 and saved["gradient_checkpointing"] is True
 
 
-def test_a_shallower_student_distils_from_the_smoke_run_with_teacher_logits_from_ray_data(trained, tiny_model_dir, small_imdb, tmp_path):
+def test_the_distillation_config_shrunk_distils_a_shallower_student_with_teacher_logits_from_ray_data(
+        trained, tiny_long_model_dir, small_imdb, tmp_path):
+    """configs/minilm-distill-full.yaml, shrunk (its 512-token shape kept) onto a one-layer student of the
+    smoke run, twice: all cross-entropy (``distill_alpha=0``) and all the teacher's (``=1``)."""
     import numpy as np
 
     from sentiment.data import load_splits
-    from sentiment.predict import Predictor
 
     teacher = trained[1]["run_dir"]
-    student = ["train.epochs=1", f"train.teacher={teacher}", "model.num_hidden_layers=1", "deepspeed.zero_stage=0",
-               "tracking.mode=disabled"]
-    hard = smoke_config(tiny_model_dir, small_imdb, tmp_path, "alpha0", *student, "train.distill_alpha=0")
-    soft = smoke_config(tiny_model_dir, small_imdb, tmp_path, "alpha1", *student, "train.distill_alpha=1")
+    student = [f"train.teacher={teacher}", "model.num_hidden_layers=1"]
+    hard, raw = shrink("minilm-distill-full", tiny_long_model_dir, small_imdb, tmp_path / "alpha0", *student, "train.distill_alpha=0")
+    soft, _ = shrink("minilm-distill-full", tiny_long_model_dir, small_imdb, tmp_path / "alpha1", *student, "train.distill_alpha=1")
     data = prepare_data(hard)  # the teacher scores the training reviews once; both runs share them
     texts = load_splits(hard.data, hard.model.label_names)["train"]["text"]
-    predictor = Predictor.load(teacher, long_reviews="truncate")  # one window per review, as the student trains
+    predictor = Predictor.load(teacher, long_reviews="truncate")  # one window per review, at the teacher's own length
     assert np.allclose(data["train"].teacher_logits, predictor.logits(predictor.encode(texts), 32), atol=1e-4)
     assert data["validation"].teacher_logits is None
 
@@ -180,7 +181,8 @@ def test_a_shallower_student_distils_from_the_smoke_run_with_teacher_logits_from
     assert abs(losses[0] - losses[1]) > 1e-3  # same seed and data: only the loss differs
     model_dir = Path(runs[1]["best_checkpoint"]) / "model"
     assert json.loads((model_dir / "config.json").read_text())["num_hidden_layers"] == 1
-    assert json.loads((model_dir / "train_config.json").read_text())["train"]["teacher"] == teacher
+    assert kept_shape(model_dir, raw)["train"]["teacher"] == teacher
+    assert runs[1]["test_metrics"]["test_count"] == 16
     assert Predictor.load(runs[1]["run_dir"]).predict(["a fine film"]) in (["negative"], ["positive"])
 
 
