@@ -23,7 +23,7 @@ from tests.support import kept_shape, shrink
 from tune.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAINING = ["minilm-full", "quickstart"]
+TRAINING = ["minilm-full", "quickstart", "imdb-full-cpu"]
 PRETRAINING = ["minilm-itpt-full"]
 pytestmark = pytest.mark.ray
 
