@@ -1,8 +1,9 @@
 """scripts/setup.sh and constraints.txt: missing build parts fail with one line; the suite runs on
-the pinned versions."""
+the pinned versions, from bytecode setup wrote."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -48,3 +49,10 @@ def test_the_suite_runs_on_the_versions_constraints_txt_pins():
             assert version(package) == pinned, package
         except PackageNotFoundError:
             pytest.fail(f"{package}=={pinned} is pinned but not installed: run scripts/setup.sh")
+
+
+@pytest.mark.parametrize("package", ["torch", "transformers", "ray", "pandas", "deepspeed"])
+def test_setup_wrote_the_bytecode_every_ray_worker_imports(package):
+    """Without it (PYTHONDONTWRITEBYTECODE set) each worker compiles these packages from source."""
+    source = importlib.util.find_spec(package).origin
+    assert Path(importlib.util.cache_from_source(source)).is_file(), f"no bytecode for {source}: run scripts/setup.sh"
