@@ -46,6 +46,7 @@ API_BODIES: dict[str, Callable[[list[str]], dict[str, Any]]] = {
     "v1": lambda texts: {"text": texts[0]} if len(texts) == 1 else {"texts": texts},
     "tei": lambda texts: {"inputs": texts[0] if len(texts) == 1 else texts},
     "v2": lambda texts: {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]},
+    "infinity": lambda texts: {"input": texts, "model": "sentiment"},  # the Infinity peer's POST /classify
 }
 
 
@@ -150,13 +151,14 @@ def in_process(predictor: Predictor, reviews: list[str]) -> float:
     return len(reviews) / (time.perf_counter() - start)
 
 
-async def http_load(url: str, reviews: list[str], concurrency: int, texts_per_request: int = 1) -> dict[str, float]:
+async def http_load(url: str, reviews: list[str], concurrency: int, texts_per_request: int = 1,
+                    api: str = "v1") -> dict[str, float]:
     """Reviews/s and p50/p99 latency (ms) per request at ``concurrency``, after a warm-up; single-review
-    requests unless ``texts_per_request`` > 1."""
-    warm = request_bodies(reviews[:max(BATCH, texts_per_request)], texts_per_request)
+    requests unless ``texts_per_request`` > 1, in ``api``'s body (``API_BODIES``)."""
+    warm = request_bodies(reviews[:max(BATCH, texts_per_request)], texts_per_request, api)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         await timed_requests(session, url, warm, concurrency)
-        latencies, wall = await timed_requests(session, url, request_bodies(reviews, texts_per_request), concurrency)
+        latencies, wall = await timed_requests(session, url, request_bodies(reviews, texts_per_request, api), concurrency)
     return figures(latencies, wall, len(reviews))
 
 

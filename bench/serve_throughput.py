@@ -7,10 +7,18 @@
     python -m bench.serve_throughput --smoke --checkpoint <model folder> [--peer plain|apis]   # CI-sized
 
 ``--peer plain`` compares with the server a user would write by hand (``bench/plain_server.py``:
-FastAPI + uvicorn, one process, torch fp32, one text per request), started as its own process on
-the same cores, with the same client and the same reviews; then the project's endpoint with each
-of ``--backends``. The CPU set and nice level of both servers and of the client are printed.
-Printed last: project req/s divided by plain req/s, and the p50 latency ratio, per concurrency.
+FastAPI + uvicorn, one process, torch fp32, one text per request) and, with ``--infinity``, with
+Infinity (a serving engine with dynamic batching, torch engine, in a virtualenv of its own that the
+bench makes on first use), each its own process on the same cores, with the same client and the
+same reviews, against the project's endpoint with each of ``--backends``: all stay up, and
+``--rounds`` rounds (3) measure them interleaved at every concurrency (the order rotated each
+round), each round ending with the backend's in-process rate (``Predictor``, batches of 32). Every
+server truncates to the checkpoint's ``max_seq_length``. The CPU set and nice level of each server
+and of the client are printed, and the CPU milliseconds per request of every process on the path
+(``/proc`` accounting through psutil); with ``--profile DIR``, py-spy samples the ingress and the
+model replica through round 1 and their hottest functions are printed. Printed last, per backend and concurrency: the endpoint's
+req/s and p50 over each peer's and its req/s over its backend in-process, each as the median and the
+range over the rounds.
 
 ``--peer apis`` compares the endpoint's own API with the protocols it also speaks, on one
 deployment (truncating as above) with the same client and reviews: ``/v1/predict`` (``{"text"}``),
@@ -36,6 +44,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,6 +77,9 @@ from bench.common import (
 from ray_jobs.local_ray import free_loopback_port
 from sentiment.predict import Predictor
 
+INFINITY_VENV = Path(__file__).resolve().parent.parent / ".venv-infinity"
+INFINITY_REQUIREMENTS = ("infinity-emb[torch,server]==0.0.78", "transformers>=4.47,<4.58", "numpy<2")
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,31 +94,106 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "measure besides /v1, its baseline (default: tei v2)")
     p.add_argument("--backends", nargs="+", default=["auto"], help="the endpoint's backends to measure (--peer plain)")
     p.add_argument("--batch-wait-timeout-s", type=float, default=None, help="the endpoint's batch wait (default: build_app's)")
-    p.add_argument("--smoke", action="store_true", help="CI-sized: 24 requests at concurrency 1 and 4")
+    p.add_argument("--infinity", action="store_true", help="with --peer plain: Infinity (torch engine) as a second peer, "
+                   "in a virtualenv of its own made on first use (.venv-infinity)")
+    p.add_argument("--profile", type=Path, help="with --peer plain: py-spy the endpoint's ingress and model replica "
+                   "through round 1 at each concurrency, into this folder, and print their hottest functions")
+    p.add_argument("--rounds", type=int, default=3, help="with --peer plain: interleaved rounds; ratios are printed "
+                   "as the median and range over them (default 3)")
+    p.add_argument("--smoke", action="store_true", help="CI-sized: 24 requests at concurrency 1 and 4, 2 rounds")
     args = p.parse_args(argv)
     if args.smoke:
-        args.concurrency, args.requests = [1, 4], 24
+        args.concurrency, args.requests, args.rounds = [1, 4], 24, 2
     if args.api:
         args.peer = "apis"
     args.apis = ["v1", *[a for a in (args.api or ["tei", "v2"]) if a != "v1"]]
     return args
 
 
+def wait_for(proc: subprocess.Popen, health: str, what: str, timeout_s: float = 180) -> None:
+    """Return once ``health`` answers; stop the run if ``proc`` exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(health, timeout=2):
+                return
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"{what} exited with {proc.returncode}")
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"{what} did not answer within {timeout_s:.0f} s")
+
+
 def start_plain_server(checkpoint: Path) -> tuple[subprocess.Popen, str]:
     """``bench/plain_server.py`` in its own process on 127.0.0.1; waits until it answers."""
     port = free_loopback_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.plain_server", "--checkpoint", str(checkpoint), "--port", str(port)])
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                return proc, f"http://127.0.0.1:{port}/v1/predict"
-        except OSError:
-            if proc.poll() is not None:
-                raise SystemExit(f"the plain server exited with {proc.returncode}")
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("the plain server did not answer within 180 s")
+    wait_for(proc, f"http://127.0.0.1:{port}/healthz", "the plain server")
+    return proc, f"http://127.0.0.1:{port}/v1/predict"
+
+
+def infinity_python() -> Path:
+    """The Python of Infinity's own virtualenv (``.venv-infinity``), made from the registry the first
+    time (a few minutes): Infinity 0.0.78 needs transformers < 4.58 and numpy < 2, so it cannot share
+    the project's. Its torch is the one setup installs (``$TORCH_SPEC``, ``$TORCH_INDEX``)."""
+    python = INFINITY_VENV / "bin" / "python"
+    stamp = INFINITY_VENV / ".installed-0.0.78"
+    if stamp.exists():
+        return python
+    print(f"making {INFINITY_VENV} (Infinity 0.0.78 and what it needs, from the registry)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(INFINITY_VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    torch_spec, index = os.environ.get("TORCH_SPEC", "torch==2.13.0"), os.environ.get("TORCH_INDEX")
+    if torch_spec:
+        subprocess.run([*pip, *(["--index-url", index] if index else []), torch_spec], check=True)
+    subprocess.run([*pip, *INFINITY_REQUIREMENTS], check=True)
+    stamp.touch()
+    return python
+
+
+def infinity_model_folder(checkpoint: Path, max_len: int, folder: Path) -> Path:
+    """The checkpoint's model folder as Infinity reads it: the same files (linked), with the
+    tokenizer's ``model_max_length`` set to the checkpoint's ``max_seq_length``, where Infinity's
+    text-classification pipeline truncates (from the head)."""
+    folder.mkdir(parents=True)
+    for path in checkpoint.iterdir():
+        if path.name != "tokenizer_config.json":
+            (folder / path.name).symlink_to(path.resolve())
+    tokenizer = json.loads((checkpoint / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer, "model_max_length": max_len}))
+    return folder
+
+
+def start_infinity(checkpoint: Path, max_len: int, tmp: Path) -> tuple[subprocess.Popen, str]:
+    """Infinity (torch engine, CPU, dynamic batches of up to 32, no telemetry) serving the
+    checkpoint on 127.0.0.1 in its own process and virtualenv; waits until it answers."""
+    python = infinity_python()
+    folder = infinity_model_folder(checkpoint, max_len, tmp / "infinity-model")
+    port = free_loopback_port()
+    env = {**os.environ, "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([str(python.parent / "infinity_emb"), "v2", "--model-id", str(folder), "--served-model-name",
+                             "sentiment", "--engine", "torch", "--device", "cpu", "--batch-size", str(BATCH),
+                             "--no-bettertransformer", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                            env=env)
+    wait_for(proc, f"http://127.0.0.1:{port}/health", "Infinity", timeout_s=300)
+    return proc, f"http://127.0.0.1:{port}/classify"
+
+
+def same_scores(plain_url: str, infinity_url: str, reviews: list[str]) -> None:
+    """Infinity's probabilities for each of ``reviews`` equal the plain server's (both fp32, both
+    keeping the head of a long review) to 1e-4, or the run stops: a peer that scores something
+    else is not measured."""
+    def post(url: str, body: dict[str, Any]) -> Any:
+        request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(request, timeout=120).read())
+
+    for review in reviews:
+        plain = post(plain_url, API_BODIES["v1"]([review]))["predictions"][0]["probabilities"]
+        (scores,) = post(infinity_url, API_BODIES["infinity"]([review]))["data"]
+        infinity = {s["label"]: s["score"] for s in scores}
+        if infinity.keys() != plain.keys() or any(abs(plain[k] - infinity[k]) > 1e-4 for k in plain):
+            raise SystemExit(f"Infinity scores {infinity} where the plain server scores {plain}")
 
 
 def conditions(pid: int) -> str:
@@ -114,40 +202,131 @@ def conditions(pid: int) -> str:
     return f"CPUs {sorted(proc.cpu_affinity())}, nice {proc.nice()}"
 
 
-def replica_pid() -> int:
-    """The process of the Serve model replica (its name holds the deployment's)."""
+def replica_pid(deployment: str = "SentimentModel") -> int:
+    """The process of a Serve replica of ``deployment`` (its name holds the deployment's)."""
     for proc in psutil.process_iter(["cmdline"]):
-        if any("SentimentModel" in part for part in proc.info["cmdline"] or []):
+        if any(deployment in part for part in proc.info["cmdline"] or []):
             return proc.pid
-    raise RuntimeError("no SentimentModel replica process found")
+    raise RuntimeError(f"no {deployment} replica process found")
 
 
-def against_plain(args: argparse.Namespace, checkpoint: Path, reviews: list[str]) -> list[dict[str, Any]]:
-    """The plain server, then the endpoint with each backend, each at every concurrency.
+def start_profiles(folder: Path, tag: str) -> list[tuple[Path, subprocess.Popen]]:
+    """py-spy sampling the ingress and the model replica (100 Hz, without pausing them), each into
+    ``folder/<deployment>-<tag>.txt`` as collapsed stacks, until :func:`stop_profiles`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    started = []
+    for deployment in ("SentimentAPI", "SentimentModel"):
+        out = folder / f"{deployment}-{tag}.txt"
+        started.append((out, subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                                               str(replica_pid(deployment)), "--format", "raw", "--nonblocking",
+                                               "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+    return started
 
-    The endpoint truncates as the plain server does (one window per review), whatever the
-    checkpoint's ``data.long_reviews``: scoring whole reviews in windows is ~3x the work per review.
+
+def stop_profiles(started: list[tuple[Path, subprocess.Popen]], top: int = 8) -> None:
+    """Stop the profilers and print each replica's hottest functions by share of samples (self time)."""
+    for out, proc in started:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+        print(f"{out.name}: " + "; ".join(f"{share:.0%} {where}" for where, share in hottest(out, top)))
+
+
+def hottest(collapsed: Path, top: int) -> list[tuple[str, float]]:
+    """The ``top`` leaf functions of py-spy's collapsed stacks (``frame;frame;leaf count`` lines),
+    line numbers dropped, with their share of all samples."""
+    counts: dict[str, int] = {}
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        leaf = re.sub(r":\d+\)$", ")", stack.rsplit(";", 1)[-1])
+        counts[leaf] = counts.get(leaf, 0) + int(count)
+    total = sum(counts.values()) or 1
+    return [(where, n / total) for where, n in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
+
+
+# Which process on the request path a command line belongs to (first match), for the CPU accounting.
+ROLES = (("model replica", "SentimentModel"), ("ingress replica", "SentimentAPI"), ("HAProxy", "haproxy"),
+         ("plain server", "bench.plain_server"), ("infinity", "infinity_emb"), ("Ray's own", "ray"))
+
+
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """User + system CPU seconds so far of every process on the request path, by pid, with its role:
+    this process (``client``: the aiohttp client, and the in-process baseline), the servers, and Ray's
+    own processes (raylet, GCS, dashboard, Serve's controller and proxy)."""
+    seen: dict[int, tuple[str, float]] = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        times, command = proc.info["cpu_times"], " ".join(proc.info["cmdline"] or [])
+        role = "client" if proc.info["pid"] == os.getpid() else next((r for r, needle in ROLES if needle in command), None)
+        if role and times:
+            seen[proc.info["pid"]] = (role, times.user + times.system)
+    return seen
+
+
+def cpu_ms_per_request(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                       requests: int) -> dict[str, float]:
+    """CPU milliseconds per request of each role between two :func:`cpu_seconds` (a process started
+    in between counts from zero), and their sum as ``cpu total``."""
+    by_role: dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        used = seconds - before.get(pid, (role, 0.0))[1]
+        by_role[role] = by_role.get(role, 0.0) + used * 1000 / requests
+    return {**{f"cpu {r}": by_role.get(r, 0.0) for r in ("client", *(r for r, _ in ROLES))},
+            "cpu total": sum(by_role.values())}
+
+
+def measured_load(url: str, reviews: list[str], concurrency: int, api: str) -> dict[str, float]:
+    """:func:`bench.common.http_load` with the CPU each process on the path spent per request
+    (its warm-up requests counted: they are the same single-review POSTs)."""
+    before = cpu_seconds()
+    load = asyncio.run(http_load(url, reviews, concurrency, api=api))
+    return {**load, **cpu_ms_per_request(before, cpu_seconds(), len(reviews) + min(BATCH, len(reviews)))}
+
+
+def against_plain(args: argparse.Namespace, checkpoint: Path, reviews: list[str], tmp: Path) -> list[dict[str, Any]]:
+    """The plain server (and Infinity, with ``--infinity``) and the endpoint with each backend,
+    interleaved in ``args.rounds`` rounds.
+
+    Every server stays up for the whole run. Each round measures, at every concurrency, each server
+    one after the other, the order rotated by one place each round, then the backend's in-process
+    rate (``Predictor`` in this process, batches of 32, the servers idle): a drift on the machine
+    falls on every side of every ratio. The endpoint truncates as the peers do (one window per
+    review), whatever the checkpoint's ``data.long_reviews``: scoring whole reviews in windows is
+    ~3x the work per review.
     """
     rows: list[dict[str, Any]] = []
-    proc, url = start_plain_server(checkpoint)
+    procs: list[subprocess.Popen] = []
+    max_len = Predictor.load(checkpoint).cfg.data.max_seq_length
     try:
-        where = conditions(proc.pid)
-        rows += [{"server": "plain", "where": where, "concurrency": c, **asyncio.run(http_load(url, reviews, c))}
-                 for c in args.concurrency]
-    finally:
-        proc.terminate()
-        proc.wait(30)
-    try:
+        proc, url = start_plain_server(checkpoint)
+        procs.append(proc)
+        peers = [("plain", url, conditions(proc.pid), "v1")]
+        if args.infinity:
+            proc, infinity_url = start_infinity(checkpoint, max_len, tmp)
+            procs.append(proc)
+            same_scores(url, infinity_url, reviews[:8])
+            peers.append(("infinity", infinity_url, conditions(proc.pid), "infinity"))
         port = start_loopback_serve()
         for backend in args.backends:
             url = deploy(checkpoint, backend, port, args.batch_wait_timeout_s, long_reviews="truncate")
-            where = conditions(replica_pid())
             info = json.loads(urllib.request.urlopen(url.replace("/predict", "/model"), timeout=30).read())
             name = f"project {info['backend']}" + (f" ({backend})" if backend != info["backend"] else "")
-            rows += [{"server": name, "where": where, "concurrency": c, **asyncio.run(http_load(url, reviews, c))}
-                     for c in args.concurrency]
+            servers = [*peers, (name, url, conditions(replica_pid()), "v1")]
+            predictor = Predictor.load(checkpoint, backend=backend, long_reviews="truncate")
+            predictor.predict_details(reviews[:BATCH], batch_size=BATCH)  # warm-up
+            for n in range(1, args.rounds + 1):
+                turn = (n - 1) % len(servers)
+                for c in args.concurrency:
+                    for server, at, where, api in servers[turn:] + servers[:turn]:
+                        profiles = start_profiles(args.profile, f"c{c}") if args.profile and server == name and n == 1 else []
+                        rows.append({"pair": name, "round": n, "server": server, "where": where, "concurrency": c,
+                                     **measured_load(at, reviews, c, api)})
+                        stop_profiles(profiles)
+                rows.append({"pair": name, "round": n, "server": "in-process", "where": conditions(os.getpid()),
+                             "concurrency": 0, "reviews_per_s": in_process(predictor, reviews)})
             serve.delete("bench")
     finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
         serve.shutdown()
         ray.shutdown()
     return rows
@@ -165,14 +344,44 @@ def report_ratios(rows: list[dict[str, Any]], key: str, baseline: str) -> None:
             for r in part.itertuples()))
 
 
-def report_against_plain(rows: list[dict[str, Any]], reviews: list[str], max_len: int) -> None:
-    """The conditions, the table, then each project server's ratios to the plain one (last)."""
-    print(f"\n{len(reviews)} IMDB test reviews, single-review POSTs, each truncated to {max_len} tokens by both servers, "
-          f"{os.cpu_count()} cores; "
-          f"client: this process ({conditions(os.getpid())})")
+def spread(values: pd.Series) -> str:
+    """``median (min-max)`` of per-round ratios."""
+    return f"{values.median():.2f}x ({values.min():.2f}-{values.max():.2f})"
+
+
+def peer_ratios(rows: list[dict[str, Any]]) -> list[str]:
+    """Per endpoint backend and concurrency, over the rounds: the median and range of the endpoint's
+    req/s and p50 over each peer's, paired by round, and of its req/s over its backend in-process."""
+    table = pd.DataFrame(rows)
+    lines = []
+    for name, part in table.groupby("pair", sort=False):
+        local = part[part.server == "in-process"].set_index("round")["reviews_per_s"]
+        http = part[part.server != "in-process"]
+        peers = [p for p in http.server.unique() if p != name]
+        measured = http.pivot_table(index=["concurrency", "round"], columns="server", values=["reviews_per_s", "p50_ms"])
+        for c, per_round in measured.groupby(level="concurrency"):
+            rps, p50 = per_round.droplevel("concurrency")["reviews_per_s"], per_round.droplevel("concurrency")["p50_ms"]
+            lines += [f"{name} / {peer} at concurrency {c}: {spread(rps[name] / rps[peer])} req/s, "
+                      f"{spread(p50[name] / p50[peer])} p50" for peer in peers]
+            lines.append(f"{name} / in-process at concurrency {c}: {spread(rps[name] / local)} reviews/s")
+    return lines
+
+
+def report_against_plain(rows: list[dict[str, Any]], reviews: list[str], max_len: int, rounds: int) -> None:
+    """The conditions, the tables (figures per round; CPU per request), then each project server's
+    ratios to each peer and to its backend in-process, median and range over the rounds (last)."""
+    print(f"\n{len(reviews)} IMDB test reviews, single-review POSTs, each truncated to {max_len} tokens by every server, "
+          f"{os.cpu_count()} cores, {rounds} interleaved rounds; in-process: Predictor, batches of {BATCH} "
+          f"(concurrency 0 in the table)")
     for server, where in pd.DataFrame(rows).groupby("server", sort=False)["where"].first().items():
         print(f"{server}: {where}")
-    report_ratios(rows, "server", "plain")
+    table = pd.DataFrame(rows).drop(columns=["where", "pair"]).sort_values(["server", "concurrency", "round"], kind="stable")
+    cpu = [c for c in table.columns if c.startswith("cpu ") and table[c].fillna(0).any()]  # the roles seen
+    print(table.drop(columns=[c for c in table.columns if c.startswith("cpu ")]).to_markdown(index=False, floatfmt=".1f"))
+    http = table[table.server != "in-process"]
+    print("\nCPU ms per request by process (median over the rounds):")
+    print(http.groupby(["server", "concurrency"], sort=False)[cpu].median().reset_index().to_markdown(index=False, floatfmt=".1f"))
+    print("\n".join(peer_ratios(rows)))
 
 
 def same_answers(base: str, reviews: list[str]) -> None:
@@ -237,8 +446,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(args.checkpoint) if args.checkpoint else packaged_checkpoint(args.max_seq_length, Path(tmp) / "m")
         if args.peer == "plain":
-            measured = against_plain(args, checkpoint, reviews)
-            report_against_plain(measured, reviews, Predictor.load(checkpoint).cfg.data.max_seq_length)
+            measured = against_plain(args, checkpoint, reviews, Path(tmp))
+            report_against_plain(measured, reviews, Predictor.load(checkpoint).cfg.data.max_seq_length, args.rounds)
             return {"rows": measured}
         if args.peer == "apis":
             measured = against_apis(args, checkpoint, reviews)
