@@ -15,8 +15,9 @@ same reviews, against the project's endpoint with each of ``--backends``: all st
 round), each round ending with the backend's in-process rate (``Predictor``, batches of 32). Every
 server truncates to the checkpoint's ``max_seq_length``. The CPU set and nice level of each server
 and of the client are printed, and the CPU milliseconds per request of every process on the path
-(``/proc`` accounting through psutil); with ``--profile DIR``, py-spy samples the ingress and the
-model replica through round 1 and their hottest functions are printed. Printed last, per backend and concurrency: the endpoint's
+(``/proc`` accounting through psutil); with ``--profile DIR``, one more pass of the endpoint after
+the rounds (not in the figures) has py-spy sample its ingress and model replica, and their hottest
+functions are printed. Printed last, per backend and concurrency: the endpoint's
 req/s and p50 over each peer's and its req/s over its backend in-process, each as the median and the
 range over the rounds.
 
@@ -96,8 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-wait-timeout-s", type=float, default=None, help="the endpoint's batch wait (default: build_app's)")
     p.add_argument("--infinity", action="store_true", help="with --peer plain: Infinity (torch engine) as a second peer, "
                    "in a virtualenv of its own made on first use (.venv-infinity)")
-    p.add_argument("--profile", type=Path, help="with --peer plain: py-spy the endpoint's ingress and model replica "
-                   "through round 1 at each concurrency, into this folder, and print their hottest functions")
+    p.add_argument("--profile", type=Path, help="with --peer plain: after the rounds, one more pass of the endpoint at "
+                   "each concurrency with py-spy on its ingress and model replica (into this folder; not in the figures), "
+                   "and their hottest functions printed")
     p.add_argument("--rounds", type=int, default=3, help="with --peer plain: interleaved rounds; ratios are printed "
                    "as the median and range over them (default 3)")
     p.add_argument("--smoke", action="store_true", help="CI-sized: 24 requests at concurrency 1 and 4, 2 rounds")
@@ -316,12 +318,14 @@ def against_plain(args: argparse.Namespace, checkpoint: Path, reviews: list[str]
                 turn = (n - 1) % len(servers)
                 for c in args.concurrency:
                     for server, at, where, api in servers[turn:] + servers[:turn]:
-                        profiles = start_profiles(args.profile, f"c{c}") if args.profile and server == name and n == 1 else []
                         rows.append({"pair": name, "round": n, "server": server, "where": where, "concurrency": c,
                                      **measured_load(at, reviews, c, api)})
-                        stop_profiles(profiles)
                 rows.append({"pair": name, "round": n, "server": "in-process", "where": conditions(os.getpid()),
                              "concurrency": 0, "reviews_per_s": in_process(predictor, reviews)})
+            for c in args.concurrency if args.profile else []:  # a pass of its own: sampling costs CPU
+                profiles = start_profiles(args.profile, f"{info['backend']}-c{c}")
+                asyncio.run(http_load(url, reviews, c))
+                stop_profiles(profiles)
             serve.delete("bench")
     finally:
         for proc in procs:
