@@ -30,7 +30,7 @@ def test_peer_ratios_are_the_median_and_range_over_rounds_paired_by_round() -> N
                  {"pair": "project x", "round": n, "server": "project x", "concurrency": 8, "reviews_per_s": project,
                   "p50_ms": 50.0 * n},
                  {"pair": "project x", "round": n, "server": "in-process", "concurrency": 0, "reviews_per_s": local}]
-    # Per round over plain: 2.0, 1.5, 4.0 (median 2.0: not 3.0 = 90/30, the ratio of the totals), p50 0.5, 1.0, 1.5;
+    # Per round over plain: 2.0, 1.5, 4.0 (median 2.0, not 2.25 = 90/40, the ratio of the totals), p50 0.5, 1.0, 1.5;
     # over other: 2.0, 0.5, 2.0, p50 2, 4, 6; over in-process: 0.5, 1.0, 0.8.
     assert peer_ratios(rows) == [
         "project x / plain at concurrency 8: 2.00x (1.50-4.00) req/s, 1.00x (0.50-1.50) p50",
