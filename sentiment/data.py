@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Sequence, Value, load_dataset
 from datasets.utils.stratify import stratified_shuffle_split_generate_indices
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from sentiment.config import DATA_DIR_ENV, ConfigError, DataConfig
 
@@ -424,8 +425,6 @@ def cross_validation_fold(pool: EncodedSplit, cfg: DataConfig) -> dict[str, Enco
     the whole fold (``max_val_samples`` does not apply). Multi-label folds are seeded, not stratified
     (``KFold``).
     """
-    from sklearn.model_selection import KFold, StratifiedKFold  # here: a process that only scores needs no sklearn
-
     kind = KFold if pool.labels.ndim == 2 else StratifiedKFold
     folds = kind(n_splits=cfg.cv_folds, shuffle=True, random_state=cfg.seed)
     train_rows, val_rows = list(folds.split(np.zeros(len(pool)), pool.labels))[cfg.cv_fold]

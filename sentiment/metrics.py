@@ -1,11 +1,18 @@
-"""Classification metrics from logits and labels (scikit-learn underneath, imported when a metric is
-computed: a process that only scores, like a Serve replica, starts about a second sooner without it)."""
+"""Classification metrics from logits and labels (scikit-learn underneath)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    hamming_loss,
+    log_loss,
+    multilabel_confusion_matrix,
+    precision_recall_fscore_support,
+)
 
 # Where each label's decision threshold is looked for on the validation split (multi-label).
 THRESHOLD_GRID = np.round(np.linspace(0.05, 0.95, 19), 2)
@@ -58,8 +65,6 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, label_names: list[st
         Scalar metrics keyed ``{prefix}accuracy`` etc., ``{prefix}f1_<label>`` per class,
         ``{prefix}count`` and ``{prefix}confusion_matrix`` (rows: true class, columns: predicted).
     """
-    from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
-
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
     if labels.ndim == 2:
@@ -95,8 +100,6 @@ def multi_label_metrics(logits: np.ndarray, labels: np.ndarray, label_names: lis
         ``f1_<label>``, ``precision_<label>``, ``recall_<label>``, ``count``, ``thresholds`` (the
         ones used) and ``confusion_matrix`` (per label ``[[tn, fp], [fn, tp]]``).
     """
-    from sklearn.metrics import accuracy_score, hamming_loss, multilabel_confusion_matrix, precision_recall_fscore_support
-
     proba = sigmoid(logits)
     used = tune_thresholds(proba, labels) if thresholds is None else [float(t) for t in thresholds]
     preds = (proba > np.asarray(used)[None, :]).astype(np.int64)
