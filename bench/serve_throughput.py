@@ -283,7 +283,8 @@ def measured_load(url: str, reviews: list[str], concurrency: int, api: str) -> d
     return {**load, **cpu_ms_per_request(before, cpu_seconds(), len(reviews) + min(BATCH, len(reviews)))}
 
 
-def against_plain(args: argparse.Namespace, checkpoint: Path, reviews: list[str], tmp: Path) -> list[dict[str, Any]]:
+def against_plain(args: argparse.Namespace, checkpoint: Path, reviews: list[str], max_len: int,
+                  tmp: Path) -> list[dict[str, Any]]:
     """The plain server (and Infinity, with ``--infinity``) and the endpoint with each backend,
     interleaved in ``args.rounds`` rounds.
 
@@ -296,7 +297,6 @@ def against_plain(args: argparse.Namespace, checkpoint: Path, reviews: list[str]
     """
     rows: list[dict[str, Any]] = []
     procs: list[subprocess.Popen] = []
-    max_len = Predictor.load(checkpoint).cfg.data.max_seq_length
     try:
         proc, url = start_plain_server(checkpoint)
         procs.append(proc)
@@ -450,8 +450,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(args.checkpoint) if args.checkpoint else packaged_checkpoint(args.max_seq_length, Path(tmp) / "m")
         if args.peer == "plain":
-            measured = against_plain(args, checkpoint, reviews, Path(tmp))
-            report_against_plain(measured, reviews, Predictor.load(checkpoint).cfg.data.max_seq_length, args.rounds)
+            max_len = Predictor.load(checkpoint).cfg.data.max_seq_length
+            measured = against_plain(args, checkpoint, reviews, max_len, Path(tmp))
+            report_against_plain(measured, reviews, max_len, args.rounds)
             return {"rows": measured}
         if args.peer == "apis":
             measured = against_apis(args, checkpoint, reviews)

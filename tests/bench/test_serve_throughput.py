@@ -21,6 +21,16 @@ from tests.support import make_checkpoint
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def smoke(peer: str, checkpoint: Path, data: Path, timeout: int) -> subprocess.CompletedProcess:
+    """``bench.serve_throughput --smoke --peer <peer>`` on ``checkpoint``, reviews from ``data``; it must succeed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.serve_throughput", "--smoke", "--peer", peer, "--checkpoint", str(checkpoint)],
+        cwd=ROOT, env={**os.environ, "IMDB_DATA_DIR": str(data)}, capture_output=True, text=True, timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
 def test_peer_ratios_are_the_median_and_range_over_rounds_paired_by_round() -> None:
     rows = []
     for n, (plain, other, project, local) in enumerate([(10.0, 10.0, 20.0, 40.0), (20.0, 60.0, 30.0, 30.0),
@@ -50,13 +60,8 @@ def test_hottest_ranks_leaf_functions_of_collapsed_stacks_by_their_share(tmp_pat
 @pytest.mark.slow
 def test_the_protocols_peer_checks_their_answers_and_prints_their_ratios_to_v1(tiny_model_dir: Path, tmp_path: Path,
                                                                                  small_imdb: Path) -> None:
-    checkpoint = make_checkpoint(tiny_model_dir, tmp_path / "model")
     # (Its in-process mode's deploy, load and in-process rate run in tests/bench/test_gpu_suite.py, slow tier.)
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.serve_throughput", "--smoke", "--peer", "apis", "--checkpoint", str(checkpoint)],
-        cwd=ROOT, env={**os.environ, "IMDB_DATA_DIR": str(small_imdb)}, capture_output=True, text=True, timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = smoke("apis", make_checkpoint(tiny_model_dir, tmp_path / "model"), small_imdb, timeout=300)
     *_, tei, v2 = out.stdout.splitlines()
     for line, api in ((tei, "tei"), (v2, "v2")):
         assert line.startswith(f"{api} / v1: "), out.stdout[-1000:]
@@ -69,12 +74,7 @@ def test_the_protocols_peer_checks_their_answers_and_prints_their_ratios_to_v1(t
 @pytest.mark.slow
 def test_the_plain_peer_runs_interleaved_rounds_and_prints_median_and_range(tiny_model_dir: Path, tmp_path: Path,
                                                                              small_imdb: Path) -> None:
-    checkpoint = make_checkpoint(tiny_model_dir, tmp_path / "model")
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.serve_throughput", "--smoke", "--peer", "plain", "--checkpoint", str(checkpoint)],
-        cwd=ROOT, env={**os.environ, "IMDB_DATA_DIR": str(small_imdb)}, capture_output=True, text=True, timeout=400,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = smoke("plain", make_checkpoint(tiny_model_dir, tmp_path / "model"), small_imdb, timeout=400)
     *_, plain1, local1, plain4, local4 = out.stdout.splitlines()
     for line, peer, c in ((plain1, "plain", 1), (local1, "in-process", 1), (plain4, "plain", 4), (local4, "in-process", 4)):
         assert re.match(rf"project .+ / {peer} at concurrency {c}: [0-9.]+x \([0-9.]+-[0-9.]+\) (req|reviews)/s", line), line
