@@ -37,11 +37,12 @@ if [ ! -f "$stamp" ]; then
     "${pip[@]}" -c constraints.txt ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_SPEC"
   fi
   "${pip[@]}" -c constraints.txt -e ".[test]"
-  # DeepSpeed's CPU all-reduce JIT-compiles a shared-memory op on first use (~35 s): do it now,
-  # into this venv's torch extensions cache, with this venv's ninja, as the workers will
-  # (ray_jobs/train_loop.py: use_the_prebuilt_deepspeed_op).
+  # DeepSpeed's CPU all-reduce JIT-compiles a shared-memory op on first use (~35 s, one core): do it
+  # now, into this venv's torch extensions cache, with this venv's ninja, as the workers will
+  # (ray_jobs/train_loop.py: use_the_prebuilt_deepspeed_op); in the background, beside compileall.
   PATH="$PWD/.venv/bin:$PATH" TORCH_EXTENSIONS_DIR="$PWD/.venv/torch_extensions" DS_ACCELERATOR=cpu .venv/bin/python -c \
-    "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()" >/dev/null
+    "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()" >/dev/null &
+  op_build=$!
   # Bytecode for every installed module, written now (~45 s on 2 cores): with PYTHONDONTWRITEBYTECODE
   # set, as on some machines, no process would ever write it, and every Ray worker, replica and job
   # would compile torch, transformers, Ray and pandas from source at each start (10.5 s of CPU
@@ -49,6 +50,7 @@ if [ ! -f "$stamp" ]; then
   # compile; that is expected, hence the `|| true`.
   .venv/bin/python -m compileall -q -j 0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
     >/dev/null 2>&1 || true
+  wait "$op_build" || fail "DeepSpeed's CPU op did not compile (rerun: bash scripts/setup.sh)"
   touch "$stamp"
   .venv/bin/python -c "import torch; print(f'setup: torch {torch.__version__}, ' + (f'CUDA {torch.version.cuda} build' if torch.version.cuda else 'CPU build'))"
 fi

@@ -41,8 +41,8 @@ ARGS = {"num_cpus": 0.5, "min_replicas": 1, "max_replicas": 1, "max_batch_size":
 CONCURRENCY = 4
 MAX_REQUESTS = 20_000
 TIME_LIMIT_S = 240.0
-WINDOW_S = 8.0
-OUTAGE_S = 15.0  # well within the raylets' 60 s wait for a GCS to come back
+WINDOW_S = 4.0
+OUTAGE_S = 8.0  # well within the raylets' 60 s wait for a GCS to come back
 FAILURE_BOUND = 0  # an already running replica behind a live proxy needs no GCS to answer
 API_KEY = "gcs-" + secrets.token_hex(16)
 

@@ -29,7 +29,7 @@ ARGS = {"num_cpus": 0.5, "min_replicas": 2, "max_replicas": 2, "max_batch_size":
 CONCURRENCY = 8
 MAX_REQUESTS = 20_000
 TIME_LIMIT_S = 300.0
-WINDOW_S = 10.0
+WINDOW_S = 5.0
 FAILURE_BOUND = 0  # failed requests allowed: the ingress retries on a dead replica
 RECOVERY_FRACTION = 0.5
 
