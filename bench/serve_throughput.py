@@ -100,6 +100,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", type=Path, help="with --peer plain: after the rounds, one more pass of the endpoint at "
                    "each concurrency with py-spy on its ingress and model replica (into this folder; not in the figures), "
                    "and their hottest functions printed")
+    p.add_argument("--whole-reviews", action="store_true", help="with --peer plain: also the endpoint scoring whole "
+                   "reviews (long_reviews=chunks, one model row per window), its windows/s set against the plain "
+                   "server's reviews/s (truncating)")
     p.add_argument("--rounds", type=int, default=3, help="with --peer plain: interleaved rounds; ratios are printed "
                    "as the median and range over them (default 3)")
     p.add_argument("--smoke", action="store_true", help="CI-sized: 24 requests at concurrency 1 and 4, 2 rounds")
@@ -293,7 +296,10 @@ def against_plain(args: argparse.Namespace, checkpoint: Path, reviews: list[str]
     rate (``Predictor`` in this process, batches of 32, the servers idle): a drift on the machine
     falls on every side of every ratio. The endpoint truncates as the peers do (one window per
     review), whatever the checkpoint's ``data.long_reviews``: scoring whole reviews in windows is
-    ~3x the work per review.
+    ~3x the work per review. With ``--whole-reviews`` each backend is then deployed again scoring
+    whole reviews (``chunks``) and measured in rounds of its own against the same peers; every row
+    has ``windows_per_s`` (its reviews/s times the windows each review costs that server: 1 when
+    truncating).
     """
     rows: list[dict[str, Any]] = []
     procs: list[subprocess.Popen] = []
@@ -307,23 +313,30 @@ def against_plain(args: argparse.Namespace, checkpoint: Path, reviews: list[str]
             same_scores(url, infinity_url, reviews[:8])
             peers.append(("infinity", infinity_url, conditions(proc.pid), "infinity"))
         port = start_loopback_serve()
-        for backend in args.backends:
-            url = deploy(checkpoint, backend, port, args.batch_wait_timeout_s, long_reviews="truncate")
+        ways = ("truncate", "chunks") if args.whole_reviews else ("truncate",)
+        for backend, long_reviews in [(b, way) for b in args.backends for way in ways]:
+            url = deploy(checkpoint, backend, port, args.batch_wait_timeout_s, long_reviews=long_reviews)
             info = json.loads(urllib.request.urlopen(url.replace("/predict", "/model"), timeout=30).read())
-            name = f"project {info['backend']}" + (f" ({backend})" if backend != info["backend"] else "")
+            name = (f"project {info['backend']}" + (f" ({backend})" if backend != info["backend"] else "")
+                    + (", whole reviews" if long_reviews == "chunks" else ""))
             servers = [*peers, (name, url, conditions(replica_pid()), "v1")]
-            predictor = Predictor.load(checkpoint, backend=backend, long_reviews="truncate")
+            predictor = Predictor.load(checkpoint, backend=backend, long_reviews=long_reviews)
             predictor.predict_details(reviews[:BATCH], batch_size=BATCH)  # warm-up
+            windows = {server: 1.0 for server, *_ in peers} | {name: float(predictor.encode(reviews).counts.mean())}
             for n in range(1, args.rounds + 1):
                 turn = (n - 1) % len(servers)
                 for c in args.concurrency:
                     for server, at, where, api in servers[turn:] + servers[:turn]:
+                        load = measured_load(at, reviews, c, api)
                         rows.append({"pair": name, "round": n, "server": server, "where": where, "concurrency": c,
-                                     **measured_load(at, reviews, c, api)})
+                                     "long_reviews": long_reviews if server == name else "truncate",
+                                     **load, "windows_per_s": load["reviews_per_s"] * windows[server]})
+                local = in_process(predictor, reviews)
                 rows.append({"pair": name, "round": n, "server": "in-process", "where": conditions(os.getpid()),
-                             "concurrency": 0, "reviews_per_s": in_process(predictor, reviews)})
+                             "concurrency": 0, "long_reviews": long_reviews, "reviews_per_s": local,
+                             "windows_per_s": local * windows[name]})
             for c in args.concurrency if args.profile else []:  # a pass of its own: sampling costs CPU
-                profiles = start_profiles(args.profile, f"{info['backend']}-c{c}")
+                profiles = start_profiles(args.profile, f"{info['backend']}-{long_reviews}-c{c}")
                 asyncio.run(http_load(url, reviews, c))
                 stop_profiles(profiles)
             serve.delete("bench")
@@ -355,18 +368,26 @@ def spread(values: pd.Series) -> str:
 
 def peer_ratios(rows: list[dict[str, Any]]) -> list[str]:
     """Per endpoint backend and concurrency, over the rounds: the median and range of the endpoint's
-    req/s and p50 over each peer's, paired by round, and of its req/s over its backend in-process."""
+    req/s and p50 over each peer's, paired by round, and of its req/s over its backend in-process.
+    An endpoint that scores whole reviews (``long_reviews`` chunks) is also set against each peer by
+    its windows/s over the peer's reviews/s (every peer truncates: one window a review)."""
     table = pd.DataFrame(rows)
     lines = []
     for name, part in table.groupby("pair", sort=False):
         local = part[part.server == "in-process"].set_index("round")["reviews_per_s"]
         http = part[part.server != "in-process"]
         peers = [p for p in http.server.unique() if p != name]
-        measured = http.pivot_table(index=["concurrency", "round"], columns="server", values=["reviews_per_s", "p50_ms"])
+        whole = "long_reviews" in part and bool((part.long_reviews == "chunks").any())
+        measured = http.pivot_table(index=["concurrency", "round"], columns="server",
+                                    values=["reviews_per_s", "p50_ms", *(["windows_per_s"] if whole else [])])
         for c, per_round in measured.groupby(level="concurrency"):
             rps, p50 = per_round.droplevel("concurrency")["reviews_per_s"], per_round.droplevel("concurrency")["p50_ms"]
             lines += [f"{name} / {peer} at concurrency {c}: {spread(rps[name] / rps[peer])} req/s, "
                       f"{spread(p50[name] / p50[peer])} p50" for peer in peers]
+            if whole:
+                wps = per_round.droplevel("concurrency")["windows_per_s"]
+                lines += [f"{name} / {peer} at concurrency {c}: {spread(wps[name] / rps[peer])} its windows/s over "
+                          f"the peer's reviews/s" for peer in peers]
             lines.append(f"{name} / in-process at concurrency {c}: {spread(rps[name] / local)} reviews/s")
     return lines
 

@@ -21,10 +21,11 @@ from tests.support import make_checkpoint
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def smoke(peer: str, checkpoint: Path, data: Path, timeout: int) -> subprocess.CompletedProcess:
-    """``bench.serve_throughput --smoke --peer <peer>`` on ``checkpoint``, reviews from ``data``; it must succeed."""
+def smoke(peer: str, checkpoint: Path, data: Path, timeout: int, *options: str) -> subprocess.CompletedProcess:
+    """``bench.serve_throughput --smoke --peer <peer> [options]`` on ``checkpoint``, reviews from ``data``;
+    it must succeed."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench.serve_throughput", "--smoke", "--peer", peer, "--checkpoint", str(checkpoint)],
+        [sys.executable, "-m", "bench.serve_throughput", "--smoke", "--peer", peer, "--checkpoint", str(checkpoint), *options],
         cwd=ROOT, env={**os.environ, "IMDB_DATA_DIR": str(data)}, capture_output=True, text=True, timeout=timeout,
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -46,6 +47,22 @@ def test_peer_ratios_are_the_median_and_range_over_rounds_paired_by_round() -> N
         "project x / plain at concurrency 8: 2.00x (1.50-4.00) req/s, 1.00x (0.50-1.50) p50",
         "project x / other at concurrency 8: 2.00x (0.50-2.00) req/s, 4.00x (2.00-6.00) p50",
         "project x / in-process at concurrency 8: 0.80x (0.50-1.00) reviews/s"]
+
+
+def test_an_endpoint_scoring_whole_reviews_is_set_against_each_peer_by_its_windows() -> None:
+    rows = []
+    for n, (plain, project) in enumerate([(10.0, 5.0), (20.0, 8.0), (10.0, 6.0)], start=1):
+        name = "project x, whole reviews"  # 2.5 windows a review: windows/s 12.5, 20, 15
+        rows += [{"pair": name, "round": n, "server": "plain", "concurrency": 8, "long_reviews": "truncate",
+                  "reviews_per_s": plain, "p50_ms": 100.0, "windows_per_s": plain},
+                 {"pair": name, "round": n, "server": name, "concurrency": 8, "long_reviews": "chunks",
+                  "reviews_per_s": project, "p50_ms": 200.0, "windows_per_s": 2.5 * project},
+                 {"pair": name, "round": n, "server": "in-process", "concurrency": 0, "long_reviews": "chunks",
+                  "reviews_per_s": 10.0, "windows_per_s": 25.0}]
+    assert peer_ratios(rows) == [
+        "project x, whole reviews / plain at concurrency 8: 0.50x (0.40-0.60) req/s, 2.00x (2.00-2.00) p50",
+        "project x, whole reviews / plain at concurrency 8: 1.25x (1.00-1.50) its windows/s over the peer's reviews/s",
+        "project x, whole reviews / in-process at concurrency 8: 0.60x (0.50-0.80) reviews/s"]
 
 
 def test_hottest_ranks_leaf_functions_of_collapsed_stacks_by_their_share(tmp_path: Path) -> None:
@@ -74,13 +91,17 @@ def test_the_protocols_peer_checks_their_answers_and_prints_their_ratios_to_v1(t
 @pytest.mark.slow
 def test_the_plain_peer_runs_interleaved_rounds_and_prints_median_and_range(tiny_model_dir: Path, tmp_path: Path,
                                                                              small_imdb: Path) -> None:
-    out = smoke("plain", make_checkpoint(tiny_model_dir, tmp_path / "model"), small_imdb, timeout=400)
-    *_, plain1, local1, plain4, local4 = out.stdout.splitlines()
-    for line, peer, c in ((plain1, "plain", 1), (local1, "in-process", 1), (plain4, "plain", 4), (local4, "in-process", 4)):
+    out = smoke("plain", make_checkpoint(tiny_model_dir, tmp_path / "model"), small_imdb, 500, "--whole-reviews")
+    *_, plain1, local1, plain4, local4, whole1, windows1, _, whole4, windows4, _ = out.stdout.splitlines()
+    for line, peer, c in ((plain1, "plain", 1), (local1, "in-process", 1), (plain4, "plain", 4), (local4, "in-process", 4),
+                          (whole1, "plain", 1), (whole4, "plain", 4)):
         assert re.match(rf"project .+ / {peer} at concurrency {c}: [0-9.]+x \([0-9.]+-[0-9.]+\) (req|reviews)/s", line), line
         median, low, high = map(float, re.search(r"([0-9.]+)x \(([0-9.]+)-([0-9.]+)\)", line).groups())
         assert 0 < low <= median <= high, line
+    for line, c in ((windows1, 1), (windows4, 4)):
+        assert re.match(rf"project .+, whole reviews / plain at concurrency {c}: [0-9.]+x .* its windows/s over the peer's "
+                        "reviews/s", line), line
     rounds = re.findall(r"^\|.*\|\s*plain\s*\|", out.stdout, re.M)
-    assert len(rounds) == 2 * 2, out.stdout[-2000:]  # 2 rounds x 2 concurrencies
+    assert len(rounds) == 2 * 2 * 2, out.stdout[-2000:]  # 2 rounds x 2 concurrencies, truncating and whole
     cpu = out.stdout.split("CPU ms per request by process", 1)[1]
     assert "cpu model replica" in cpu and "cpu plain server" in cpu and "cpu infinity" not in cpu  # the roles seen
