@@ -67,7 +67,7 @@ class SentimentAPI:
         self.encoder = TextEncoder.load(resolved, args.long_reviews)
         self.label_names = list(resolved.config.model.label_names)
         self.admission = Admission(args.max_queue_wait_s, min_windows=args.max_ongoing_requests,  # one replica's fill
-                                   max_windows=args.max_ongoing_requests * args.max_replicas)
+                                   max_texts=args.max_ongoing_requests * args.max_replicas)
         self.explaining = 0  # explained requests in this ingress, from their predictions to their key tokens
         self.metrics = IngressMetrics()
 
@@ -87,7 +87,7 @@ class SentimentAPI:
         with self.explain_slot() if explain else contextlib.nullcontext():
             try:
                 async with asyncio.timeout(self.args.request_timeout_s):
-                    with self.admission.admitted(len(encoded.windows)):
+                    with self.admission.admitted(len(encoded.windows), len(texts)):
                         predictions = list(await asyncio.gather(*(self._call("predict", t) for t in encoded.split())))
                     if explain:
                         await self._explain(encoded, predictions)
@@ -101,8 +101,8 @@ class SentimentAPI:
         return self.admission.refusal()
 
     def budget(self) -> int:
-        """Windows this ingress admits in flight now (so at most that many predictions)."""
-        return int(self.admission.budget())
+        """Predictions this ingress admits in flight now (:meth:`serve.admission.Admission.requests`)."""
+        return self.admission.requests()
 
     @contextlib.contextmanager
     def explain_slot(self) -> Iterator[None]:

@@ -27,7 +27,7 @@ def serve_at(admission: Admission, clock: Clock, rate: float, seconds: float, wi
 
 
 def test_a_cold_ingress_admits_up_to_its_floor_then_refuses_at_once():
-    admission = Admission(max_wait_s=1.0, min_windows=4, max_windows=10_000, clock=Clock())
+    admission = Admission(max_wait_s=1.0, min_windows=4, max_texts=10_000, clock=Clock())
     with admission.admitted(3), admission.admitted(1):
         with pytest.raises(Overloaded, match="4 windows in flight"):
             with admission.admitted(1):
@@ -40,7 +40,7 @@ def test_a_cold_ingress_admits_up_to_its_floor_then_refuses_at_once():
 
 
 def test_the_gates_question_is_whether_one_more_window_would_be_admitted():
-    admission = Admission(max_wait_s=1.0, min_windows=4, max_windows=10_000, clock=Clock())
+    admission = Admission(max_wait_s=1.0, min_windows=4, max_texts=10_000, clock=Clock())
     with admission.admitted(3):
         assert admission.refusal() is None and admission.refusal(2) is not None
         with admission.admitted(1):
@@ -50,7 +50,7 @@ def test_the_gates_question_is_whether_one_more_window_would_be_admitted():
 @pytest.mark.parametrize("rate", [20.0, 2000.0])
 def test_the_budget_is_the_measured_rate_times_the_wait(rate):
     clock = Clock()
-    admission = Admission(max_wait_s=1.0, min_windows=4, max_windows=10_000, clock=clock)
+    admission = Admission(max_wait_s=1.0, min_windows=4, max_texts=10_000, clock=clock)
     serve_at(admission, clock, rate, seconds=3.0)
     assert admission.rate == pytest.approx(rate, rel=1e-6)
     assert admission.budget() == pytest.approx(rate)
@@ -64,18 +64,31 @@ def test_the_budget_is_the_measured_rate_times_the_wait(rate):
 
 def test_idle_time_does_not_lower_the_rate():
     clock = Clock()
-    admission = Admission(max_wait_s=1.0, min_windows=1, max_windows=10_000, clock=clock)
+    admission = Admission(max_wait_s=1.0, min_windows=1, max_texts=10_000, clock=clock)
     for _ in range(10):
         serve_at(admission, clock, 100.0, seconds=0.1, windows=5)
         clock.now += 60.0  # a minute with nothing to do
     assert admission.rate == pytest.approx(100.0, rel=1e-6)
 
 
-def test_never_more_than_the_replicas_hold_however_fast_they_are():
+def test_never_more_texts_than_the_replicas_hold_however_fast_they_are():
     clock = Clock()
-    admission = Admission(max_wait_s=1.0, min_windows=4, max_windows=64, clock=clock)
+    admission = Admission(max_wait_s=1.0, min_windows=4, max_texts=64, clock=clock)
     serve_at(admission, clock, 5000.0, seconds=1.0, windows=50)
-    assert admission.rate == pytest.approx(5000.0) and admission.budget() == 64
-    with admission.admitted(60), pytest.raises(Overloaded):
-        with admission.admitted(5):
+    assert admission.budget() == pytest.approx(5000.0) and admission.requests() == 64
+    with admission.admitted(60, texts=60), pytest.raises(Overloaded, match="60 texts in flight"):
+        with admission.admitted(5, texts=5):
             pass
+
+
+def test_a_text_of_many_windows_holds_one_of_the_replicas_places():
+    """Whole reviews (chunks): a text is one call to a model replica, whatever its windows."""
+    clock = Clock()
+    admission = Admission(max_wait_s=1.0, min_windows=4, max_texts=8, clock=clock)
+    serve_at(admission, clock, 1000.0, seconds=1.0, windows=3)
+    with ExitStack() as held:
+        for _ in range(8):  # 8 texts of 3 windows: 24 windows, past a cap of 8 counted in windows
+            held.enter_context(admission.admitted(3, texts=1))
+        assert admission.in_flight == 24 and admission.texts == 8
+        assert "8 texts in flight" in str(admission.refusal(3))
+    assert admission.texts == 0 and admission.refusal() is None
