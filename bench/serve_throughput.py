@@ -395,8 +395,10 @@ def peer_ratios(rows: list[dict[str, Any]]) -> list[str]:
 def report_against_plain(rows: list[dict[str, Any]], reviews: list[str], max_len: int, rounds: int) -> None:
     """The conditions, the tables (figures per round; CPU per request), then each project server's
     ratios to each peer and to its backend in-process, median and range over the rounds (last)."""
-    print(f"\n{len(reviews)} IMDB test reviews, single-review POSTs, each truncated to {max_len} tokens by every server, "
-          f"{os.cpu_count()} cores, {rounds} interleaved rounds; in-process: Predictor, batches of {BATCH} "
+    whole = (pd.DataFrame(rows).long_reviews == "chunks").any()
+    print(f"\n{len(reviews)} IMDB test reviews, single-review POSTs, each truncated to {max_len} tokens by every server"
+          + (f" but the one scoring whole reviews (windows of {max_len} tokens)" if whole else "")
+          + f", {os.cpu_count()} cores, {rounds} interleaved rounds; in-process: Predictor, batches of {BATCH} "
           f"(concurrency 0 in the table)")
     for server, where in pd.DataFrame(rows).groupby("server", sort=False)["where"].first().items():
         print(f"{server}: {where}")
