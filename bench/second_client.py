@@ -28,7 +28,7 @@ import statistics
 import sys
 import threading
 import time
-from http.client import HTTPConnection
+from http.client import HTTPConnection, HTTPException
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -67,7 +67,8 @@ def closed_loop(base: str, reviews: list[str], concurrency: int, key: str | None
     """Send every review once from ``concurrency`` threads, each one at a time; their latencies (s).
 
     Raises:
-        SystemExit: an answer other than 200, naming the server, the status and its body.
+        SystemExit: an answer other than 200, naming the server, the status and its body, or no
+            answer at all (a connection error or timeout), naming it.
     """
     where = urlsplit(base)
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
@@ -83,9 +84,13 @@ def closed_loop(base: str, reviews: list[str], concurrency: int, key: str | None
                 if i >= len(bodies):
                     return
                 start = time.perf_counter()
-                connection.request("POST", ROUTE, bodies[i], headers)
-                answer = connection.getresponse()
-                text = answer.read()
+                try:
+                    connection.request("POST", ROUTE, bodies[i], headers)
+                    answer = connection.getresponse()
+                    text = answer.read()
+                except (OSError, HTTPException) as err:
+                    failures.append(f"{base}{ROUTE}: {type(err).__name__}: {err}")
+                    return
                 if answer.status != 200:
                     failures.append(f"{base}{ROUTE} answered {answer.status}: {text[:300]!r}")
                     return

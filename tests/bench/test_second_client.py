@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -71,6 +72,16 @@ def test_an_answer_other_than_200_stops_the_run_naming_it(small_imdb: Path, monk
         with pytest.raises(SystemExit, match=r"/v1/predict answered 503"):
             main(["--server", f"fine={fine}", "--server", f"refusing={refusing}", "--concurrency", "2",
                   "--requests", "4", "--rounds", "1"])
+
+
+def test_a_server_that_does_not_answer_stops_the_run_naming_it(small_imdb: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMDB_DATA_DIR", str(small_imdb))
+    with server(0.0) as (fine, _), socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # a port nothing listens on
+        gone = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        with pytest.raises(SystemExit, match=r"/v1/predict: ConnectionRefusedError"):
+            main(["--server", f"fine={fine}", "--server", f"gone={gone}", "--concurrency", "2", "--requests", "4",
+                  "--rounds", "1"])
 
 
 def test_one_server_is_not_a_comparison() -> None:
